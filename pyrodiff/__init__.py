@@ -1,0 +1,51 @@
+"""pyrodiff: denoising diffusion models written as Pyro programs.
+
+The model p_θ(x_{0:T}) is a :class:`Diffusion` (a ``PyroModule``); its guide is the fixed
+forward chain :class:`ForwardGuide`. Pyro's SVI with Trace_ELBO trains the pair, and
+:class:`pyrodiff.infer.DiffusionELBO` does the same at one network call per datum.
+"""
+
+from . import data, infer, networks
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DeviceError,
+    ModelMismatchError,
+    NonFiniteError,
+    NotLinearGaussianError,
+    PyrodiffError,
+)
+from .gaussian import Parameterization
+from .guides import ChainOrder, ForwardGuide
+from .likelihoods import DiscretizedGaussianLikelihood, GaussianLikelihood
+from .models import Diffusion, ReverseVariance, gaussian_oracle
+from .schedules import NoiseSchedule, cosine_schedule, linear_schedule, schedule_from_alpha_bar
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChainOrder",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DeviceError",
+    "Diffusion",
+    "DiscretizedGaussianLikelihood",
+    "ForwardGuide",
+    "GaussianLikelihood",
+    "ModelMismatchError",
+    "NoiseSchedule",
+    "NonFiniteError",
+    "NotLinearGaussianError",
+    "Parameterization",
+    "PyrodiffError",
+    "ReverseVariance",
+    "cosine_schedule",
+    "data",
+    "gaussian_oracle",
+    "infer",
+    "linear_schedule",
+    "networks",
+    "schedule_from_alpha_bar",
+]

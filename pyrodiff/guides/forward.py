@@ -1,0 +1,76 @@
+"""The fixed guide of a diffusion model: the forward noising chain q(x_{1:T} | x_0)."""
+
+from __future__ import annotations
+
+import enum
+
+import pyro
+from pyro.nn import PyroModule, pyro_method
+from torch import Tensor
+
+from ..errors import DataError
+from ..gaussian import q_marginal, q_posterior, q_step
+from ..schedules import NoiseSchedule
+
+__all__ = ["ChainOrder", "ForwardGuide"]
+
+
+class ChainOrder(enum.Enum):
+    """The order in which the guide draws the same joint q(x_{1:T} | x_0)."""
+
+    TOP_DOWN = "top_down"
+    """x_T ~ q(x_T | x_0), then x_{t−1} ~ q(x_{t−1} | x_t, x_0) for t = T … 2. Site by site this
+    matches the model's factorisation, so TraceMeanField_ELBO's analytic KL at site x_{t−1} is
+    exactly DDPM's L_{t−1}. Use this one."""
+    BOTTOM_UP = "bottom_up"
+    """x_1 ~ q(x_1 | x_0), then x_t ~ q(x_t | x_{t−1}): the textbook forward chain. Trace_ELBO gives
+    the same ELBO, but TraceMeanField_ELBO does not: it pairs q(x_{t−1} | x_{t−2}) with
+    p_θ(x_{t−1} | x_t) as if the sites were independent, and returns a wrong value. Kept as an
+    illustration."""
+
+
+class ForwardGuide(PyroModule):
+    """q(x_{1:T} | x_0), the parameter-free forward chain, as a Pyro guide.
+
+    It has no parameters: training the pair with it moves only p_θ. Besides being a Pyro
+    program it exposes the closed forms that timestep-sampled estimators
+    (:class:`~pyrodiff.infer.DiffusionELBO`) use: :meth:`marginal` q(x_t | x_0) and
+    :meth:`posterior` q(x_{t−1} | x_t, x_0).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, order: ChainOrder = ChainOrder.TOP_DOWN) -> None:
+        super().__init__()
+        if not isinstance(order, ChainOrder):
+            raise TypeError(f"order must be a ChainOrder, got {order!r}")
+        self.schedule = schedule
+        self.order = order
+
+    @property
+    def num_steps(self) -> int:
+        return self.schedule.num_steps
+
+    @pyro_method
+    def marginal(self, x0: Tensor, t: int | Tensor):
+        """q(x_t | x_0), elementwise Normal."""
+        return q_marginal(self.schedule, x0, t)
+
+    @pyro_method
+    def posterior(self, x0: Tensor, x_t: Tensor, t: int | Tensor):
+        """q(x_{t−1} | x_t, x_0), elementwise Normal (t ≥ 2)."""
+        return q_posterior(self.schedule, x0, x_t, t)
+
+    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> None:
+        if x0 is None:
+            raise DataError("the forward-chain guide needs the data x0: it is q(x_{1:T} | x_0)")
+        sched = self.schedule
+        T = sched.num_steps
+        event_dim = x0.dim() - 1
+        with pyro.plate("data", x0.shape[0]):
+            if self.order is ChainOrder.TOP_DOWN:
+                x = pyro.sample(f"x_{T}", q_marginal(sched, x0, T).to_event(event_dim))
+                for t in range(T, 1, -1):
+                    x = pyro.sample(f"x_{t - 1}", q_posterior(sched, x0, x, t).to_event(event_dim))
+            else:
+                x = x0
+                for t in range(1, T + 1):
+                    x = pyro.sample(f"x_{t}", q_step(sched, x, t).to_event(event_dim))

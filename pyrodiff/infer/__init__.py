@@ -1,0 +1,19 @@
+"""Estimators and bounds: the timestep-sampled ELBO, the per-step decomposition, exact evidence."""
+
+from .elbo import DiffusionELBO, ELBOTerms, bits_per_dim, elbo_terms, prior_kl, step_terms
+from .exact import affine_reverse_kernels, exact_elbo_terms, exact_log_evidence
+from .timesteps import TimestepSampler, UniformTimesteps
+
+__all__ = [
+    "DiffusionELBO",
+    "ELBOTerms",
+    "TimestepSampler",
+    "UniformTimesteps",
+    "affine_reverse_kernels",
+    "bits_per_dim",
+    "elbo_terms",
+    "exact_elbo_terms",
+    "exact_log_evidence",
+    "prior_kl",
+    "step_terms",
+]

@@ -1,0 +1,123 @@
+"""Exact answers for linear-Gaussian diffusion models.
+
+With a :class:`~pyrodiff.networks.LinearDenoiser`, a reverse variance that does not depend on
+x_t (BETA, POSTERIOR or PER_STEP) and a Gaussian likelihood, every reverse kernel is
+p_θ(x_{t−1} | x_t) = N(A_t x_t + c_t, σ_t² I), so the chain can be marginalised in closed form
+and every expectation in the ELBO is a Gaussian moment.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..errors import NotLinearGaussianError
+from ..gaussian import gaussian_kl, q_posterior_mean_coefs
+from ..likelihoods import GaussianLikelihood
+from ..models.diffusion import Diffusion, ReverseVariance
+from ..networks import LinearDenoiser
+from ..validation import check_data
+from .elbo import ELBOTerms, _check_closed_form_pair
+
+__all__ = ["affine_reverse_kernels", "exact_log_evidence", "exact_elbo_terms"]
+
+
+def _check_linear_gaussian(model) -> None:
+    if not isinstance(model, Diffusion):
+        raise NotLinearGaussianError(f"exact evidence needs a pyrodiff.Diffusion, got {type(model).__name__}")
+    if not isinstance(model.denoiser, LinearDenoiser):
+        raise NotLinearGaussianError(
+            "exact evidence needs a linear-Gaussian model: the denoiser must be a LinearDenoiser, "
+            f"got {type(model.denoiser).__name__}"
+        )
+    if model.variance is ReverseVariance.LEARNED_RANGE:
+        raise NotLinearGaussianError(
+            "exact evidence needs a reverse variance that does not depend on x_t; "
+            "LEARNED_RANGE makes the model non-Gaussian"
+        )
+    if type(model.likelihood) is not GaussianLikelihood:
+        raise NotLinearGaussianError(
+            f"exact evidence needs a GaussianLikelihood, got {type(model.likelihood).__name__}"
+        )
+    if len(model.event_shape) != 1:
+        raise NotLinearGaussianError(f"exact evidence needs vector data, got event shape {model.event_shape}")
+
+
+def affine_reverse_kernels(model: Diffusion) -> tuple[Tensor, Tensor, Tensor]:
+    """(A, c, σ²) with p_θ(x_{t−1} | x_t) = N(A[t] x_t + c[t], σ²[t] I) for t = 1 … T (index 0 unused).
+
+    Read off the model itself by evaluating its reverse mean at 0 and at the unit vectors, so
+    it holds for every parameterisation. Shapes (T+1, D, D), (T+1, D), (T+1,); float64.
+    """
+    _check_linear_gaussian(model)
+    (D,), T = model.event_shape, model.num_steps
+    dtype = model.denoiser.weight.dtype
+    device = model.denoiser.weight.device
+    probes = torch.cat([torch.zeros(1, D), torch.eye(D)]).to(device=device, dtype=dtype)
+    t = torch.arange(1, T + 1, device=device).repeat_interleave(D + 1)
+    mean, var = model.reverse_moments(probes.repeat(T, 1), t)
+    mean = mean.double().reshape(T, D + 1, D)
+    c = mean[:, 0]
+    A = (mean[:, 1:] - c[:, None, :]).transpose(1, 2)
+    var = var.double().reshape(T, D + 1, -1)[:, 0, 0]
+    pad = lambda x: torch.cat([torch.zeros_like(x[:1]), x])  # noqa: E731
+    return pad(A), pad(c), pad(var)
+
+
+def exact_log_evidence(model: Diffusion, x0: Tensor) -> Tensor:
+    """log p_θ(x_0) per datum, the chain marginalised in closed form (float64).
+
+    Exact for linear-Gaussian models only; anything else raises
+    :class:`~pyrodiff.errors.NotLinearGaussianError`.
+    """
+    _check_linear_gaussian(model)
+    check_data(x0, model.event_shape, name="x0")
+    A, c, var = affine_reverse_kernels(model)
+    (D,) = model.event_shape
+    eye = torch.eye(D, dtype=torch.float64, device=A.device)
+    m = model.prior_loc.double().to(A.device).expand(D).clone()
+    S = eye * model.prior_scale.double().to(A.device) ** 2
+    for t in range(model.num_steps, 0, -1):
+        m = A[t] @ m + c[t]
+        S = A[t] @ S @ A[t].T + var[t] * eye
+    S = 0.5 * (S + S.T)
+    marginal = torch.distributions.MultivariateNormal(m, covariance_matrix=S)
+    return marginal.log_prob(x0.double().to(A.device))
+
+
+def exact_elbo_terms(model: Diffusion, guide, x0: Tensor) -> ELBOTerms:
+    """Every ELBO term in closed form (no sampling) for a linear-Gaussian model and a guide with
+    Gaussian marginals q(x_t | x_0) = N(m_t, v_t I) and posteriors with mean c_0 x_0 + c_t x_t."""
+    _check_linear_gaussian(model)
+    _check_closed_form_pair(model, guide)
+    check_data(x0, model.event_shape, name="x0")
+    A, c, var = affine_reverse_kernels(model)
+    x = x0.double().to(A.device)
+    (D,), T = model.event_shape, model.num_steps
+    eye = torch.eye(D, dtype=torch.float64, device=A.device)
+    sched = guide.schedule
+    diffusion = []
+    rec = None
+    for t in range(1, T + 1):
+        q_t = guide.marginal(x, t)
+        m_t, v_t = q_t.loc, q_t.scale[..., 0] ** 2  # (N, D), (N,)
+        if t == 1:
+            d_mean = x - m_t @ A[1].T - c[1]
+            e_sq = (d_mean**2).sum(-1) + v_t * (A[1] ** 2).sum()
+            rec = -0.5 * D * math.log(2 * math.pi * var[1].item()) - e_sq / (2 * var[1])
+            continue
+        c0, ct = q_posterior_mean_coefs(sched, t, x)
+        M = ct * eye - A[t]
+        r = c0 * x - c[t]
+        e_sq = ((m_t @ M.T + r) ** 2).sum(-1) + v_t * (M**2).sum()
+        post_var = sched.posterior_variance[t].double()
+        kl = 0.5 * (D * (torch.log(var[t]) - torch.log(post_var) + post_var / var[t] - 1) + e_sq / var[t])
+        diffusion.append(kl)
+    q_T = guide.marginal(x, T)
+    p_loc = model.prior_loc.double().to(A.device).expand(D)
+    p_var = model.prior_scale.double().to(A.device) ** 2
+    prior = gaussian_kl(q_T.loc, q_T.scale**2, p_loc, p_var.expand(D)).sum(-1)
+    diff = torch.stack(diffusion, 1) if diffusion else x.new_zeros(x.shape[0], 0)
+    return ELBOTerms(reconstruction=rec, diffusion=diff, prior=prior, num_dims=D)

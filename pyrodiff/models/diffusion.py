@@ -1,0 +1,214 @@
+"""The generative model p_θ(x_{0:T}) of a denoising diffusion model, as a Pyro program."""
+
+from __future__ import annotations
+
+import enum
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, pyro_method
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..gaussian import Parameterization, coef, predict_x0, q_posterior_mean_coefs
+from ..likelihoods import GaussianLikelihood, Likelihood
+from ..schedules import NoiseSchedule
+from ..validation import check_data
+
+__all__ = ["Diffusion", "ReverseVariance"]
+
+
+class ReverseVariance(enum.Enum):
+    """The variance σ_t² of the reverse kernel p_θ(x_{t−1} | x_t) = N(μ_θ, σ_t² I)."""
+
+    BETA = "beta"
+    """σ_t² = β_t: DDPM's "large" choice, the right one when x_0 ~ N(0, I)."""
+    POSTERIOR = "posterior"
+    """σ_t² = β̃_t: DDPM's "small" choice, right when x_0 is a point mass. At t = 1, where β̃_1 = 0,
+    the decoder uses β̃_2 (β_1 when T = 1)."""
+    PER_STEP = "per_step"
+    """a free parameter log σ_t² for every t, initialised at log β_t; it keeps the model
+    linear-Gaussian with a :class:`~pyrodiff.networks.LinearDenoiser`, and lets that family contain
+    the exact reverse process of isotropic Gaussian data."""
+    LEARNED_RANGE = "learned_range"
+    """improved DDPM: the denoiser returns twice the channels, the second half v ∈ R per element,
+    and log σ_t² = v log β_t + (1 − v) log β̃_t (with β̃_1 replaced as for POSTERIOR)."""
+
+
+class Diffusion(PyroModule):
+    """p_θ(x_{0:T}) = p(x_T) Π_{t=2}^T p_θ(x_{t−1} | x_t) · p_θ(x_0 | x_1).
+
+    Calling the module runs the Pyro model: site ``"x_T"`` (the real number, e.g. ``"x_100"``)
+    from the prior N(prior_loc, prior_scale² I), then ``"x_{t-1}"`` from the reverse kernel for
+    t = T … 2, then ``"x_0"`` from the likelihood, observed when ``x0`` is given. Data lives in a
+    ``pyro.plate("data")`` over its first dimension.
+
+    The reverse mean is the forward posterior mean with the data replaced by the denoiser's
+    estimate, μ_θ(x_t, t) = μ̃_t(x_t, x̂_0(x_t, t)); the denoiser's output is read as ε, x_0 or v
+    according to ``parameterization``.
+
+    Args:
+        denoiser: any ``nn.Module`` with ``forward(x_t, t) -> tensor shaped like x_t``.
+        schedule: the forward chain's schedule; the model uses the same ᾱ_t.
+        likelihood: the decoder p(x_0 | x_1); Gaussian unless given.
+        parameterization: what the denoiser predicts.
+        variance: the reverse variance σ_t².
+        event_shape: the shape of one datum; read from ``denoiser.event_shape`` if omitted.
+        prior_loc, prior_scale: p(x_T) = N(prior_loc, prior_scale² I); DDPM's N(0, I) by default.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        schedule: NoiseSchedule,
+        likelihood: Likelihood | None = None,
+        parameterization: Parameterization = Parameterization.EPSILON,
+        variance: ReverseVariance = ReverseVariance.BETA,
+        event_shape: tuple[int, ...] | None = None,
+        prior_loc: float | Tensor = 0.0,
+        prior_scale: float | Tensor = 1.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(parameterization, Parameterization):
+            raise ConfigError(f"parameterization must be a Parameterization, got {parameterization!r}")
+        if not isinstance(variance, ReverseVariance):
+            raise ConfigError(f"variance must be a ReverseVariance, got {variance!r}")
+        if not isinstance(schedule, nn.Module) or not hasattr(schedule, "alpha_bar"):
+            raise ConfigError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+        if event_shape is None:
+            event_shape = getattr(denoiser, "event_shape", None)
+            if event_shape is None:
+                raise ConfigError(
+                    "event_shape is required when the denoiser has no event_shape attribute"
+                )
+        self.event_shape = tuple(int(s) for s in event_shape)
+        self.denoiser = denoiser
+        self.schedule = schedule
+        self.likelihood = likelihood if likelihood is not None else GaussianLikelihood()
+        self.parameterization = parameterization
+        self.variance = variance
+        self.register_buffer("prior_loc", torch.as_tensor(prior_loc, dtype=torch.float64))
+        self.register_buffer("prior_scale", torch.as_tensor(prior_scale, dtype=torch.float64))
+        if (self.prior_scale <= 0).any():
+            raise ConfigError(f"prior_scale must be positive, got {prior_scale!r}")
+        if variance is ReverseVariance.PER_STEP:
+            self.log_variance = nn.Parameter(
+                torch.log(schedule.betas.detach().clamp(min=1e-20)).to(torch.get_default_dtype())
+            )
+
+    @property
+    def num_steps(self) -> int:
+        """T."""
+        return self.schedule.num_steps
+
+    @property
+    def event_dim(self) -> int:
+        return len(self.event_shape)
+
+    # --- the pieces, vectorised over a per-datum timestep tensor t --------------------------
+
+    def _fixed_log_variance(self, sched: NoiseSchedule, which: ReverseVariance) -> Tensor:
+        """log σ_t² for the two fixed choices, length T + 1, with the t = 1 replacement."""
+        if which is ReverseVariance.BETA:
+            return torch.log(sched.betas.clamp(min=1e-300))
+        post = sched.posterior_variance.clone()
+        post[1] = post[2] if sched.num_steps >= 2 else sched.betas[1]
+        return torch.log(post.clamp(min=1e-300))
+
+    @pyro_method
+    def reverse_moments(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(μ_θ(x_t, t), σ_t²) of p_θ(x_{t−1} | x_t), for a LongTensor ``t`` of shape (batch,).
+
+        At t = 1 these are the decoder's location x̂_0(x_1, 1) and variance. σ_t² has shape
+        ``(batch, 1, …)`` for fixed variances and x_t's shape for LEARNED_RANGE.
+        """
+        sched = self.schedule
+        batch_shape = x_t.shape[: x_t.dim() - self.event_dim]
+        if len(batch_shape) != 1:
+            # extra leading dims (vectorised particles, Predictive): the denoiser sees one batch
+            t = t.expand(batch_shape).reshape(-1)
+            x_t = x_t.reshape((-1,) + self.event_shape)
+        elif t.shape != batch_shape:
+            t = t.expand(batch_shape)
+        mean, var = self._moments(sched, x_t, t)
+        if len(batch_shape) != 1:
+            mean = mean.reshape(batch_shape + mean.shape[1:])
+            var = var.reshape(batch_shape + var.shape[1:])
+        return mean, var
+
+    def _moments(self, sched: NoiseSchedule, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.denoiser(x_t, t)
+        if self.variance is ReverseVariance.LEARNED_RANGE:
+            out, frac = out.chunk(2, dim=1)
+            lo = coef(self._fixed_log_variance(sched, ReverseVariance.POSTERIOR), t, x_t)
+            hi = coef(self._fixed_log_variance(sched, ReverseVariance.BETA), t, x_t)
+            var = torch.exp(frac * hi + (1 - frac) * lo)
+        elif self.variance is ReverseVariance.PER_STEP:
+            var = coef(self.log_variance, t, x_t).exp()
+        else:
+            var = coef(self._fixed_log_variance(sched, self.variance), t, x_t).exp()
+        x0_hat = predict_x0(self.parameterization, sched, x_t, t, out)
+        c0, ct = q_posterior_mean_coefs(sched, t, x_t)
+        # at t = 1, c0 = 1 and ct = 0 up to rounding; take x̂_0 exactly there
+        mean = torch.where(_is_one(t, x_t), x0_hat, c0 * x0_hat + ct * x_t)
+        return mean, var
+
+    def prior(self, batch_size: int, like: Tensor | None = None) -> dist.Distribution:
+        """p(x_T) = N(prior_loc, prior_scale² I) with batch shape (batch_size,)."""
+        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        loc = self.prior_loc.to(dtype)
+        scale = self.prior_scale.to(dtype)
+        shape = (batch_size, *self.event_shape)
+        return dist.Normal(loc.expand(shape), scale.expand(shape)).to_event(self.event_dim)
+
+    def reverse_kernel(self, x_t: Tensor, t: int | Tensor) -> dist.Distribution:
+        """p_θ(x_{t−1} | x_t) for t ≥ 2 (a Normal), or the likelihood p_θ(x_0 | x_1) at t = 1."""
+        t_vec = _as_timesteps(t, x_t)
+        mean, var = self.reverse_moments(x_t, t_vec)
+        is_one = bool((t_vec == 1).all()) if isinstance(t, Tensor) else t == 1
+        if is_one:
+            base = self.likelihood.distribution(mean, var.sqrt())
+        else:
+            base = dist.Normal(mean, var.sqrt().expand_as(mean))
+        return base.to_event(self.event_dim)
+
+    # --- the Pyro model ---------------------------------------------------------------------
+
+    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> Tensor:
+        """Run p_θ(x_{0:T}); returns x_0 (the observed data when ``x0`` is given)."""
+        if x0 is not None:
+            check_data(x0, self.event_shape, self.likelihood, name="x0")
+            batch = x0.shape[0]
+            like = x0
+        else:
+            batch = 1 if num_samples is None else int(num_samples)
+            like = self.prior_loc.to(torch.get_default_dtype())
+        T = self.num_steps
+        with pyro.plate("data", batch):
+            x = pyro.sample(f"x_{T}", self.prior(batch, like))
+            for t in range(T, 1, -1):
+                x = pyro.sample(f"x_{t - 1}", self.reverse_kernel(x, t))
+            return pyro.sample("x_0", self.reverse_kernel(x, 1), obs=x0)
+
+    def config(self) -> dict:
+        """A JSON-able description of the structure (not the weights)."""
+        return {
+            "num_steps": self.num_steps,
+            "event_shape": list(self.event_shape),
+            "parameterization": self.parameterization.value,
+            "variance": self.variance.value,
+            "likelihood": self.likelihood.config(),
+            "schedule": self.schedule.config() if hasattr(self.schedule, "config") else None,
+        }
+
+
+def _as_timesteps(t: int | Tensor, like: Tensor) -> Tensor:
+    if isinstance(t, Tensor):
+        return t
+    return torch.full((), int(t), dtype=torch.long, device=like.device)
+
+
+def _is_one(t: Tensor, like: Tensor) -> Tensor:
+    return (t == 1).reshape(t.shape + (1,) * (like.dim() - t.dim()))
+
