@@ -19,10 +19,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+        raise ConfigError(
+            f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {device!r} was requested but CUDA is not available on this machine")
+            raise DeviceError(
+                f"device {device!r} was requested but CUDA is not available on this machine"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(
                 f"device {device!r} was requested but only {torch.cuda.device_count()} CUDA device(s) exist"

@@ -64,9 +64,10 @@ def q_marginal(schedule: NoiseSchedule, x0: Tensor, t: int | Tensor) -> dist.Nor
 
 def q_sample(schedule: NoiseSchedule, x0: Tensor, t: int | Tensor, noise: Tensor) -> Tensor:
     """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, a reparameterised draw from q(x_t | x_0)."""
-    return coef(schedule.alpha_bar, t, x0).sqrt() * x0 + coef(
-        schedule.one_minus_alpha_bar, t, x0
-    ).sqrt() * noise
+    return (
+        coef(schedule.alpha_bar, t, x0).sqrt() * x0
+        + coef(schedule.one_minus_alpha_bar, t, x0).sqrt() * noise
+    )
 
 
 def q_step(schedule: NoiseSchedule, x_prev: Tensor, t: int | Tensor) -> dist.Normal:
@@ -76,7 +77,9 @@ def q_step(schedule: NoiseSchedule, x_prev: Tensor, t: int | Tensor) -> dist.Nor
     return dist.Normal(a.sqrt() * x_prev, b.sqrt().expand_as(x_prev))
 
 
-def q_posterior_mean_coefs(schedule: NoiseSchedule, t: int | Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+def q_posterior_mean_coefs(
+    schedule: NoiseSchedule, t: int | Tensor, like: Tensor
+) -> tuple[Tensor, Tensor]:
     """(c_0, c_t) with μ̃_t(x_t, x_0) = c_0 x_0 + c_t x_t.
 
     c_0 = √ᾱ_{t−1} β_t / (1 − ᾱ_t) and c_t = √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t); at t = 1 they are
@@ -146,4 +149,6 @@ def predict_x0(
 
 def gaussian_kl(loc_q: Tensor, var_q: Tensor, loc_p: Tensor, var_p: Tensor) -> Tensor:
     """KL(N(loc_q, var_q) ‖ N(loc_p, var_p)) elementwise, in nats."""
-    return 0.5 * (torch.log(var_p) - torch.log(var_q) + (var_q + (loc_q - loc_p) ** 2) / var_p - 1.0)
+    return 0.5 * (
+        torch.log(var_p) - torch.log(var_q) + (var_q + (loc_q - loc_p) ** 2) / var_p - 1.0
+    )

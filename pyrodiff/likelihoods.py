@@ -66,7 +66,15 @@ class DiscretizedNormal(TorchDistribution):
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     has_rsample = False
 
-    def __init__(self, loc: Tensor, scale: Tensor, num_levels: int, low: float = -1.0, high: float = 1.0, validate_args=None):
+    def __init__(
+        self,
+        loc: Tensor,
+        scale: Tensor,
+        num_levels: int,
+        low: float = -1.0,
+        high: float = 1.0,
+        validate_args=None,
+    ):
         self.loc, self.scale = torch.broadcast_tensors(loc, scale)
         self.num_levels, self.low, self.high = num_levels, low, high
         self.half_bin = 0.5 * (high - low) / (num_levels - 1)
@@ -78,16 +86,29 @@ class DiscretizedNormal(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):
         shape = torch.Size(batch_shape)
-        return DiscretizedNormal(self.loc.expand(shape), self.scale.expand(shape), self.num_levels, self.low, self.high)
+        return DiscretizedNormal(
+            self.loc.expand(shape), self.scale.expand(shape), self.num_levels, self.low, self.high
+        )
 
     def log_prob(self, value: Tensor) -> Tensor:
-        lower = torch.where(value <= self.low + self.half_bin, torch.full_like(value, -math.inf), (value - self.half_bin - self.loc) / self.scale)
-        upper = torch.where(value >= self.high - self.half_bin, torch.full_like(value, math.inf), (value + self.half_bin - self.loc) / self.scale)
+        lower = torch.where(
+            value <= self.low + self.half_bin,
+            torch.full_like(value, -math.inf),
+            (value - self.half_bin - self.loc) / self.scale,
+        )
+        upper = torch.where(
+            value >= self.high - self.half_bin,
+            torch.full_like(value, math.inf),
+            (value + self.half_bin - self.loc) / self.scale,
+        )
         return _log_normal_interval(lower, upper)
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:
         with torch.no_grad():
-            x = torch.normal(self.loc.expand(sample_shape + self.loc.shape), self.scale.expand(sample_shape + self.loc.shape))
+            x = torch.normal(
+                self.loc.expand(sample_shape + self.loc.shape),
+                self.scale.expand(sample_shape + self.loc.shape),
+            )
             step = 2 * self.half_bin
             k = torch.round((x - self.low) / step).clamp(0, self.num_levels - 1)
             return self.low + k * step
@@ -130,4 +151,9 @@ class DiscretizedGaussianLikelihood(Likelihood):
             )
 
     def config(self) -> dict:
-        return {"kind": type(self).__name__, "num_levels": self.num_levels, "low": self.low, "high": self.high}
+        return {
+            "kind": type(self).__name__,
+            "num_levels": self.num_levels,
+            "low": self.low,
+            "high": self.high,
+        }

@@ -42,7 +42,14 @@ class MLPDenoiser(nn.Module):
     It parameterises whatever the model asks of it (ε̂_θ(x_t, t) by default).
     """
 
-    def __init__(self, data_dim: int, hidden: int = 128, depth: int = 3, time_dim: int = 64) -> None:
+    def __init__(
+        self,
+        data_dim: int,
+        hidden: int = 128,
+        depth: int = 3,
+        time_dim: int = 64,
+        out_dim: int | None = None,
+    ) -> None:
         super().__init__()
         if data_dim < 1 or hidden < 1 or depth < 1:
             raise ConfigError(
@@ -53,10 +60,13 @@ class MLPDenoiser(nn.Module):
         self.inp = nn.Linear(data_dim, hidden)
         self.temb = nn.ModuleList(nn.Linear(time_dim, hidden) for _ in range(depth))
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+            nn.Sequential(
+                nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
+            )
             for _ in range(depth)
         )
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, data_dim))
+        # out_dim = 2·data_dim for a learned reverse variance (ReverseVariance.LEARNED_RANGE)
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim or data_dim))
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         emb = self.time(t)
@@ -113,7 +123,11 @@ class UNetDenoiser(nn.Module):
         self.mid2 = _ResBlock(2 * base, 2 * base, time_dim, groups)
         self.up = nn.ConvTranspose2d(2 * base, base, 2, stride=2)
         self.up1 = _ResBlock(2 * base, base, time_dim, groups)
-        self.out = nn.Sequential(nn.GroupNorm(min(groups, base), base), nn.SiLU(), nn.Conv2d(base, out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            nn.GroupNorm(min(groups, base), base),
+            nn.SiLU(),
+            nn.Conv2d(base, out_channels, 3, padding=1),
+        )
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         emb = self.time(t)

@@ -82,7 +82,9 @@ def schedule_from_alpha_bar(alpha_bar: Tensor, name: str = "custom") -> NoiseSch
     if abs(ab[0].item() - 1.0) > 1e-12:
         raise ConfigError(f"ᾱ_0 must be 1 (x_0 is the data), got {ab[0].item()!r}")
     if not (ab[1:] < ab[:-1]).all() or (ab[1:] <= 0).any():
-        raise ConfigError("ᾱ_t must be strictly decreasing and positive: the schedule is not monotone")
+        raise ConfigError(
+            "ᾱ_t must be strictly decreasing and positive: the schedule is not monotone"
+        )
     return NoiseSchedule(1.0 - ab[1:] / ab[:-1], name=name)
 
 
@@ -106,7 +108,9 @@ def linear_schedule(
             f"beta_start and beta_end must lie in (0, 1), got {beta_start!r}, {beta_end!r}"
         )
     ref_betas = torch.linspace(beta_start, beta_end, reference_steps, dtype=torch.float64)
-    log_ab_ref = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-ref_betas), 0)])
+    log_ab_ref = torch.cat(
+        [torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-ref_betas), 0)]
+    )
     if num_steps == reference_steps:
         sched = NoiseSchedule(ref_betas, name="linear")
     else:
@@ -115,11 +119,17 @@ def linear_schedule(
         frac = pos - lo
         log_ab = log_ab_ref[lo] * (1 - frac) + log_ab_ref[lo + 1] * frac
         sched = NoiseSchedule(-torch.expm1(log_ab[1:] - log_ab[:-1]), name="linear")
-    sched._params = {"beta_start": beta_start, "beta_end": beta_end, "reference_steps": reference_steps}
+    sched._params = {
+        "beta_start": beta_start,
+        "beta_end": beta_end,
+        "reference_steps": reference_steps,
+    }
     return sched
 
 
-def cosine_schedule(num_steps: int, offset: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
+def cosine_schedule(
+    num_steps: int, offset: float = 0.008, max_beta: float = 0.999
+) -> NoiseSchedule:
     """Improved DDPM's cosine schedule: ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2).
 
     β_t is clipped at ``max_beta`` so the last step stays a proper Gaussian.

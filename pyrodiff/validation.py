@@ -10,7 +10,9 @@ from .errors import DataError, ModelMismatchError
 __all__ = ["check_data", "check_pair"]
 
 
-def check_data(x0: object, event_shape: tuple[int, ...], likelihood=None, name: str = "data") -> None:
+def check_data(
+    x0: object, event_shape: tuple[int, ...], likelihood=None, name: str = "data"
+) -> None:
     """Raise :class:`DataError` unless ``x0`` is a finite float tensor of shape (N, *event_shape)."""
     if not isinstance(x0, Tensor):
         raise DataError(f"{name} must be a torch.Tensor, got {type(x0).__name__}")
@@ -33,7 +35,9 @@ def check_pair(model, guide) -> None:
     m_steps = getattr(model, "num_steps", None)
     g_steps = getattr(guide, "num_steps", None)
     if m_steps is not None and g_steps is not None and m_steps != g_steps:
-        raise ModelMismatchError(f"the guide has T = {g_steps} steps but the model has T = {m_steps}")
+        raise ModelMismatchError(
+            f"the guide has T = {g_steps} steps but the model has T = {m_steps}"
+        )
     m_shape = getattr(model, "event_shape", None)
     g_shape = getattr(guide, "event_shape", None)
     if m_shape is not None and g_shape is not None and tuple(m_shape) != tuple(g_shape):

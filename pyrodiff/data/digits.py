@@ -21,4 +21,6 @@ def load_digits(dtype: torch.dtype | None = None) -> Dataset:
 
     images = torch.as_tensor(_sk_load_digits().images, dtype=torch.float64)  # levels 0 … 16
     x = (images / 8.0 - 1.0).unsqueeze(1).to(dtype or torch.get_default_dtype())
-    return Dataset(name="digits", train=x[:DIGITS_TRAIN_SIZE], test=x[DIGITS_TRAIN_SIZE:], num_levels=17)
+    return Dataset(
+        name="digits", train=x[:DIGITS_TRAIN_SIZE], test=x[DIGITS_TRAIN_SIZE:], num_levels=17
+    )

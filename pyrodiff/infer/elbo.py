@@ -195,7 +195,9 @@ class DiffusionELBO(ELBO):
         self.timesteps = timesteps if timesteps is not None else UniformTimesteps()
 
     def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("DiffusionELBO evaluates closed-form factors; it records no traces")
+        raise NotImplementedError(
+            "DiffusionELBO evaluates closed-form factors; it records no traces"
+        )
 
     @staticmethod
     def _data(args, kwargs) -> Tensor:

@@ -26,7 +26,9 @@ __all__ = ["affine_reverse_kernels", "exact_log_evidence", "exact_elbo_terms"]
 
 def _check_linear_gaussian(model) -> None:
     if not isinstance(model, Diffusion):
-        raise NotLinearGaussianError(f"exact evidence needs a pyrodiff.Diffusion, got {type(model).__name__}")
+        raise NotLinearGaussianError(
+            f"exact evidence needs a pyrodiff.Diffusion, got {type(model).__name__}"
+        )
     if not isinstance(model.denoiser, LinearDenoiser):
         raise NotLinearGaussianError(
             "exact evidence needs a linear-Gaussian model: the denoiser must be a LinearDenoiser, "
@@ -42,7 +44,9 @@ def _check_linear_gaussian(model) -> None:
             f"exact evidence needs a GaussianLikelihood, got {type(model.likelihood).__name__}"
         )
     if len(model.event_shape) != 1:
-        raise NotLinearGaussianError(f"exact evidence needs vector data, got event shape {model.event_shape}")
+        raise NotLinearGaussianError(
+            f"exact evidence needs vector data, got event shape {model.event_shape}"
+        )
 
 
 def affine_reverse_kernels(model: Diffusion) -> tuple[Tensor, Tensor, Tensor]:
@@ -113,7 +117,9 @@ def exact_elbo_terms(model: Diffusion, guide, x0: Tensor) -> ELBOTerms:
         r = c0 * x - c[t]
         e_sq = ((m_t @ M.T + r) ** 2).sum(-1) + v_t * (M**2).sum()
         post_var = sched.posterior_variance[t].double()
-        kl = 0.5 * (D * (torch.log(var[t]) - torch.log(post_var) + post_var / var[t] - 1) + e_sq / var[t])
+        kl = 0.5 * (
+            D * (torch.log(var[t]) - torch.log(post_var) + post_var / var[t] - 1) + e_sq / var[t]
+        )
         diffusion.append(kl)
     q_T = guide.marginal(x, T)
     p_loc = model.prior_loc.double().to(A.device).expand(D)

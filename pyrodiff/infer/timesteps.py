@@ -16,7 +16,11 @@ class TimestepSampler:
     """Base class: ``sample(batch, T, device, generator)`` returns (t, weight), both (batch,)."""
 
     def sample(
-        self, batch: int, num_steps: int, device: torch.device, generator: torch.Generator | None = None
+        self,
+        batch: int,
+        num_steps: int,
+        device: torch.device,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:  # pragma: no cover
         raise NotImplementedError
 

@@ -71,7 +71,9 @@ class Diffusion(PyroModule):
     ) -> None:
         super().__init__()
         if not isinstance(parameterization, Parameterization):
-            raise ConfigError(f"parameterization must be a Parameterization, got {parameterization!r}")
+            raise ConfigError(
+                f"parameterization must be a Parameterization, got {parameterization!r}"
+            )
         if not isinstance(variance, ReverseVariance):
             raise ConfigError(f"variance must be a ReverseVariance, got {variance!r}")
         if not isinstance(schedule, nn.Module) or not hasattr(schedule, "alpha_bar"):
@@ -211,4 +213,3 @@ def _as_timesteps(t: int | Tensor, like: Tensor) -> Tensor:
 
 def _is_one(t: Tensor, like: Tensor) -> Tensor:
     return (t == 1).reshape(t.shape + (1,) * (like.dim() - t.dim()))
-
