@@ -17,6 +17,8 @@ from torch.distributions import constraints
 
 from .errors import ConfigError, DataError
 
+_EMPTY = torch.Size()
+
 __all__ = ["Likelihood", "GaussianLikelihood", "DiscretizedGaussianLikelihood", "DiscretizedNormal"]
 
 
@@ -103,7 +105,7 @@ class DiscretizedNormal(TorchDistribution):
         )
         return _log_normal_interval(lower, upper)
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
+    def sample(self, sample_shape: torch.Size = _EMPTY) -> Tensor:
         with torch.no_grad():
             x = torch.normal(
                 self.loc.expand(sample_shape + self.loc.shape),

@@ -71,7 +71,7 @@ class MLPDenoiser(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         emb = self.time(t)
         h = self.inp(x_t)
-        for proj, block in zip(self.temb, self.blocks):
+        for proj, block in zip(self.temb, self.blocks, strict=True):
             h = h + block(h + proj(emb))
         return self.out(h)
 
