@@ -61,6 +61,18 @@ class NoiseSchedule(nn.Module):
         self.register_buffer("log_snr", torch.log(alpha_bar) - torch.log(one_minus))
         self.register_buffer("posterior_variance", posterior_variance)
 
+    def _apply(self, fn, recurse=True):
+        # Follow device moves but never dtype casts: model.float() or .half() must not round ᾱ_t,
+        # whose complement 1 − ᾱ_t is ~1e-4 at t = 1.
+        tables = {k: v for k, v in self._buffers.items() if v is not None}
+        for name in tables:
+            self._buffers[name] = None
+        super()._apply(fn, recurse)
+        for name, buf in tables.items():
+            target = fn(torch.zeros((), dtype=torch.float64, device=buf.device)).device
+            self._buffers[name] = buf.to(target)
+        return self
+
     @property
     def num_steps(self) -> int:
         """T, the number of noising steps."""
