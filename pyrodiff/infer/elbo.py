@@ -47,17 +47,30 @@ def _sum_event(x: Tensor, event_dim: int) -> Tensor:
     return x.flatten(start_dim=x.dim() - event_dim).sum(-1) if event_dim else x
 
 
-def step_terms(model, guide, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+def step_terms(
+    model,
+    guide,
+    x0: Tensor,
+    t: Tensor,
+    noise: Tensor | None = None,
+    moments: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """One-sample estimates of the per-step ELBO terms at per-datum timesteps ``t`` ∈ {1…T}.
 
     Returns, for each datum n, log p_θ(x_0 | x_1) if t_n = 1 and −KL(q(x_{t−1} | x_t, x_0) ‖
     p_θ(x_{t−1} | x_t)) otherwise, with x_t ~ q(x_t | x_0) drawn by reparameterisation (from
     ``noise`` if given). Each is unbiased for its term of the ELBO.
+
+    ``moments``, if given, are (μ_θ, σ_t²) already computed at the x_t that ``noise`` gives
+    (``noise`` is then required); objectives that need the terms with parts of the moments
+    detached use it to evaluate one network call several ways.
     """
     q_t = guide.marginal(x0, t)
+    if moments is not None and noise is None:
+        raise DataError("step_terms: precomputed moments need the noise that produced x_t")
     eps = torch.randn_like(x0) if noise is None else noise
     x_t = q_t.loc + q_t.scale * eps
-    mean, var = model.reverse_moments(x_t, t)
+    mean, var = model.reverse_moments(x_t, t) if moments is None else moments
     event_dim = x0.dim() - 1
     is_one = (t == 1).reshape(t.shape + (1,) * event_dim)
     # the posterior is degenerate at t = 1; give those entries harmless values so neither the
