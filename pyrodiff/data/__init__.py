@@ -1,6 +1,25 @@
-"""Datasets in the model's space: the embedded digits, and (see submodules) more."""
+"""Datasets in the model's space: the embedded digits, 2-D densities with exact log density,
+the user's own arrays, and a registry naming them all."""
 
-from .base import Dataset
+from .arrays import load_array
+from .base import Dataset, Density
 from .digits import DIGITS_TRAIN_SIZE, load_digits
+from .registry import DatasetName, dataset_names, get_dataset
+from .toy2d import Checkerboard, GaussianMixture2D, Standardized, Toy2D, load_toy2d, toy_density
 
-__all__ = ["Dataset", "DIGITS_TRAIN_SIZE", "load_digits"]
+__all__ = [
+    "Checkerboard",
+    "DIGITS_TRAIN_SIZE",
+    "Dataset",
+    "DatasetName",
+    "Density",
+    "GaussianMixture2D",
+    "Standardized",
+    "Toy2D",
+    "dataset_names",
+    "get_dataset",
+    "load_array",
+    "load_digits",
+    "load_toy2d",
+    "toy_density",
+]
