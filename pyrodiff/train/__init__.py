@@ -1,0 +1,26 @@
+"""The SVI training loop and what makes it safe: history, EMA, checkpoints, resume, guards.
+
+``fit(model, guide, data, ...)`` trains through a Pyro ELBO used as an ``nn.Module`` and a
+plain torch optimizer; see ``docs/training.md`` for the metrics and checkpoint formats.
+"""
+
+from .ema import EMA
+from .evaluate import evaluate_split, has_closed_form
+from .history import METRICS_NAME, History, RecordKind
+from .loop import fit
+from .options import LRSchedule, Precision, learning_rate
+from .sampler import EpochSampler
+
+__all__ = [
+    "EMA",
+    "METRICS_NAME",
+    "EpochSampler",
+    "History",
+    "LRSchedule",
+    "Precision",
+    "RecordKind",
+    "evaluate_split",
+    "fit",
+    "has_closed_form",
+    "learning_rate",
+]
