@@ -17,3 +17,34 @@ __all__ = [
     "prior_kl",
     "step_terms",
 ]
+from .bounds import (  # noqa: E402
+    BoundEstimate,
+    BoundsReport,
+    EstimatorSpread,
+    PSISDiagnostic,
+    ScheduleVarianceELBO,
+    bounds_report,
+    elbo_estimate,
+    estimator_spread,
+    iwae_bound,
+    log_weights,
+    pareto_khat,
+    psis_diagnostic,
+    sitewise_elbo_terms,
+)
+
+__all__ += [
+    "BoundEstimate",
+    "BoundsReport",
+    "EstimatorSpread",
+    "PSISDiagnostic",
+    "ScheduleVarianceELBO",
+    "bounds_report",
+    "elbo_estimate",
+    "estimator_spread",
+    "iwae_bound",
+    "log_weights",
+    "pareto_khat",
+    "psis_diagnostic",
+    "sitewise_elbo_terms",
+]

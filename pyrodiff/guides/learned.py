@@ -1,0 +1,249 @@
+"""Learned guides q_φ(x_{1:T} | x_0): with one, a diffusion model becomes a hierarchical VAE.
+
+Two factorisations of the same amortised Gaussian family are offered (:class:`GuideStructure`).
+Every factor is a Gaussian whose mean is a residual around the matching factor of the forward
+chain plus a per-step affine map of the factor's inputs plus a small shared network with a time
+embedding; its output layers start at zero, so a fresh guide *is* the forward chain and training
+starts from :class:`~pyrodiff.ForwardGuide`'s bound.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+
+from ..errors import ConfigError, DataError, ModelMismatchError
+from ..gaussian import q_marginal, q_posterior, q_step
+from ..networks import TimeEmbedding
+from ..schedules import NoiseSchedule
+from ..validation import check_pair
+
+__all__ = ["GuideStructure", "GuideCovariance", "GaussianFactor", "LearnedGuide"]
+
+
+class GuideStructure(enum.Enum):
+    """Which conditionals the guide is made of, and the order its sites are drawn in."""
+
+    TOP_DOWN = "top_down"
+    """q_φ(x_T | x_0) Π_{t=T}^{2} q_φ(x_{t−1} | x_t, x_0): ladder-style, the factorisation of the
+    forward chain's posterior form and of the model. Sites are drawn x_T … x_1, every model
+    factor p_θ(x_{t−1} | x_t) conditions on a site drawn *before* x_{t−1}, so TraceMeanField_ELBO's
+    analytic per-site KL is valid (and is DDPM's L_{t−1} when φ is at its start)."""
+    BOTTOM_UP_MARKOV = "bottom_up_markov"
+    """q_φ(x_1 | x_0) Π_{t=2}^{T} q_φ(x_t | x_{t−1}): the Markovian HVAE encoder. Sites are drawn
+    x_1 … x_T, so the model factor p_θ(x_{t−1} | x_t) conditions on a site drawn *after* x_{t−1}:
+    TraceMeanField_ELBO's analytic KL at x_{t−1} is then not the expectation it replaces and its
+    value is wrong. Use Trace_ELBO with this structure."""
+
+
+class GuideCovariance(enum.Enum):
+    """The covariance of each Gaussian factor."""
+
+    DIAGONAL = "diagonal"
+    """diag(σ_φ(inputs, t)²): elementwise scales that depend on the inputs (any data shape)."""
+    FULL = "full"
+    """L_t L_tᵀ with a free lower-triangular L_t per step, not depending on the inputs (vector
+    data only). With it the family contains the exact posterior of every linear-Gaussian model,
+    whose posterior covariances do not depend on the data."""
+
+
+class GaussianFactor(nn.Module):
+    """The amortised Gaussian N(m, S) of one guide factor at step index k ∈ {1 … K}.
+
+    m = base_loc + W_k a + V_k b + c_k + h_φ(a, b, k) and, DIAGONAL, S = diag(base_scale · exp(r_k +
+    g_φ(a, b, k)))², or, FULL, S = L_k L_kᵀ with diag(L_k) = base_scale · exp(r_k). a and b are the
+    flattened inputs (the previous latent and, for top-down factors, x_0), h and g one shared MLP
+    with a sinusoidal embedding of k. W, V, c, r and the MLP's last layer start at zero: the factor
+    starts at N(base_loc, diag(base_scale²)).
+
+    Args:
+        in_dims: sizes of the inputs (one or two vectors).
+        out_dim: size of the latent it produces.
+        num_steps: K, the number of step indices.
+        hidden: the MLP's width (0: no MLP, the factor is affine in its inputs).
+        covariance: :class:`GuideCovariance`.
+        affine: include the per-step affine terms W_k, V_k.
+    """
+
+    def __init__(
+        self,
+        in_dims: tuple[int, ...],
+        out_dim: int,
+        num_steps: int,
+        hidden: int = 64,
+        time_dim: int = 32,
+        covariance: GuideCovariance = GuideCovariance.DIAGONAL,
+        affine: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(covariance, GuideCovariance):
+            raise ConfigError(f"covariance must be a GuideCovariance, got {covariance!r}")
+        if hidden < 0 or out_dim < 1 or num_steps < 1 or any(d < 1 for d in in_dims):
+            raise ConfigError(
+                f"a guide factor needs positive sizes, got in_dims={in_dims}, out_dim={out_dim}, "
+                f"num_steps={num_steps}, hidden={hidden}"
+            )
+        self.in_dims, self.out_dim, self.covariance = tuple(in_dims), out_dim, covariance
+        K1 = num_steps + 1
+        self.weights = (
+            nn.ParameterList(nn.Parameter(torch.zeros(K1, out_dim, d)) for d in in_dims)
+            if affine
+            else nn.ParameterList()
+        )
+        self.bias = nn.Parameter(torch.zeros(K1, out_dim))
+        self.log_scale = nn.Parameter(torch.zeros(K1, out_dim))
+        if covariance is GuideCovariance.FULL:
+            self.tril = nn.Parameter(torch.zeros(K1, out_dim, out_dim))
+        self.hidden = hidden
+        if hidden:
+            n_out = out_dim if covariance is GuideCovariance.FULL else 2 * out_dim
+            self.time = TimeEmbedding(time_dim)
+            self.inp = nn.Linear(sum(in_dims) + time_dim, hidden)
+            self.mlp = nn.Sequential(
+                nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_out)
+            )
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(
+        self, inputs: tuple[Tensor, ...], k: int, base_loc: Tensor, base_scale: Tensor
+    ) -> dist.Distribution:
+        """The factor's distribution, event shape (out_dim,), batch shape (N,)."""
+        loc = base_loc + self.bias[k]
+        for w, a in zip(self.weights, inputs, strict=True):
+            loc = loc + a @ w[k].T
+        log_s = self.log_scale[k].expand_as(loc)
+        if self.hidden:
+            kt = torch.full((loc.shape[0],), k, dtype=torch.long, device=loc.device)
+            h = self.inp(torch.cat([*inputs, self.time(kt).to(loc.dtype)], -1))
+            out = self.mlp(h)
+            if self.covariance is GuideCovariance.FULL:
+                loc = loc + out
+            else:
+                d_loc, d_log_s = out.chunk(2, -1)
+                loc, log_s = loc + d_loc, log_s + d_log_s
+        scale = base_scale.expand_as(loc) * log_s.exp()
+        if self.covariance is GuideCovariance.DIAGONAL:
+            return dist.Normal(loc, scale).to_event(1)
+        L = torch.tril(self.tril[k], -1) + torch.diag_embed(scale[0])
+        return dist.MultivariateNormal(loc, scale_tril=L.expand(loc.shape + (self.out_dim,)))
+
+
+class LearnedGuide(PyroModule):
+    """An amortised Gaussian guide q_φ(x_{1:T} | x_0) built from the model it serves.
+
+    It reads T, the data shape and the schedule from ``model`` (a :class:`~pyrodiff.Diffusion`),
+    has the same sample sites (``"x_T"`` … ``"x_1"``) in the same ``pyro.plate("data")``, and is
+    trained with Trace_ELBO (any structure) or TraceMeanField_ELBO (TOP_DOWN only; see
+    :class:`GuideStructure`). It starts equal to the forward chain of the model's schedule: each
+    factor is a :class:`GaussianFactor` centred on q(x_T | x_0), q(x_{t−1} | x_t, x_0) (TOP_DOWN)
+    or q(x_t | x_{t−1}) (BOTTOM_UP_MARKOV). It holds no reference to the model, so the model's
+    parameters and their names are the same whichever guide trains it.
+
+    With ``covariance=GuideCovariance.FULL`` and either structure the family contains the exact
+    posterior p_θ(x_{1:T} | x_0) of a linear-Gaussian model: that posterior is a Gaussian Markov
+    chain in both directions, with means affine in the conditioning values and fixed covariances.
+
+    Args:
+        model: the generative model; needs ``num_steps``, ``event_shape`` and ``schedule``.
+        structure: :class:`GuideStructure`.
+        hidden: width of the shared MLP (0 for purely affine factors).
+        covariance: :class:`GuideCovariance`.
+    """
+
+    def __init__(
+        self,
+        model,
+        structure: GuideStructure = GuideStructure.TOP_DOWN,
+        hidden: int = 64,
+        covariance: GuideCovariance = GuideCovariance.DIAGONAL,
+        time_dim: int = 32,
+    ) -> None:
+        super().__init__()
+        for attr in ("num_steps", "event_shape", "schedule"):
+            if not hasattr(model, attr):
+                raise ModelMismatchError(
+                    f"LearnedGuide is built from a diffusion model with .{attr}; "
+                    f"got {type(model).__name__}"
+                )
+        if not isinstance(structure, GuideStructure):
+            raise ConfigError(f"structure must be a GuideStructure, got {structure!r}")
+        self.structure = structure
+        self.event_shape = tuple(model.event_shape)
+        if covariance is GuideCovariance.FULL and len(self.event_shape) != 1:
+            raise ConfigError(
+                f"a FULL covariance needs vector data, got event shape {self.event_shape}; "
+                "use GuideCovariance.DIAGONAL for images"
+            )
+        # the schedule only fixes where the factors start; as a buffer-only copy it adds no
+        # parameters, so a learned model schedule is not trained through the guide
+        self.schedule = _frozen_copy(model.schedule)
+        D = math.prod(self.event_shape)
+        ins = (D, D) if structure is GuideStructure.TOP_DOWN else (D,)
+        self.factor = GaussianFactor(ins, D, self.num_steps, hidden, time_dim, covariance)
+
+    @property
+    def num_steps(self) -> int:
+        """T."""
+        return self.schedule.num_steps
+
+    def check_model(self, model) -> None:
+        """Raise :class:`~pyrodiff.errors.ModelMismatchError` unless ``model`` has this guide's T
+        and data shape."""
+        check_pair(model, self)
+
+    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> None:
+        if x0 is None:
+            raise DataError("a learned guide needs the data x0: it is q_φ(x_(1:T) | x_0)")
+        if tuple(x0.shape[1:]) != self.event_shape:
+            raise ModelMismatchError(
+                f"this guide was built for data of shape {self.event_shape}, got a batch of shape "
+                f"{tuple(x0.shape)}"
+            )
+        T, N = self.num_steps, x0.shape[0]
+        sched, flat0 = self.schedule, x0.reshape(N, -1)
+
+        def site(name: str, q: dist.Distribution) -> Tensor:
+            value = pyro.sample(name, _as_event(q, self.event_shape))
+            return value.reshape(N, -1)
+
+        with pyro.plate("data", N):
+            if self.structure is GuideStructure.TOP_DOWN:
+                base = q_marginal(sched, x0, T)
+                x = site(f"x_{T}", self.factor((flat0, flat0), T, *_flat(base, N)))
+                for t in range(T, 1, -1):
+                    base = q_posterior(sched, x0, x.reshape(x0.shape), t)
+                    x = site(f"x_{t - 1}", self.factor((x, flat0), t - 1, *_flat(base, N)))
+            else:
+                x = flat0
+                for t in range(1, T + 1):
+                    base = q_step(sched, x.reshape(x0.shape), t)
+                    x = site(f"x_{t}", self.factor((x,), t, *_flat(base, N)))
+
+
+def _flat(q: dist.Normal, n: int) -> tuple[Tensor, Tensor]:
+    return q.loc.reshape(n, -1), q.scale.reshape(n, -1)
+
+
+def _as_event(q: dist.Distribution, event_shape: tuple[int, ...]) -> dist.Distribution:
+    """Give a factor over flat vectors the data's event shape (a no-op for vector data)."""
+    if len(event_shape) == 1:
+        return q
+    base = q.base_dist if isinstance(q, dist.Independent) else q
+    shape = q.batch_shape + event_shape
+    return dist.Normal(base.loc.reshape(shape), base.scale.reshape(shape)).to_event(
+        len(event_shape)
+    )
+
+
+def _frozen_copy(schedule) -> nn.Module:
+    if isinstance(schedule, NoiseSchedule):
+        return schedule
+    with torch.no_grad():
+        return NoiseSchedule(schedule.betas[1:].detach().cpu(), name="frozen")
