@@ -79,8 +79,8 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as err:  # object arrays need pickle, which is refused
         raise DataError(
-            f"{path}: cannot be read without unpickling Python objects ({err}); "
-            "expected a plain numeric array"
+            f"{path}: not a plain numeric NumPy file; reading it would need unpickling, "
+            f"which is refused ({err})"
         ) from None
     except (OSError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable NumPy file ({err})") from None
