@@ -176,7 +176,13 @@ def elbo_terms(
             xs = x0.repeat((len(ts),) + (1,) * (x0.dim() - 1))
             noise = None
             if generator is not None:
-                noise = torch.randn(xs.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+                # one draw per timestep, in t order, so the chunking never changes the result
+                noise = torch.cat(
+                    [
+                        torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+                        for _ in range(len(ts))
+                    ]
+                )
             out.append(step_terms(model, guide, xs, t, noise).reshape(len(ts), N))
         per_step = torch.cat(out, 0).T  # (N, T), column t−1 is step t
         prior = prior_kl(model, guide, x0)
@@ -220,9 +226,18 @@ class DiffusionELBO(ELBO):
         return x0
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        """The loss as a tensor, without reading anything back from the data's device.
+
+        Type, dtype and shape of ``x0`` are checked on every call. Its values (finite, in the
+        likelihood's support) are checked here on the CPU, where that costs no synchronisation;
+        on an accelerator they are checked where the loss is read anyway (:meth:`loss`,
+        :meth:`loss_and_grads` raise :class:`~pyrodiff.errors.DataError` when a non-finite loss
+        comes from bad data), and ``pyrodiff.train.fit`` checks its whole dataset once.
+        """
         x0 = self._data(args, kwargs)
         _check_closed_form_pair(model, guide)
-        check_data(x0, model.event_shape, model.likelihood, name="x0")
+        on_cpu = x0.device.type == "cpu"
+        check_data(x0, model.event_shape, model.likelihood, name="x0", values=on_cpu)
         if self.num_particles > 1:
             x0 = x0.repeat((self.num_particles,) + (1,) * (x0.dim() - 1))
         t, weight = self.timesteps.sample(x0.shape[0], model.num_steps, x0.device)
@@ -231,11 +246,19 @@ class DiffusionELBO(ELBO):
         elbo = (weight.to(terms.dtype) * terms).sum() - prior_kl(model, guide, x0).sum()
         return -elbo / self.num_particles
 
+    def _read(self, loss: Tensor, model, args, kwargs) -> float:
+        value = loss.item()
+        if not math.isfinite(value):
+            # the one place a value is read back anyway: say so if the data is to blame
+            check_data(self._data(args, kwargs), model.event_shape, model.likelihood, name="x0")
+        return value
+
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+            loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        return self._read(loss, model, args, kwargs)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
-        return loss.item()
+        return self._read(loss, model, args, kwargs)

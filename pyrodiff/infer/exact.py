@@ -110,7 +110,7 @@ def exact_elbo_terms(model: Diffusion, guide, x0: Tensor) -> ELBOTerms:
         if t == 1:
             d_mean = x - m_t @ A[1].T - c[1]
             e_sq = (d_mean**2).sum(-1) + v_t * (A[1] ** 2).sum()
-            rec = -0.5 * D * math.log(2 * math.pi * var[1].item()) - e_sq / (2 * var[1])
+            rec = -0.5 * D * torch.log(2 * math.pi * var[1]) - e_sq / (2 * var[1])
             continue
         c0, ct = q_posterior_mean_coefs(sched, t, x)
         M = ct * eye - A[t]

@@ -1,0 +1,90 @@
+"""Closed-form identities of the forward process, at random points."""
+
+import pytest
+import torch
+
+from pyrodiff import Parameterization, linear_schedule
+from pyrodiff.gaussian import (
+    eps_from_x0,
+    gaussian_kl,
+    predict_x0,
+    q_marginal,
+    q_posterior,
+    q_sample,
+    q_step,
+    v_from_x0,
+    x0_from_eps,
+    x0_from_v,
+)
+
+
+@pytest.fixture
+def sched():
+    return linear_schedule(20)
+
+
+def test_bayes_rule_links_the_three_densities(sched):
+    """log q(x_{t-1}|x_t,x_0) = log q(x_t|x_{t-1}) + log q(x_{t-1}|x_0) − log q(x_t|x_0)."""
+    torch.manual_seed(1)
+    x0, x_prev, x_t = torch.randn(3, 64, 5)
+    t = torch.randint(2, 21, (64,))
+    lhs = q_posterior(sched, x0, x_t, t).log_prob(x_prev)
+    rhs = (
+        q_step(sched, x_prev, t).log_prob(x_t)
+        + q_marginal(sched, x0, t - 1).log_prob(x_prev)
+        - q_marginal(sched, x0, t).log_prob(x_t)
+    )
+    assert torch.allclose(lhs, rhs, atol=1e-9)
+
+
+def test_single_steps_compose_to_the_marginal(sched):
+    """Pushing N(x_0, 0) through t steps gives mean √ᾱ_t x_0 and variance 1 − ᾱ_t."""
+    x0 = torch.randn(8, 3)
+    mean, var = x0.clone(), torch.zeros(())
+    for t in range(1, sched.num_steps + 1):
+        step = q_step(sched, mean, t)  # affine: mean maps through, variance α_t var + β_t
+        mean, var = step.loc, sched.alphas[t] * var + sched.betas[t]
+        q = q_marginal(sched, x0, t)
+        assert torch.allclose(mean, q.loc, atol=1e-12)
+        assert torch.allclose(var.sqrt().expand_as(q.scale), q.scale, atol=1e-12)
+
+
+def test_q_sample_matches_marginal_moments(sched):
+    torch.manual_seed(2)
+    x0 = torch.full((200_000, 1), 0.7)
+    t = 9
+    xs = q_sample(sched, x0, t, torch.randn_like(x0))
+    q = q_marginal(sched, x0[:1], t)
+    se_mean = q.scale.item() / (x0.shape[0] ** 0.5)
+    assert abs(xs.mean().item() - q.loc.item()) < 5 * se_mean
+    assert abs(xs.var().item() / q.scale.item() ** 2 - 1) < 5 * (2 / x0.shape[0]) ** 0.5
+
+
+def test_prediction_conversions_round_trip(sched):
+    x0, eps = torch.randn(2, 16, 4)
+    t = torch.randint(1, 21, (16,))
+    x_t = q_sample(sched, x0, t, eps)
+    assert torch.allclose(eps_from_x0(sched, x_t, t, x0), eps, atol=1e-9)
+    assert torch.allclose(x0_from_eps(sched, x_t, t, eps), x0, atol=1e-9)
+    v = v_from_x0(sched, x_t, t, x0)
+    assert torch.allclose(x0_from_v(sched, x_t, t, v), x0, atol=1e-9)
+    for p, out in (
+        (Parameterization.EPSILON, eps),
+        (Parameterization.X0, x0),
+        (Parameterization.V, v),
+    ):
+        assert torch.allclose(predict_x0(p, sched, x_t, t, out), x0, atol=1e-9)
+
+
+def test_posterior_at_t1_is_refused(sched):
+    with pytest.raises(ValueError, match="t >= 2"):
+        q_posterior(sched, torch.zeros(1, 2), torch.zeros(1, 2), 1)
+
+
+def test_gaussian_kl_matches_torch(sched):
+    a, b, c, d = torch.randn(4, 10)
+    va, vb = c.exp(), d.exp()
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(a, va.sqrt()), torch.distributions.Normal(b, vb.sqrt())
+    )
+    assert torch.allclose(gaussian_kl(a, va, b, vb), expected, atol=1e-12)
