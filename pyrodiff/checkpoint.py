@@ -47,6 +47,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "check_model_config",
+    "restore_weights",
 ]
 
 FORMAT_VERSION = 1
@@ -126,10 +127,16 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():
+            # an opcode the weights-only unpickler does not know: not a torch.save file
+            raise CheckpointError(
+                f"checkpoint {path} is truncated, corrupt or not a torch checkpoint and cannot "
+                f"be read ({_last_line(exc)})"
+            ) from None
         raise CheckpointError(
             f"refused to load {path}: it contains Python objects that are not tensors or plain "
             "values, and unpickling them could run code; pyrodiff checkpoints hold only tensors, "
-            f"numbers, strings, lists and dicts ({_first_line(exc)})"
+            f"numbers, strings, lists and dicts ({_last_line(exc)})"
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(
@@ -174,6 +181,49 @@ def check_model_config(
         )
 
 
+def restore_weights(
+    model: torch.nn.Module,
+    guide: torch.nn.Module,
+    source: str | os.PathLike | Mapping[str, Any],
+    *,
+    use_ema: bool = True,
+    map_location: str | torch.device | None = "cpu",
+) -> dict[str, Any]:
+    """Load a training checkpoint's parameters into ``model`` and ``guide``; return the state.
+
+    ``source`` is a checkpoint path (or run folder) or an already loaded state. With
+    ``use_ema`` and a run that kept an EMA, the averaged parameters replace the raw ones (what
+    evaluation and sampling should use). The model's structure is checked first
+    (:func:`check_model_config`), so a checkpoint of another configuration is refused with a
+    message naming the difference rather than a tensor-shape error.
+    """
+    state = dict(source) if isinstance(source, Mapping) else load_checkpoint(source, map_location)
+    where = "the checkpoint" if isinstance(source, Mapping) else str(source)
+    config = model.config() if callable(getattr(model, "config", None)) else None
+    check_model_config(state, config, where=where)
+    try:
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{where} does not fit this model and guide: {_first_line(exc)}"
+        ) from None
+    ema = state.get("ema")
+    if use_ema and ema is not None:
+        # the EMA is kept over the ELBO module, whose parameters are named model.* and guide.*
+        params = {f"model.{n}": p for n, p in model.named_parameters()}
+        params.update({f"guide.{n}": p for n, p in guide.named_parameters()})
+        missing = sorted(set(ema["shadow"]) - set(params))
+        if missing:
+            raise CheckpointError(
+                f"{where}: the EMA names parameters this model lacks: {missing[:3]}"
+            )
+        with torch.no_grad():
+            for name, value in ema["shadow"].items():
+                params[name].copy_(value)
+    return state
+
+
 def _diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
     if isinstance(saved, Mapping) and isinstance(current, Mapping):
         out = []
@@ -191,6 +241,16 @@ def _diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
     if saved != current:
         return [f"{prefix or 'value'} is {saved!r} in the checkpoint but {current!r} now"]
     return []
+
+
+def _last_line(exc: BaseException) -> str:
+    """torch's unpickling errors put the useful part (the refused global) near the end."""
+    lines = [
+        line.strip()
+        for line in str(exc).splitlines()
+        if line.strip() and not line.startswith("Check the documentation")
+    ]
+    return lines[-1][:160] if lines else type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:

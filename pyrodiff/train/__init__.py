@@ -5,7 +5,7 @@ plain torch optimizer; see ``docs/training.md`` for the metrics and checkpoint f
 """
 
 from .ema import EMA
-from .evaluate import evaluate_split, has_closed_form
+from .evaluate import EVAL_SEED_OFFSET, evaluate_split, has_closed_form
 from .history import METRICS_NAME, History, RecordKind
 from .loop import fit
 from .options import LRSchedule, Precision, learning_rate
@@ -13,6 +13,7 @@ from .sampler import EpochSampler
 
 __all__ = [
     "EMA",
+    "EVAL_SEED_OFFSET",
     "METRICS_NAME",
     "EpochSampler",
     "History",

@@ -11,7 +11,10 @@ from torch import Tensor
 
 from ..infer import bits_per_dim, elbo_terms
 
-__all__ = ["has_closed_form", "evaluate_split"]
+__all__ = ["EVAL_SEED_OFFSET", "has_closed_form", "evaluate_split"]
+
+EVAL_SEED_OFFSET = 7_919
+"""``fit`` evaluates with seed + this offset: a stream apart from the training noise."""
 
 
 def has_closed_form(model, guide) -> bool:

@@ -59,7 +59,8 @@ def non_finite_error(
     )
     shown = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return NonFiniteError(
-        f"non-finite {what} ({shown}) at step {step}: try a lower learning rate (now {lr:.3g}) "
+        f"non-finite {what} ({shown}) at step {step}: the parameters or the data hold NaN/inf "
+        f"or the updates overflowed; try a lower learning rate (now {lr:.3g}) "
         f"or grad_clip, and check the data range (the training data spans "
         f"[{data_range[0]:.4g}, {data_range[1]:.4g}]); {kept}"
     )

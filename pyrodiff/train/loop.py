@@ -14,14 +14,20 @@ import torch
 from pyro.infer import ELBO
 from torch import Tensor, nn
 
-from ..checkpoint import CHECKPOINT_NAME, check_model_config, load_checkpoint, save_checkpoint
+from ..checkpoint import (
+    CHECKPOINT_NAME,
+    check_model_config,
+    load_checkpoint,
+    restore_weights,
+    save_checkpoint,
+)
 from ..data import Dataset
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
 from ..infer import DiffusionELBO
 from ..validation import check_data
 from .ema import EMA
-from .evaluate import evaluate_split
+from .evaluate import EVAL_SEED_OFFSET, evaluate_split
 from .guards import InterruptFlag, non_finite_error
 from .history import METRICS_NAME, History, MetricsWriter, RecordKind
 from .options import LRSchedule, Precision, learning_rate
@@ -32,8 +38,6 @@ __all__ = ["fit"]
 
 _RANK_SEED_STRIDE = 1_000_003
 """Rank r of a distributed run uses seed + r · stride: distinct streams, reproducible per rank."""
-_EVAL_SEED_OFFSET = 7_919
-"""Evaluations draw from seed + offset, a stream apart from training's."""
 
 
 @dataclass
@@ -168,7 +172,7 @@ def fit(
     seed_everything(run_seed)
     sampler = EpochSampler(d.train.shape[0], batch_size, run_seed)
     loss_module = loss(model, guide)
-    _create_lazy_params(loss_module, d.train[:1])
+    _create_lazy_params(loss_module, d.train[:batch_size])
     params = [p for p in loss_module.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model and guide have no trainable parameters: nothing to fit")
@@ -235,7 +239,7 @@ def fit(
                 d.eval,
                 num_levels=d.num_levels,
                 batch_budget=eval_batch_budget,
-                seed=seed + _EVAL_SEED_OFFSET,
+                seed=seed + EVAL_SEED_OFFSET,
             )
         writer.write(RecordKind.EVAL, step, split="test", ema=ema is not None, **result)
 
@@ -262,8 +266,18 @@ def fit(
                     group["lr"] = lr_now
                 batch = d.train[sampler.next().to(dev)]
                 optimizer.zero_grad(set_to_none=True)
-                with _autocast(precision, dev):
-                    loss_value = train_module(batch)
+                try:
+                    with _autocast(precision, dev):
+                        loss_value = train_module(batch)
+                except ValueError as exc:
+                    # with validation on (Pyro's default) NaN parameters surface as a
+                    # distribution refusing its arguments, before any loss exists
+                    if "found invalid values" not in str(exc):
+                        raise
+                    what = "distribution parameter: " + str(exc).splitlines()[0][:120]
+                    raise non_finite_error(
+                        what, math.nan, step + 1, lr_now, data_range, _kept(ckpt_path)
+                    ) from exc
                 loss_float = float(loss_value.detach())
                 if not math.isfinite(loss_float):
                     raise non_finite_error(
@@ -442,13 +456,13 @@ def _stateful_parts(loss: ELBO) -> dict[str, Any]:
 
 
 def _restore(state, model, guide, optimizer, ema, sampler, stateful, path) -> int:
+    restore_weights(model, guide, state, use_ema=False)
     try:
-        model.load_state_dict(state["model"])
-        guide.load_state_dict(state["guide"])
         optimizer.load_state_dict(state["optimizer"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} does not fit this model and guide: {str(exc).splitlines()[0]}"
+            f"checkpoint {path}: its optimizer state does not fit these parameters "
+            f"({str(exc).splitlines()[0]})"
         ) from None
     if ema is not None:
         if state.get("ema") is None:

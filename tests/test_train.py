@@ -1,0 +1,425 @@
+"""fit: it maximises the ELBO, evaluates it correctly, is reproducible and refuses bad input."""
+
+import json
+import math
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoNormal
+from pyro.nn import PyroModule
+
+from pyrodiff import (
+    ConfigError,
+    DataError,
+    DeviceError,
+    Diffusion,
+    ForwardGuide,
+    ModelMismatchError,
+    NonFiniteError,
+    ReverseVariance,
+    gaussian_oracle,
+    linear_schedule,
+)
+from pyrodiff.data import Dataset
+from pyrodiff.checkpoint import load_checkpoint, restore_weights
+from pyrodiff.infer import DiffusionELBO, elbo_terms, exact_elbo_terms, exact_log_evidence
+from pyrodiff.networks import LinearDenoiser, MLPDenoiser
+from pyrodiff.train import (
+    EMA,
+    EVAL_SEED_OFFSET,
+    History,
+    LRSchedule,
+    Precision,
+    RecordKind,
+    evaluate_split,
+    fit,
+    learning_rate,
+)
+
+T = 4
+
+
+def _gaussian_data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=g) * 0.5 + 1.0
+
+
+def _linear_pair(T=T):
+    s = linear_schedule(T)
+    model = Diffusion(LinearDenoiser(2, T), s, variance=ReverseVariance.PER_STEP, event_shape=(2,))
+    return model, ForwardGuide(s)
+
+
+def _mlp_pair(T=T, seed=0):
+    torch.manual_seed(seed)
+    s = linear_schedule(T)
+    return Diffusion(MLPDenoiser(2, 16, 1, 8), s), ForwardGuide(s)
+
+
+def _params(*modules):
+    return [p.detach().clone() for m in modules for p in m.parameters()]
+
+
+# --- learning-rate schedules -------------------------------------------------------------
+
+
+def test_learning_rate_schedules_follow_their_formulas():
+    lr, S = 0.1, 100
+    assert all(learning_rate(LRSchedule.CONSTANT, lr, s, S) == lr for s in range(S))
+    cos = [learning_rate(LRSchedule.COSINE, lr, s, S) for s in range(S + 1)]
+    assert cos[0] == lr and cos[S] == pytest.approx(0.0, abs=1e-15)
+    assert cos[S // 2] == pytest.approx(lr / 2)
+    # ½(1 + cos πx) is symmetric about its midpoint: lr(s) + lr(S − s) = lr
+    assert all(cos[s] + cos[S - s] == pytest.approx(lr) for s in range(S + 1))
+    W = 10
+    warm = [learning_rate(LRSchedule.WARMUP_COSINE, lr, s, S, W) for s in range(S)]
+    assert warm[:W] == pytest.approx([lr * (s + 1) / W for s in range(W)])
+    assert warm[W] == lr
+    assert warm[W + (S - W) // 2] == pytest.approx(lr / 2)
+    with pytest.raises(ConfigError, match="LRSchedule"):
+        learning_rate("cosine", lr, 0, S)
+
+
+def test_fit_applies_the_schedule_it_records():
+    x = _gaussian_data(64)
+    model, guide = _mlp_pair()
+    h = fit(
+        model,
+        guide,
+        x,
+        steps=12,
+        batch_size=16,
+        lr=0.01,
+        lr_schedule=LRSchedule.WARMUP_COSINE,
+        warmup_steps=4,
+        progress=False,
+    )
+    got = [r["lr"] for r in h.train]
+    assert got == [learning_rate(LRSchedule.WARMUP_COSINE, 0.01, s, 12, 4) for s in range(12)]
+
+
+# --- training works ------------------------------------------------------------------------
+
+
+def test_fit_closes_most_of_the_gap_to_the_exact_evidence():
+    """A linear model with per-step variances contains the true reverse process of Gaussian
+    data, so the exact ELBO can reach log p(x); training must close most of the gap."""
+    x = _gaussian_data(512)
+    oracle = gaussian_oracle(linear_schedule(T), torch.tensor([1.0, 1.0]), 0.5)
+    log_p = exact_log_evidence(oracle, x).mean().item()
+    model, guide = _linear_pair()
+    before = exact_elbo_terms(model, guide, x).elbo.mean().item()
+    h = fit(model, guide, x, steps=150, batch_size=128, lr=2e-2, progress=False)
+    after = exact_elbo_terms(model, guide, x).elbo.mean().item()
+    assert after <= exact_log_evidence(model, x).mean().item() + 1e-9
+    assert log_p - after < 0.05 * (log_p - before)
+    # the recorded loss is the estimator's −ELBO per batch: its mean over the last updates
+    # must agree with the exact −ELBO per datum up to the estimator's noise
+    tail = torch.tensor([r["elbo_per_datum"] for r in h.train[-50:]])
+    se = tail.std() / math.sqrt(len(tail))
+    assert abs(tail.mean().item() - after) < 4 * se + 0.05 * abs(log_p - before) / 50
+
+
+@pytest.mark.parametrize("loss", [Trace_ELBO(), TraceMeanField_ELBO()], ids=["trace", "tmf"])
+def test_fit_takes_any_pyro_elbo(loss):
+    x = _gaussian_data(64)
+    model, guide = _mlp_pair()
+    start = _params(model)
+    h = fit(model, guide, x, loss=loss, steps=3, batch_size=8, progress=False)
+    assert [r["step"] for r in h.train] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in h.train)
+    assert any(not torch.equal(a, b) for a, b in zip(start, _params(model), strict=True))
+
+
+def test_lazily_created_guide_parameters_are_trained():
+    """An autoguide creates its parameters on the first call; fit must optimise them."""
+    x = _gaussian_data(16)
+    model, _ = _mlp_pair(T=2)
+    guide = AutoNormal(model)
+    assert not list(guide.parameters())
+    fit(model, guide, x, loss=Trace_ELBO(), steps=3, batch_size=16, progress=False)
+    names = [n for n, _ in guide.named_parameters()]
+    assert names, "the autoguide's parameters were never created"
+    locs = dict(guide.named_parameters())
+    # AutoNormal initialises its scales at 0.1; three Adam steps must have moved them
+    scale = [p for n, p in locs.items() if "scale" in n][0]
+    assert not torch.allclose(scale, torch.full_like(scale, math.log(0.1)))
+
+
+def test_same_seed_same_run_other_seed_other_run():
+    x = _gaussian_data(64)
+    runs = []
+    for seed in (3, 3, 4):
+        model, guide = _mlp_pair(seed=0)
+        fit(model, guide, x, steps=5, batch_size=16, seed=seed, progress=False)
+        runs.append(_params(model))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2], strict=True))
+
+
+def test_log_every_records_the_mean_of_its_updates():
+    x = _gaussian_data(64)
+    every = fit(*_mlp_pair(), x, steps=6, batch_size=16, seed=1, progress=False)
+    grouped = fit(*_mlp_pair(), x, steps=6, batch_size=16, seed=1, log_every=4, progress=False)
+    losses = [r["loss"] for r in every.train]
+    assert [r["step"] for r in grouped.train] == [4, 6]
+    assert grouped.train[0]["loss"] == pytest.approx(sum(losses[:4]) / 4, rel=1e-12)
+    assert grouped.train[1]["loss"] == pytest.approx(sum(losses[4:]) / 2, rel=1e-12)
+
+
+def test_bf16_autocast_changes_the_arithmetic_but_not_the_answer():
+    torch.set_default_dtype(torch.float32)
+    x = _gaussian_data(64).float()
+    first = {}
+    for precision in Precision:
+        model, guide = _mlp_pair(seed=0)
+        model.float()
+        h = fit(model, guide, x, steps=2, batch_size=32, precision=precision, progress=False)
+        first[precision] = h.train[0]["loss"]
+    fp32, bf16 = first[Precision.FP32], first[Precision.BF16]
+    assert fp32 != bf16  # autocast really ran the matmuls in bfloat16
+    # bfloat16 keeps 8 significant bits: errors of a few 2⁻⁸ per product, not more
+    assert abs(bf16 - fp32) < 0.05 * abs(fp32)
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+class _OpaqueGuide(PyroModule):
+    """The forward chain without its closed forms: evaluation must fall back to traces."""
+
+    def __init__(self, guide):
+        super().__init__()
+        self.guide = guide
+
+    def forward(self, x0=None, num_samples=None):
+        return self.guide(x0)
+
+
+def test_trace_evaluation_of_the_oracle_is_exact():
+    """With the exact reverse process every Trace_ELBO draw equals log p(x_0) exactly, and the
+    per-site split must add up to it."""
+    s = linear_schedule(T)
+    x = _gaussian_data(64)
+    oracle = gaussian_oracle(s, torch.tensor([1.0, 1.0]), 0.5)
+    out = evaluate_split(oracle, _OpaqueGuide(ForwardGuide(s)), x, num_levels=None, seed=1)
+    assert out["estimator"] == "trace_elbo"
+    assert out["elbo"] == pytest.approx(exact_log_evidence(oracle, x).mean().item(), abs=1e-9)
+    assert len(out["per_step_loss"]) == T
+    assert -sum(out["per_step_loss"]) - out["prior"] == pytest.approx(out["elbo"], abs=1e-9)
+    assert out["reconstruction"] == -out["per_step_loss"][0]
+    assert out["bits_per_dim"] is None
+
+
+def test_trace_evaluation_per_step_terms_are_unbiased():
+    """Each site's log q − log p is an unbiased estimate of DDPM's L_{t−1} (top-down guide)."""
+    s = linear_schedule(T)
+    x = _gaussian_data(32)
+    model, guide = _linear_pair()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    exact = exact_elbo_terms(model, guide, x)
+    truth = torch.cat([exact.per_step_loss.mean(0), exact.prior.mean(0, keepdim=True)])
+    draws = []
+    for seed in range(30):
+        out = evaluate_split(model, _OpaqueGuide(ForwardGuide(s)), x, num_levels=None, seed=seed)
+        draws.append(out["per_step_loss"] + [out["prior"]])
+    draws = torch.tensor(draws)
+    mean, se = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
+    assert ((mean - truth).abs() < 4 * se + 1e-9).all(), (mean, truth, se)
+
+
+def test_closed_form_evaluation_is_elbo_terms_with_its_own_noise():
+    torch.manual_seed(0)
+    s = linear_schedule(T)
+    levels = 5
+    x = torch.randint(0, levels, (40, 2)).double() * 2 / (levels - 1) - 1
+    ds = Dataset("toy", train=x, test=x, num_levels=levels)
+    model = Diffusion(MLPDenoiser(2, 8, 1, 4), s, likelihood=ds.likelihood())
+    guide = ForwardGuide(s)
+    rng_before = torch.get_rng_state()
+    out = evaluate_split(model, guide, x, num_levels=levels, batch_budget=16, seed=5)
+    assert torch.equal(torch.get_rng_state(), rng_before), "evaluation consumed training noise"
+    gen = torch.Generator().manual_seed(5)
+    ref = elbo_terms(model, guide, x, batch_budget=16, generator=gen).mean()
+    assert out["elbo"] == ref["elbo"] and out["per_step_loss"] == ref["per_step_loss"]
+    assert out["bits_per_dim"] == pytest.approx(-ref["elbo"] / (2 * math.log(2)))
+
+
+def test_fit_evaluates_on_schedule_and_at_the_end_with_the_ema(tmp_path):
+    x = _gaussian_data(64)
+    ds = Dataset("g", train=x, test=x[:20])
+    model, guide = _mlp_pair()
+    run = tmp_path / "run"
+    h = fit(model, guide, ds, steps=7, batch_size=16, eval_every=3, ema_decay=0.5, seed=2,
+            run_dir=run, progress=False)  # fmt: skip
+    assert [r["step"] for r in h.evals] == [3, 6, 7]
+    assert all(r["ema"] and r["split"] == "test" and r["bits_per_dim"] is None for r in h.evals)
+    assert h.final_eval == h.evals[-1]
+    steps, values = h.series("elbo", RecordKind.EVAL)
+    assert steps == [3, 6, 7] and values == [r["elbo"] for r in h.evals]
+    # the end evaluation used the averaged parameters, and fit left the raw ones in place
+    seed = 2 + EVAL_SEED_OFFSET
+    raw = evaluate_split(model, guide, x[:20], num_levels=None, seed=seed)
+    avg_model, avg_guide = _mlp_pair(seed=9)
+    restore_weights(avg_model, avg_guide, run)
+    avg = evaluate_split(avg_model, avg_guide, x[:20], num_levels=None, seed=seed)
+    assert avg["elbo"] == h.final_eval["elbo"] != raw["elbo"]
+
+
+# --- EMA -----------------------------------------------------------------------------------
+
+
+def test_ema_is_the_exponential_average_and_swaps_back_exactly():
+    lin = torch.nn.Linear(2, 1)
+    d = 0.8
+    ema = EMA(lin, d)
+    thetas = [lin.weight.detach().clone()]
+    for k in range(1, 6):
+        with torch.no_grad():
+            lin.weight.copy_(torch.full_like(lin.weight, float(k)))
+        thetas.append(lin.weight.detach().clone())
+        ema.update()
+    n = len(thetas) - 1
+    expected = d**n * thetas[0] + sum((1 - d) * d ** (n - k) * thetas[k] for k in range(1, n + 1))
+    assert torch.allclose(ema.shadow["weight"], expected, rtol=1e-12)
+    raw = lin.weight.detach().clone()
+    with ema.applied():
+        assert torch.equal(lin.weight, ema.shadow["weight"])
+    assert torch.equal(lin.weight, raw)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        EMA(lin, 1.0)
+
+
+# --- guards and validation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("validation", [True, False], ids=["validated", "unvalidated"])
+def test_non_finite_loss_stops_with_the_step_and_a_hint(tmp_path, validation):
+    """NaN parameters reach the loss as a refused distribution argument under Pyro's
+    validation, and as a NaN loss without it; both stop training the same way."""
+    pyro.enable_validation(validation)
+    x = _gaussian_data(64)
+    model, guide = _mlp_pair()
+
+    def poison(step, loss):
+        if step == 3:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    run = tmp_path / "run"
+    what = "distribution parameter" if validation else "loss"
+    with pytest.raises(NonFiniteError, match=rf"non-finite {what}.* at step 4.*learning rate"):
+        fit(model, guide, x, steps=10, batch_size=16, run_dir=run, checkpoint_every=2,
+            callback=poison, progress=False)  # fmt: skip
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["step"] == 2
+    # the kept parameters are the good ones (buffers such as log SNR_0 = +inf are skipped)
+    params = dict(model.named_parameters())
+    assert all(torch.isfinite(state["model"][n]).all() for n in params)
+    assert not torch.isfinite(next(model.parameters())).all()
+
+
+class _NaNGradELBO(DiffusionELBO):
+    """A finite loss whose gradient is NaN: d/dθ √(0·θ) = 0 · ∞."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss = super().differentiable_loss(model, guide, *args, **kwargs)
+        return loss + torch.sqrt(0.0 * next(model.parameters()).sum().abs())
+
+
+def test_non_finite_gradient_stops_before_the_update():
+    x = _gaussian_data(32)
+    model, guide = _mlp_pair()
+    start = _params(model)
+    with pytest.raises(NonFiniteError, match=r"gradient norm \(nan\) at step 1.*data range"):
+        fit(model, guide, x, loss=_NaNGradELBO(), steps=3, batch_size=8, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(start, _params(model), strict=True))
+
+
+BAD_OPTIONS = [
+    ({"steps": 0}, ConfigError, "steps must be a positive integer"),
+    ({"steps": 2.5}, ConfigError, "steps must be a positive integer"),
+    ({"batch_size": 0}, ConfigError, "batch_size must be a positive integer"),
+    ({"batch_size": 65}, DataError, "batch_size 65 is larger than the 64 training data"),
+    ({"lr": 0.0}, ConfigError, "lr must be a positive"),
+    ({"lr": float("nan")}, ConfigError, "lr must be a positive"),
+    ({"weight_decay": -1.0}, ConfigError, "weight_decay"),
+    ({"grad_clip": 0.0}, ConfigError, "grad_clip"),
+    ({"ema_decay": 1.0}, ConfigError, "ema_decay"),
+    ({"lr_schedule": "cosine"}, ConfigError, "lr_schedule must be an LRSchedule"),
+    ({"precision": "bf16"}, ConfigError, "precision must be a Precision"),
+    ({"warmup_steps": 11}, ConfigError, "warmup_steps must be an integer in"),
+    ({"seed": -1}, ConfigError, "seed must be a non-negative"),
+    ({"eval_every": 0}, ConfigError, "eval_every"),
+    ({"resume": True}, ConfigError, "resume needs a run_dir"),
+    ({"checkpoint_every": 5}, ConfigError, "checkpoint_every needs a run_dir"),
+    ({"config": {"f": object()}}, ConfigError, "config must be JSON-able"),
+    ({"loss": "elbo"}, ConfigError, "loss must be a Pyro ELBO"),
+    ({"device": "tpu"}, ConfigError, "device"),
+    ({"eval_data": torch.zeros(4, 3)}, DataError, r"evaluation data must have shape \(batch, 2\)"),
+]
+if not torch.cuda.is_available():
+    BAD_OPTIONS.append(({"device": "cuda"}, DeviceError, "CUDA is not available"))
+
+
+@pytest.mark.parametrize("options, error, message", BAD_OPTIONS, ids=lambda v: str(v)[:30])
+def test_bad_options_fail_with_one_clear_line_and_write_nothing(tmp_path, options, error, message):
+    x = _gaussian_data(64)
+    run = tmp_path / "run"
+    kwargs = {"steps": 10, "batch_size": 16, "progress": False}
+    kwargs.update(options)
+    if "checkpoint_every" not in options and "resume" not in options:
+        kwargs["run_dir"] = run
+    with pytest.raises(error, match=message) as info:
+        fit(*_mlp_pair(), x, **kwargs)
+    assert "\n" not in str(info.value)
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    "data, error, message",
+    [
+        (torch.tensor([[0.0, float("nan")]] * 8), DataError, "NaN or inf"),
+        (torch.zeros(8, 3), DataError, r"must have shape \(batch, 2\)"),
+        (torch.zeros(0, 2), DataError, "empty"),
+        (torch.zeros(8, 2, dtype=torch.long), DataError, "floating-point"),
+        ([[0.0, 1.0]], DataError, "Dataset or a torch.Tensor"),
+    ],
+    ids=["nan", "shape", "empty", "int", "list"],
+)
+def test_bad_data_is_refused(data, error, message):
+    with pytest.raises(error, match=message):
+        fit(*_mlp_pair(), data, steps=2, batch_size=1, progress=False)
+
+
+def test_mismatched_guide_is_refused():
+    model, _ = _mlp_pair(T=4)
+    with pytest.raises(ModelMismatchError, match="T = 5"):
+        fit(model, ForwardGuide(linear_schedule(5)), _gaussian_data(8), steps=1, batch_size=4,
+            progress=False)  # fmt: skip
+
+
+def test_history_round_trips_and_tolerates_a_cut_last_line(tmp_path):
+    x = _gaussian_data(32)
+    h = fit(*_mlp_pair(), Dataset("g", x, x[:8]), steps=3, batch_size=8, progress=False)
+    path = h.save(tmp_path / "m.jsonl")
+    loaded = History.load(path)
+    assert loaded.records == h.records and loaded.final_step == 3
+    with open(path, "a") as f:
+        f.write('{"step": 4, "kind": "tr')  # a write cut short by a kill
+    assert History.load(path).records == h.records
+    path.write_text('{"step": 1}\nnot json\n')
+    with pytest.raises(DataError, match=":2 is not valid JSON"):
+        History.load(path)
+
+
+def test_pyro_param_store_is_not_used():
+    x = _gaussian_data(16)
+    fit(*_mlp_pair(), x, steps=2, batch_size=8, progress=False)
+    assert len(pyro.get_param_store()) == 0
