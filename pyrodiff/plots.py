@@ -1,0 +1,461 @@
+"""Figures: the ELBO over training, per-step terms L_t, samples, and runs side by side.
+
+Every function takes plain data (lists, tensors, dicts of training records, or anything that
+iterates over records, such as :class:`pyrodiff.train.History`) and returns a
+:class:`matplotlib.figure.Figure` drawn on the Agg canvas; no pyplot state is touched, so the
+functions are safe in scripts, tests and notebooks alike. :func:`save_figure` writes one.
+
+Training records are dicts of two kinds (the ``metrics.jsonl`` format):
+``{"step", "kind": "train", "loss", "elbo_per_datum", "lr"}`` and
+``{"step", "kind": "eval", "split", "elbo", "bits_per_dim" (or None), "reconstruction",
+"prior", "per_step_loss": [T floats]}``. All ELBO values are per datum, in nats.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .errors import ConfigError, DataError
+
+__all__ = [
+    "Units",
+    "plot_elbo",
+    "plot_step_terms",
+    "plot_samples",
+    "plot_image_grid",
+    "plot_scatter",
+    "plot_guide_comparison",
+    "save_figure",
+]
+
+Record = Mapping[str, Any]
+Run = Iterable[Record]
+
+
+class Units(enum.Enum):
+    """How a log-likelihood quantity is shown."""
+
+    NATS = "nats"
+    """nats per datum (the raw ELBO scale)"""
+    BITS_PER_DIM = "bits/dim"
+    """nats / (D ln 2): needs the number of dimensions D"""
+
+
+def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.2) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _records(run: Run) -> list[Record]:
+    if isinstance(run, Mapping) and "kind" in run:
+        return [run]
+    try:
+        rows = list(run)
+    except TypeError:
+        raise DataError(
+            f"expected training records (a list of dicts or a History), got {type(run).__name__}"
+        ) from None
+    if not all(isinstance(r, Mapping) for r in rows):
+        raise DataError("training records must be dicts with 'step' and 'kind'")
+    return rows
+
+
+def _runs(runs: Run | Mapping[str, Run]) -> dict[str, list[Record]]:
+    """{label: records}: one run (unlabelled) or a mapping of labelled runs."""
+    if isinstance(runs, Mapping) and "kind" not in runs:
+        if not runs:
+            raise DataError("no runs to plot")
+        return {str(k): _records(v) for k, v in runs.items()}
+    return {"": _records(runs)}
+
+
+def _of_kind(rows: list[Record], kind: str, split: str | None = None) -> list[Record]:
+    return [r for r in rows if r.get("kind") == kind and (split is None or r.get("split") == split)]
+
+
+def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or values.size < window:
+        return values
+    kernel = np.ones(window) / window
+    return np.convolve(values, kernel, mode="valid")
+
+
+def _convert(values: np.ndarray, units: Units, num_dims: int | None, sign: float = 1.0):
+    """Nats per datum → the requested units (a loss in bits/dim keeps its sign)."""
+    if not isinstance(units, Units):
+        raise ConfigError(f"units must be a Units, got {units!r}")
+    if units is Units.NATS:
+        return values
+    if not num_dims or num_dims < 1:
+        raise ConfigError("bits/dim need num_dims, the number of dimensions D of one datum")
+    return sign * values / (num_dims * math.log(2.0))
+
+
+def plot_elbo(
+    runs: Run | Mapping[str, Run],
+    *,
+    entropy: float | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The ELBO per datum (nats) over training: train estimates and held-out evaluations.
+
+    Left: the training ELBO (faint: every record; solid: a running mean over 2 % of them) and
+    each eval split (markers). ``entropy`` H, when the data density is known, adds the line
+    −H: no model's expected log-likelihood can rise above it, so the distance to it is the
+    bound's gap plus the model's misfit. Right, when evals carry bits/dim: those, per split.
+    ``runs`` is one run's records or ``{label: records}`` for several.
+    """
+    runs = _runs(runs)
+    has_bpd = any(r.get("bits_per_dim") is not None for rows in runs.values() for r in rows)
+    fig, axes = _figure(2 if has_bpd else 1)
+    ax = axes[0]
+    colors = _colors(len(runs))
+    for (label, rows), color in zip(runs.items(), colors, strict=True):
+        prefix = f"{label}: " if label else ""
+        train = [r for r in _of_kind(rows, "train") if r.get("elbo_per_datum") is not None]
+        if train:
+            steps = np.array([r["step"] for r in train], dtype=float)
+            vals = np.array([r["elbo_per_datum"] for r in train], dtype=float)
+            window = max(1, len(vals) // 50)
+            ax.plot(steps, vals, color=color, alpha=0.2, lw=0.8)
+            smooth = _running_mean(vals, window)
+            ax.plot(steps[window - 1 :], smooth, color=color, lw=1.6, label=f"{prefix}train")
+        for split, marker in _splits(rows):
+            ev = _of_kind(rows, "eval", split)
+            ax.plot(
+                [r["step"] for r in ev],
+                [r["elbo"] for r in ev],
+                marker=marker,
+                ls="--",
+                color=color,
+                label=f"{prefix}{split} (eval)",
+            )
+        if has_bpd:
+            for split, marker in _splits(rows):
+                ev = [r for r in _of_kind(rows, "eval", split) if r.get("bits_per_dim") is not None]
+                axes[1].plot(
+                    [r["step"] for r in ev],
+                    [r["bits_per_dim"] for r in ev],
+                    marker=marker,
+                    color=color,
+                    label=f"{prefix}{split}",
+                )
+    if entropy is not None:
+        ax.axhline(-entropy, color="k", ls=":", lw=1.2, label=f"−H = {-entropy:.3f} (data)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("ELBO per datum (nats)")
+    ax.set_title(title or "ELBO over training (higher is better)")
+    _clip_early_transient(ax, runs, entropy)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if has_bpd:
+        axes[1].set_xlabel("training step")
+        axes[1].set_ylabel("negative ELBO (bits/dim)")
+        axes[1].set_title("held-out bound (lower is better)")
+        axes[1].legend(fontsize=8)
+        axes[1].grid(alpha=0.3)
+    return fig
+
+
+def _splits(rows: list[Record]) -> list[tuple[str, str]]:
+    names = sorted({str(r.get("split")) for r in _of_kind(rows, "eval")}, key=_split_order)
+    markers = "os^Dv"
+    return [(n, markers[i % len(markers)]) for i, n in enumerate(names)]
+
+
+def _split_order(name: str) -> tuple[int, str]:
+    return ({"train": 0, "test": 1}.get(name, 2), name)
+
+
+def _clip_early_transient(ax: Axes, runs: dict[str, list[Record]], entropy: float | None):
+    """Keep the first steps' very low ELBO from flattening the rest of the curve."""
+    vals = [
+        v
+        for rows in runs.values()
+        for r in rows
+        for v in (r.get("elbo_per_datum"), r.get("elbo") if r.get("kind") == "eval" else None)
+        if v is not None and math.isfinite(v)
+    ]
+    if len(vals) < 10:
+        return
+    arr = np.asarray(vals)
+    lo, hi = np.percentile(arr, 5), arr.max()
+    if entropy is not None:
+        hi = max(hi, -entropy)
+    pad = 0.08 * (hi - lo) if hi > lo else 1.0
+    if arr.min() < lo - pad:
+        ax.set_ylim(lo - pad, hi + pad)
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _step_curve(obj: Any) -> np.ndarray:
+    """L_t for t = 1 … T (nats per datum) from a curve, an (N, T) tensor, a record or a run."""
+    if hasattr(obj, "per_step_loss") and not isinstance(obj, Mapping):
+        obj = obj.per_step_loss  # ELBOTerms
+    if isinstance(obj, Mapping):
+        if obj.get("per_step_loss") is None:
+            raise DataError("this record has no 'per_step_loss'")
+        return np.asarray(obj["per_step_loss"], dtype=float)
+    if isinstance(obj, torch.Tensor):
+        arr = obj.detach().double().cpu().numpy()
+    elif isinstance(obj, np.ndarray):
+        arr = obj.astype(float)
+    else:
+        rows = list(obj)
+        if rows and isinstance(rows[0], Mapping):
+            evals = [r for r in rows if r.get("per_step_loss") is not None]
+            if not evals:
+                raise DataError("no eval record with 'per_step_loss' to plot")
+            test = [r for r in evals if r.get("split") == "test"]
+            return np.asarray((test or evals)[-1]["per_step_loss"], dtype=float)
+        arr = np.asarray(rows, dtype=float)
+    if arr.ndim == 2:
+        arr = arr.mean(0)
+    if arr.ndim != 1 or arr.size < 1:
+        raise DataError(f"per-step terms must be a (T,) or (N, T) array, got shape {arr.shape}")
+    return arr
+
+
+def plot_step_terms(
+    curves: Any,
+    *,
+    units: Units = Units.NATS,
+    num_dims: int | None = None,
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """The per-step losses L_t against t, both axes logarithmic: where the bound is loose.
+
+    Entry t − 1 of a curve is the loss the network's timestep t contributes: −log p(x_0 | x_1)
+    at t = 1 (drawn as a marker), KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)) ≥ 0 for
+    t ≥ 2 (the line); the prior term is not included. A continuous decoder's −log p(x_0 | x_1)
+    can be negative and so cannot sit on a log axis: its value is then given in the legend.
+    ``curves`` is one curve (list, tensor (T,) or (N, T), an ELBOTerms, an eval record, or a
+    run's records: its last test eval) or ``{label: curve}``.
+    """
+    if isinstance(curves, Mapping) and "per_step_loss" not in curves:
+        labelled = {str(k): _step_curve(v) for k, v in curves.items()}
+    else:
+        labelled = {"": _step_curve(curves)}
+    if ax is None:
+        fig, (ax,) = _figure(1)
+    else:
+        fig = ax.figure
+    unit_label = "nats per datum" if units is Units.NATS else "bits/dim"
+    for (label, curve), color in zip(labelled.items(), _colors(len(labelled)), strict=True):
+        y = _convert(curve, units, num_dims)
+        name = f"{label}: " if label else ""
+        t = np.arange(2, y.size + 1)
+        kl = np.where(y[1:] > 0, y[1:], np.nan)  # a KL is ≥ 0; exact zeros have no log
+        if t.size:
+            ax.plot(t, kl, color=color, lw=1.6, label=f"{name}KL terms, t ≥ 2")
+        l0 = float(y[0])
+        if l0 > 0:
+            ax.plot(
+                [1],
+                [l0],
+                marker="D",
+                ms=7,
+                color=color,
+                ls="none",
+                label=f"{name}−log p(x₀|x₁) = {l0:.3g}",
+            )
+        else:
+            ax.plot(
+                [],
+                [],
+                marker="D",
+                color=color,
+                ls="none",
+                mfc="none",
+                label=f"{name}−log p(x₀|x₁) = {l0:.3g} (≤ 0, off the log axis)",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _integer_log_ticks(ax, max(c.size for c in labelled.values()))
+    ax.set_xlabel("timestep t (log scale)")
+    ax.set_ylabel(f"loss term L_t ({unit_label}, log scale)")
+    ax.set_title(title or "per-step terms of the negative ELBO")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def _integer_log_ticks(ax: Axes, T: int) -> None:
+    """Plain integer labels 1, 2, 5, 10, … on a log-scaled t axis (no 3×10⁰ clutter)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
+    ticks = [m * 10**e for e in range(7) for m in (1, 2, 5) if m * 10**e <= T] + [T]
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(ticks))))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_image_grid(
+    x: torch.Tensor | np.ndarray,
+    *,
+    ncols: int | None = None,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    title: str | None = None,
+) -> Figure:
+    """Images (N, C, H, W) or (N, H, W), C ∈ {1, 3}, tiled in a grid; values in ``value_range``."""
+    arr = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4 or arr.shape[1] not in (1, 3) or arr.shape[0] < 1:
+        raise DataError(f"images must have shape (N, C, H, W) with C = 1 or 3, got {arr.shape}")
+    n, c, h, w = arr.shape
+    ncols = ncols or int(math.ceil(math.sqrt(n)))
+    nrows = int(math.ceil(n / ncols))
+    lo, hi = value_range
+    arr = np.clip((arr - lo) / (hi - lo), 0, 1)
+    pad = 1
+    canvas = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c))
+    for i in range(n):
+        r, q = divmod(i, ncols)
+        y0, x0 = pad + r * (h + pad), pad + q * (w + pad)
+        canvas[y0 : y0 + h, x0 : x0 + w] = arr[i].transpose(1, 2, 0)
+    side = min(8.0, max(3.0, 0.45 * max(ncols, nrows)))
+    fig, (ax,) = _figure(1, width=side, height=side * nrows / ncols + 0.5)
+    if c == 1:
+        ax.imshow(canvas[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"{n} samples, {h}×{w} pixels each ({ncols} per row)")
+    ax.set_ylabel(f"grey level in [{lo:g}, {hi:g}]" if c == 1 else f"RGB in [{lo:g}, {hi:g}]")
+    ax.set_title(title or "samples")
+    return fig
+
+
+def plot_scatter(
+    x: torch.Tensor | np.ndarray,
+    *,
+    density: Any | None = None,
+    limit: float | None = None,
+    title: str | None = None,
+    max_points: int = 5000,
+) -> Figure:
+    """2-D points over the filled contours of a true density p(x), when one is given.
+
+    ``density`` is anything with ``log_prob`` on (N, 2) tensors (e.g. a data set's
+    ``density``); the square [−limit, limit]² is shown (default: fits the points, at most 6).
+    """
+    arr = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise DataError(f"scatter plots take points of shape (N, 2), got {arr.shape}")
+    arr = arr[:max_points]
+    if limit is None:
+        finite = arr[np.isfinite(arr).all(1)]
+        q = np.percentile(np.abs(finite), 99.5) if finite.size else 3.0
+        limit = float(min(6.0, max(2.5, 1.15 * q)))
+    fig, (ax,) = _figure(1, width=5.6, height=5.0)
+    if density is not None:
+        g = np.linspace(-limit, limit, 240)
+        gx, gy = np.meshgrid(g, g)
+        pts = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1))
+        with torch.no_grad():
+            p = density.log_prob(pts).exp().double().numpy().reshape(gx.shape)
+        filled = ax.contourf(gx, gy, p, levels=10, cmap="Blues")
+        fig.colorbar(filled, ax=ax, label="true density p(x) (per unit area)")
+    ax.scatter(arr[:, 0], arr[:, 1], s=3, color="tab:orange", alpha=0.6, lw=0, label="samples")
+    ax.set_xlim(-limit, limit)
+    ax.set_ylim(-limit, limit)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x₁ (standardised units)")
+    ax.set_ylabel("x₂ (standardised units)")
+    ax.set_title(title or f"{len(arr)} samples" + (" over the true density" if density else ""))
+    ax.legend(loc="upper right", fontsize=8, markerscale=3)
+    return fig
+
+
+def plot_samples(
+    x: torch.Tensor | np.ndarray,
+    *,
+    density: Any | None = None,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    title: str | None = None,
+) -> Figure:
+    """A scatter for (N, 2) points (over ``density`` if given), an image grid for images."""
+    shape = tuple(x.shape)
+    if len(shape) == 2 and shape[1] == 2:
+        return plot_scatter(x, density=density, title=title)
+    if len(shape) in (3, 4):
+        return plot_image_grid(x, value_range=value_range, title=title)
+    raise DataError(f"cannot draw samples of shape {shape}: expected (N, 2) or (N, C, H, W)")
+
+
+def plot_guide_comparison(
+    runs: Mapping[str, Run],
+    *,
+    entropy: float | None = None,
+    units: Units = Units.NATS,
+    num_dims: int | None = None,
+    split: str = "test",
+    title: str | None = None,
+) -> Figure:
+    """Several runs side by side (e.g. the fixed and a learned guide on the same model).
+
+    Left: each run's held-out ELBO per datum (nats) over training, with −H when the data
+    entropy is known. Right: each run's per-step terms L_t at its last evaluation on
+    ``split`` (see :func:`plot_step_terms`).
+    """
+    if not isinstance(runs, Mapping) or not runs:
+        raise DataError("plot_guide_comparison takes {label: records}, at least one run")
+    labelled = _runs(runs)
+    fig, (left, right) = _figure(2)
+    last = {}
+    for (label, rows), color in zip(labelled.items(), _colors(len(labelled)), strict=True):
+        ev = _of_kind(rows, "eval", split) or _of_kind(rows, "eval")
+        if not ev:
+            raise DataError(f"run {label!r} has no eval records to compare")
+        steps = [r["step"] for r in ev]
+        elbo = [r["elbo"] for r in ev]
+        left.plot(steps, elbo, marker="o", color=color, label=f"{label} ({elbo[-1]:.3f})")
+        if ev[-1].get("per_step_loss") is not None:
+            last[label] = ev[-1]
+    if entropy is not None:
+        left.axhline(-entropy, color="k", ls=":", lw=1.2, label=f"−H = {-entropy:.3f} (data)")
+    left.set_xlabel("training step")
+    left.set_ylabel(f"{split} ELBO per datum (nats)")
+    left.set_title(f"{split} ELBO (higher is better; final value in legend)")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    if last:
+        plot_step_terms(
+            last, units=units, num_dims=num_dims, ax=right, title="per-step terms, last eval"
+        )
+    else:
+        right.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
+    """Write ``fig`` (format from the suffix, e.g. .png or .pdf), creating parent folders."""
+    path = Path(path)
+    if not path.suffix:
+        raise ConfigError(f"{path}: give the figure file a suffix such as .png or .pdf")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
