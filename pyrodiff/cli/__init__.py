@@ -1,0 +1,70 @@
+"""The ``pyrodiff`` command: ``train``, ``evaluate``, ``sample``, ``compare``, ``plot``.
+
+``main(argv)`` returns the exit status. Every error (a :class:`~pyrodiff.errors.PyrodiffError`,
+a bad flag, a missing or unreadable file) is printed as one line on stderr,
+``pyrodiff: error: …``, with a non-zero status and no traceback; ``--debug`` shows the
+traceback. See ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ..errors import PyrodiffError
+from .parser import UsageError, build_parser
+
+__all__ = ["main", "UsageError"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, PyrodiffError):
+        return text or type(exc).__name__
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
+        return f"{exc.strerror}: {exc.filename}"
+    # not raised on purpose: name the type so the message still makes sense alone
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (``sys.argv[1:]`` by default); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            args = build_parser().parse_args(["train", *argv])
+        from .commands import COMMANDS
+
+        _set_threads(getattr(args, "threads", None))
+
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("pyrodiff: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        status = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
+        message = _one_line(exc)
+        hint = "" if debug or isinstance(exc, PyrodiffError) else " (run with --debug for details)"
+        print(f"pyrodiff: error: {message}{hint}", file=sys.stderr, flush=True)
+        return status

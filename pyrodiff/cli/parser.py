@@ -1,0 +1,234 @@
+"""The argparse parser of the ``pyrodiff`` command: every RunConfig field is a ``train`` flag.
+
+Parsing errors raise :class:`UsageError` instead of printing usage and exiting, so that
+:func:`pyrodiff.cli.main` reports them, like every other error, as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import types
+import typing
+from typing import Any
+
+from ..config import RunConfig
+from ..errors import PyrodiffError
+
+__all__ = ["UsageError", "build_parser", "config_overrides", "NONE_WORDS"]
+
+NONE_WORDS = ("none", "off")
+"""What an optional numeric flag accepts to mean "not set" (``--ema-decay off``)."""
+
+
+class UsageError(PyrodiffError, ValueError):
+    """The command line itself is wrong: an unknown flag, a missing argument, a bad value."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        command = self.prog.removeprefix("pyrodiff").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
+
+
+def _flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _unwrap(hint: Any) -> tuple[Any, bool]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+def _number(kind: type, optional: bool, name: str):
+    """An argparse ``type`` that reads int/float (and none/off when optional); its errors name
+    the flag and what was expected."""
+
+    def convert(text: str):
+        if optional and text.strip().lower() in NONE_WORDS:
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            also = " or 'off'" if optional else ""
+            raise argparse.ArgumentTypeError(
+                f"{name} expects {expected}{also}, got {text!r}"
+            ) from None
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field. Defaults are suppressed: only flags the user gave reach
+    the namespace, so they can override a loaded configuration."""
+    hints = typing.get_type_hints(RunConfig)
+    group = parser.add_argument_group("run configuration (defaults train the digits)")
+    default = RunConfig()
+    for f in dataclasses.fields(RunConfig):
+        hint, optional = _unwrap(hints[f.name])
+        flag = _flag_name(f)
+        value = getattr(default, f.name)
+        shown = value.value if isinstance(value, enum.Enum) else value
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            # values are checked by RunConfig, whose error lists the valid ones
+            kwargs["metavar"] = "{" + ",".join(str(m.value) for m in hint) + "}"
+        elif hint in (int, float):
+            kwargs["type"] = _number(hint, optional, flag)
+            kwargs["metavar"] = "N" if hint is int else "X"
+        names = [flag]
+        if f.name == "num_steps":
+            names.append("--num-steps")
+        group.add_argument(*names, **kwargs)
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The RunConfig fields given on the command line."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(RunConfig)
+        if hasattr(args, f.name)
+    }
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_number(int, False, "--threads"),
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the full traceback of an error",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = _Parser(
+        prog="pyrodiff",
+        description="Train, evaluate, sample and compare diffusion models written as Pyro programs.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyrodiff {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (no arguments: the digits default)",
+        description="Train a model and write a run folder (config.json, metrics.jsonl, "
+        "checkpoint.pt, figures/). Flags override the defaults, or the file given by --config.",
+    )
+    p.add_argument(
+        "--out", metavar="RUN_DIR", help="the run folder to create (default: runs/<time>)"
+    )
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint")
+    p.add_argument("--config", metavar="FILE", help="start from this config.json (or run folder)")
+    p.add_argument("--distributed", action="store_true", help="train under torchrun (DDP)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the configuration and data, print it, stop"
+    )
+    add_config_flags(p)
+    _common(p)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="ELBO terms, bits/dim, IWAE-K and PSIS k-hat of a run",
+        description="Evaluate a run's checkpoint on a split; prints a table and writes "
+        "RUN/evaluation.json.",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument(
+        "--split", default="test", metavar="{test,train}", help="which split (default: test)"
+    )
+    p.add_argument(
+        "--num",
+        type=_number(int, False, "--num"),
+        default=None,
+        metavar="N",
+        help="evaluate the first N data of the split only (default: all)",
+    )
+    p.add_argument(
+        "--iwae",
+        type=_number(int, False, "--iwae"),
+        default=None,
+        metavar="K",
+        help="also the importance-weighted bound with K samples",
+    )
+    p.add_argument("--psis", action="store_true", help="also the PSIS k-hat diagnostic")
+    p.add_argument("--seed", type=_number(int, False, "--seed"), default=0, metavar="N")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-ema", action="store_true", help="use the raw parameters, not the EMA")
+    _common(p)
+
+    p = sub.add_parser(
+        "sample",
+        help="draw samples from a run's model (PNG + .npy)",
+        description="Draw samples; writes RUN/samples-<sampler>.npy and "
+        "RUN/figures/samples-<sampler>.png (a digit grid, or a scatter over the true density).",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument(
+        "--num",
+        type=_number(int, False, "--num"),
+        default=64,
+        metavar="N",
+        help="number of samples (default: 64)",
+    )
+    p.add_argument(
+        "--sampler",
+        default="ancestral",
+        metavar="{ancestral,strided,ddim}",
+        help="sampler (default: ancestral)",
+    )
+    p.add_argument(
+        "--steps",
+        type=_number(int, False, "--steps"),
+        default=None,
+        metavar="S",
+        help="network calls for strided/ddim (default: T/10)",
+    )
+    p.add_argument(
+        "--eta",
+        type=_number(float, False, "--eta"),
+        default=0.0,
+        metavar="E",
+        help="DDIM's eta (0: deterministic, 1: ancestral-like)",
+    )
+    p.add_argument("--seed", type=_number(int, False, "--seed"), default=0, metavar="N")
+    p.add_argument("--out", metavar="FILE", help="the .npy file to write (default: in RUN)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-ema", action="store_true", help="use the raw parameters, not the EMA")
+    _common(p)
+
+    p = sub.add_parser(
+        "compare",
+        help="ELBO traces and per-step terms of several runs in one figure",
+        description="Draw the ELBO traces and final per-step terms of several runs in one "
+        "figure and print a table of their final numbers.",
+    )
+    p.add_argument("runs", metavar="RUN", nargs="+")
+    p.add_argument(
+        "--out",
+        default="comparison.png",
+        metavar="FILE",
+        help="the figure to write (default: comparison.png)",
+    )
+    _common(p)
+
+    p = sub.add_parser("plot", help="redraw a run's figures into RUN/figures/")
+    p.add_argument("run", metavar="RUN")
+    _common(p)
+    return parser
