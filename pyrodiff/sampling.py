@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pyro
 import torch
 from pyro.infer import Predictive
 from torch import Tensor, nn
@@ -182,7 +181,8 @@ def predictive_sample(
     device = model.schedule.alpha_bar.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:
-            pyro.set_rng_seed(int(seed))
+            # torch's generator only (Pyro draws through it); numpy and random stay untouched
+            torch.manual_seed(int(seed))
         predictive = Predictive(model, num_samples=1, return_sites=sites, parallel=False)
         out = predictive(None, num_samples)
     out = {k: v.squeeze(0) for k, v in out.items()}

@@ -97,8 +97,12 @@ def test_predictive_returns_every_site_and_is_seeded(oracle):
     sites = predictive_sample(oracle, 4, seed=5, return_sites=True)
     assert set(sites) == {f"x_{t}" for t in range(21)}
     assert all(v.shape == (4, 2) for v in sites.values())
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
     again = predictive_sample(oracle, 4, seed=5)
     assert torch.equal(again, sites["x_0"])
+    assert torch.equal(torch.rand(3), expected)  # the caller's random stream is untouched
 
 
 @pytest.mark.parametrize(
