@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .gaussian import eps_from_x0, predict_x0
-from .likelihoods import DiscretizedGaussianLikelihood, Likelihood
+from .likelihoods import DiscretizedGaussianLikelihood, GaussianLikelihood, Likelihood
 from .models.diffusion import Diffusion, ReverseVariance
 from .schedules import schedule_from_alpha_bar
 
@@ -106,7 +106,12 @@ def _decode(likelihood: Likelihood, mean: Tensor, std: Tensor, z: Tensor | None)
 
     Rounding a Gaussian draw to the nearest level (outer bins open) is exactly a draw from
     :class:`~pyrodiff.likelihoods.DiscretizedNormal`. With ``z=None`` the mean is rounded.
+    Any other decoder is sampled through its own distribution (torch's global generator).
     """
+    if not isinstance(likelihood, GaussianLikelihood | DiscretizedGaussianLikelihood):
+        if z is None:
+            return mean
+        return likelihood.distribution(mean, std.expand_as(mean)).sample()
     x = mean if z is None else mean + std * z
     if isinstance(likelihood, DiscretizedGaussianLikelihood):
         step = (likelihood.high - likelihood.low) / (likelihood.num_levels - 1)

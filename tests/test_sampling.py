@@ -2,6 +2,7 @@
 
 import math
 
+import pyro.distributions as dist
 import pytest
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from pyrodiff import (
     gaussian_oracle,
     linear_schedule,
 )
-from pyrodiff.likelihoods import DiscretizedNormal
+from pyrodiff.likelihoods import DiscretizedNormal, Likelihood
 from pyrodiff.networks import MLPDenoiser
 from pyrodiff.sampling import (
     _decode,
@@ -276,3 +277,19 @@ def test_samples_follow_the_model_dtype():
     model = Diffusion(MLPDenoiser(2, 8, 1).float(), linear_schedule(6))
     for x in (ancestral_sample(model, 3), strided_sample(model, 3, 2), ddim_sample(model, 3, 2)):
         assert x.dtype == torch.float32 and x.shape == (3, 2)
+
+
+class LaplaceLikelihood(Likelihood):
+    def distribution(self, loc, scale):
+        return dist.Laplace(loc, scale)
+
+
+def test_another_decoder_is_sampled_through_its_own_distribution():
+    sched = linear_schedule(10)
+    c = torch.tensor([0.5, -0.5])
+    model = point_mass_model(sched, c, likelihood=LaplaceLikelihood())
+    torch.manual_seed(0)
+    x = ancestral_sample(model, 8000)
+    # x_0 | x_1 ~ Laplace(c, b) with b² = β̃_2 (the t = 1 variance): variance 2 b²
+    b2 = sched.posterior_variance[2]
+    assert_moments(x, c, (2 * b2).expand(2))
