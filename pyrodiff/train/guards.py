@@ -9,7 +9,7 @@ from types import FrameType
 
 from ..errors import NonFiniteError
 
-__all__ = ["InterruptFlag", "non_finite_error"]
+__all__ = ["InterruptFlag", "is_refused_non_finite", "non_finite_error"]
 
 
 class InterruptFlag:
@@ -64,3 +64,9 @@ def non_finite_error(
         f"or grad_clip, and check the data range (the training data spans "
         f"[{data_range[0]:.4g}, {data_range[1]:.4g}]); {kept}"
     )
+
+
+def is_refused_non_finite(exc: ValueError) -> bool:
+    """True for torch.distributions refusing NaN/inf arguments: with validation on (Pyro's
+    default) that is how NaN parameters first show, before any loss value exists."""
+    return "found invalid values" in str(exc)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import enum
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,37 +13,33 @@ import torch
 from pyro.infer import ELBO
 from torch import Tensor, nn
 
-from ..checkpoint import (
-    CHECKPOINT_NAME,
-    check_model_config,
-    load_checkpoint,
-    restore_weights,
-    save_checkpoint,
-)
+from ..checkpoint import CHECKPOINT_NAME, check_model_config, load_checkpoint, save_checkpoint
 from ..data import Dataset
 from ..devices import resolve_device
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError
 from ..infer import DiffusionELBO
-from ..validation import check_data
 from .ema import EMA
 from .evaluate import EVAL_SEED_OFFSET, evaluate_split
-from .guards import InterruptFlag, non_finite_error
+from .guards import InterruptFlag, is_refused_non_finite, non_finite_error
 from .history import METRICS_NAME, History, MetricsWriter, RecordKind
 from .options import LRSchedule, Precision, learning_rate
-from .rng import capture_rng, encode_rng, restore_rng, seed_everything
+from .rng import capture_rng, restore_rng, seed_everything
 from .sampler import EpochSampler
+from .setup import check_options, create_lazy_params, param_dtype, resolve_data
+from .state import TrainState, stateful_parts
 
 __all__ = ["fit"]
 
-_RANK_SEED_STRIDE = 1_000_003
-"""Rank r of a distributed run uses seed + r · stride: distinct streams, reproducible per rank."""
 
+class _Phase(enum.Enum):
+    """Where an update stands, which decides what a KeyboardInterrupt may checkpoint."""
 
-@dataclass
-class _Data:
-    train: Tensor
-    eval: Tensor | None
-    num_levels: int | None
+    BEFORE = "before"
+    """Parameters untouched: roll the random streams back to the update's start and save."""
+    DURING = "during"
+    """The optimizer may have changed some parameters: save nothing, keep the last checkpoint."""
+    AFTER = "after"
+    """Everything is consistent with the step count: save as is."""
 
 
 def fit(
@@ -125,7 +120,7 @@ def fit(
             overwrite one.
         NonFiniteError: the loss or the gradient became NaN/inf; the last checkpoint is kept.
     """
-    _check_options(
+    check_options(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
@@ -153,13 +148,18 @@ def fit(
     if warmup_steps is None:
         warmup_steps = max(1, steps // 20) if lr_schedule is LRSchedule.WARMUP_COSINE else 0
 
-    rank = 0 if distributed is None else int(distributed.rank)
-    is_main = distributed is None or bool(distributed.is_main)
+    rank, is_main, run_seed, shard = 0, True, seed, None
+    if distributed is not None:
+        from ..distributed import rank_seed, shard_indices
+
+        rank, is_main = int(distributed.rank), bool(distributed.is_main)
+        run_seed = rank_seed(seed, rank)
+        n = data.train.shape[0] if isinstance(data, Dataset) else len(data)
+        shard = shard_indices(n, rank, int(distributed.world_size))
     dev = distributed.device if distributed is not None else resolve_device(device)
     model.to(dev)
     guide.to(dev)
-    dtype = _param_dtype(model, guide)
-    d = _resolve_data(model, data, eval_data, batch_size, dev, dtype)
+    d = resolve_data(model, data, eval_data, batch_size, dev, param_dtype(model, guide), shard)
     run_dir = Path(run_dir) if run_dir is not None else None
     ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
     if run_dir is not None and not resume and ckpt_path.exists():
@@ -168,71 +168,58 @@ def fit(
             "or choose another run_dir"
         )
 
-    run_seed = seed + _RANK_SEED_STRIDE * rank
     seed_everything(run_seed)
-    sampler = EpochSampler(d.train.shape[0], batch_size, run_seed)
     loss_module = loss(model, guide)
-    _create_lazy_params(loss_module, d.train[:batch_size])
+    create_lazy_params(loss_module, d.train[:batch_size])
     params = [p for p in loss_module.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model and guide have no trainable parameters: nothing to fit")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    ema = EMA(loss_module, ema_decay) if ema_decay is not None else None
-    train_module = loss_module
+    ts = TrainState(
+        model=model,
+        guide=guide,
+        optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+        ema=EMA(loss_module, ema_decay) if ema_decay is not None else None,
+        sampler=EpochSampler(d.train.shape[0], batch_size, run_seed),
+        stateful=stateful_parts(loss),
+        lr_schedule={
+            "kind": lr_schedule.value,
+            "lr": float(lr),
+            "warmup_steps": int(warmup_steps),
+            "total_steps": int(steps),
+        },
+        model_config=model.config() if callable(getattr(model, "config", None)) else None,
+        config=config,
+    )
+    train_module: nn.Module = loss_module
     if distributed is not None:
         from ..distributed import wrap_module
 
         train_module = wrap_module(loss_module, distributed)
 
-    stateful = _stateful_parts(loss)
-    schedule_state = {
-        "kind": lr_schedule.value,
-        "lr": float(lr),
-        "warmup_steps": int(warmup_steps),
-        "total_steps": int(steps),
-    }
-    model_config = model.config() if callable(getattr(model, "config", None)) else None
-    step = 0
-    acc = {"loss_sum": 0.0, "count": 0}
-    writer_path = run_dir / METRICS_NAME if (run_dir is not None and is_main) else None
-    if run_dir is not None and is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
     if resume:
         state = load_checkpoint(ckpt_path, map_location=dev)
-        check_model_config(state, model_config, where=str(ckpt_path))
-        step = _restore(state, model, guide, optimizer, ema, sampler, stateful, ckpt_path)
-        acc = dict(state.get("extra", {}).get("log_accumulator", acc))
-    elif writer_path is not None and writer_path.exists():
-        writer_path.unlink()  # a fresh run starts a fresh record
-
-    def checkpoint_state(rng: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "step": step,
-            "model": model.state_dict(),
-            "guide": guide.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_schedule": dict(schedule_state, last_step=step),
-            "ema": ema.state_dict() if ema is not None else None,
-            "rng": encode_rng(rng),
-            "sampler": sampler.state_dict(),
-            "model_config": model_config,
-            "config": config,
-            "extra": {
-                "log_accumulator": dict(acc),
-                **{name: obj.state_dict() for name, obj in stateful.items()},
-            },
-        }
+        check_model_config(state, ts.model_config, where=str(ckpt_path))
+        ts.restore(state, ckpt_path, streams=is_main)
+        if not is_main:
+            # the checkpoint holds rank 0's streams only: the others restart theirs from a seed
+            # of (seed, rank, step), distinct and reproducible but not those of an unbroken run
+            seed_everything(run_seed + 7 * ts.step)
+            ts.sampler = EpochSampler(d.train.shape[0], batch_size, run_seed + 7 * ts.step)
+    writer_path = None
+    if run_dir is not None and is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        writer_path = run_dir / METRICS_NAME
+        if not resume:
+            writer_path.unlink(missing_ok=True)  # a fresh run starts a fresh record
 
     def write_checkpoint(rng: dict[str, Any] | None = None) -> None:
         if ckpt_path is not None and is_main:
-            save_checkpoint(ckpt_path, checkpoint_state(rng or capture_rng()))
+            save_checkpoint(ckpt_path, ts.to_checkpoint(rng or capture_rng()))
 
     def evaluate() -> None:
         if d.eval is None or not is_main:
             return
-        scope = ema.applied() if ema is not None else contextlib.nullcontext()
-        with scope:
+        with ts.ema.applied() if ts.ema is not None else contextlib.nullcontext():
             result = evaluate_split(
                 model,
                 guide,
@@ -241,242 +228,90 @@ def fit(
                 batch_budget=eval_batch_budget,
                 seed=seed + EVAL_SEED_OFFSET,
             )
-        writer.write(RecordKind.EVAL, step, split="test", ema=ema is not None, **result)
+        writer.write(RecordKind.EVAL, ts.step, split="test", ema=ts.ema is not None, **result)
+
+    def stop(what: str, value: float, lr_now: float) -> Exception:
+        kept = str(ckpt_path) if ckpt_path is not None and ckpt_path.exists() else None
+        return non_finite_error(what, value, ts.step + 1, lr_now, data_range, kept)
 
     data_range = (float(d.train.min()), float(d.train.max()))
     interrupted = False
-    last_eval = -1
-    bar = _progress_bar(progress and is_main, steps, step)
+    bar = _progress_bar(progress and is_main, steps, ts.step)
     running = None
     with MetricsWriter(writer_path) as writer, InterruptFlag() as flag:
-        if resume:
-            writer.truncate_after(step)
-            last_eval = max((r["step"] for r in writer.records if r["kind"] == "eval"), default=-1)
-        # "before": the update has not touched the parameters, so rolling the random state back
-        # to the snapshot gives the state after `step` updates; "during": the optimizer may have
-        # changed some parameters; "after": everything is consistent with `step`.
-        phase = "after"
-        snapshot = None
+        writer.truncate_after(ts.step)
+        last_eval = max((r["step"] for r in writer.records if r["kind"] == "eval"), default=-1)
+        phase, snapshot = _Phase.AFTER, None
         try:
-            while step < steps and not flag.requested:
-                snapshot = (capture_rng(), sampler.snapshot())
-                phase = "before"
-                lr_now = learning_rate(lr_schedule, lr, step, steps, warmup_steps)
-                for group in optimizer.param_groups:
+            while ts.step < steps and not flag.requested:
+                snapshot = (capture_rng(), ts.sampler.snapshot())
+                phase = _Phase.BEFORE
+                lr_now = learning_rate(lr_schedule, lr, ts.step, steps, warmup_steps)
+                for group in ts.optimizer.param_groups:
                     group["lr"] = lr_now
-                batch = d.train[sampler.next().to(dev)]
-                optimizer.zero_grad(set_to_none=True)
+                batch = d.train[ts.sampler.next().to(dev)]
+                ts.optimizer.zero_grad(set_to_none=True)
                 try:
                     with _autocast(precision, dev):
                         loss_value = train_module(batch)
                 except ValueError as exc:
-                    # with validation on (Pyro's default) NaN parameters surface as a
-                    # distribution refusing its arguments, before any loss exists
-                    if "found invalid values" not in str(exc):
+                    if not is_refused_non_finite(exc):
                         raise
                     what = "distribution parameter: " + str(exc).splitlines()[0][:120]
-                    raise non_finite_error(
-                        what, math.nan, step + 1, lr_now, data_range, _kept(ckpt_path)
-                    ) from exc
+                    raise stop(what, math.nan, lr_now) from exc
                 loss_float = float(loss_value.detach())
                 if not math.isfinite(loss_float):
-                    raise non_finite_error(
-                        "loss", loss_float, step + 1, lr_now, data_range, _kept(ckpt_path)
-                    )
+                    raise stop("loss", loss_float, lr_now)
                 loss_value.backward()
                 norm = _grad_norm(params, grad_clip)
                 if not math.isfinite(norm):
-                    raise non_finite_error(
-                        "gradient norm", norm, step + 1, lr_now, data_range, _kept(ckpt_path)
-                    )
-                phase = "during"
-                optimizer.step()
-                if ema is not None:
-                    ema.update()
-                step += 1
-                phase = "after"
+                    raise stop("gradient norm", norm, lr_now)
+                phase = _Phase.DURING
+                ts.optimizer.step()
+                if ts.ema is not None:
+                    ts.ema.update()
+                ts.step += 1
+                phase = _Phase.AFTER
 
-                acc["loss_sum"] += loss_float
-                acc["count"] += 1
-                if step % log_every == 0 or step == steps:
-                    mean_loss = acc["loss_sum"] / acc["count"]
+                ts.accumulate(loss_float)
+                if ts.step % log_every == 0 or ts.step == steps:
+                    mean_loss = ts.pop_mean_loss()
                     writer.write(
                         RecordKind.TRAIN,
-                        step,
+                        ts.step,
                         loss=mean_loss,
                         elbo_per_datum=-mean_loss / batch_size,
                         lr=lr_now,
                     )
-                    acc = {"loss_sum": 0.0, "count": 0}
                 elbo_now = -loss_float / batch_size
                 running = elbo_now if running is None else 0.95 * running + 0.05 * elbo_now
                 if bar is not None:
                     bar.set_postfix_str(f"elbo/datum {running:.4g}", refresh=False)
                     bar.update(1)
-                if eval_every is not None and step % eval_every == 0:
+                if eval_every is not None and ts.step % eval_every == 0:
                     evaluate()
-                    last_eval = step
-                if checkpoint_every is not None and step % checkpoint_every == 0:
+                    last_eval = ts.step
+                if checkpoint_every is not None and ts.step % checkpoint_every == 0:
                     write_checkpoint()
                 if callback is not None:
-                    callback(step, loss_float)
+                    callback(ts.step, loss_float)
         except KeyboardInterrupt:
             interrupted = True
-            if phase == "before":
+            if phase is _Phase.BEFORE:
                 restore_rng(snapshot[0])
-                sampler.restore(snapshot[1])
-                optimizer.zero_grad(set_to_none=True)
-            if phase != "during":
+                ts.sampler.restore(snapshot[1])
+                ts.optimizer.zero_grad(set_to_none=True)
+            if phase is not _Phase.DURING:
                 write_checkpoint()
         else:
-            if flag.requested:
-                interrupted = True
-                write_checkpoint()
-            else:
-                if last_eval != step:
-                    evaluate()
-                write_checkpoint()
+            interrupted = flag.requested
+            if not interrupted and last_eval != ts.step:
+                evaluate()
+            write_checkpoint()
         finally:
             if bar is not None:
                 bar.close()
-        return writer.history(interrupted=interrupted, final_step=step)
-
-
-def _kept(ckpt_path: Path | None) -> str | None:
-    return str(ckpt_path) if ckpt_path is not None and ckpt_path.exists() else None
-
-
-def _check_options(**o: Any) -> None:
-    def positive_int(name: str, allow_none: bool = False) -> None:
-        v = o[name]
-        if v is None and allow_none:
-            return
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-
-    positive_int("steps")
-    positive_int("batch_size")
-    positive_int("log_every")
-    positive_int("eval_batch_budget")
-    positive_int("eval_every", allow_none=True)
-    positive_int("checkpoint_every", allow_none=True)
-    if not isinstance(o["lr"], int | float) or not (math.isfinite(o["lr"]) and o["lr"] > 0):
-        raise ConfigError(f"lr must be a positive finite number, got {o['lr']!r}")
-    wd = o["weight_decay"]
-    if not isinstance(wd, int | float) or not (math.isfinite(wd) and wd >= 0):
-        raise ConfigError(f"weight_decay must be a finite number >= 0, got {wd!r}")
-    gc = o["grad_clip"]
-    if gc is not None and (not isinstance(gc, int | float) or not gc > 0 or not math.isfinite(gc)):
-        raise ConfigError(f"grad_clip must be None or a positive number, got {gc!r}")
-    ed = o["ema_decay"]
-    if ed is not None and (not isinstance(ed, int | float) or not 0.0 < ed < 1.0):
-        raise ConfigError(f"ema_decay must be None or a number in (0, 1), got {ed!r}")
-    if not isinstance(o["lr_schedule"], LRSchedule):
-        raise ConfigError(
-            f"lr_schedule must be an LRSchedule ({', '.join(s.name for s in LRSchedule)}), "
-            f"got {o['lr_schedule']!r}"
-        )
-    if not isinstance(o["precision"], Precision):
-        raise ConfigError(
-            f"precision must be a Precision ({', '.join(p.name for p in Precision)}), "
-            f"got {o['precision']!r}"
-        )
-    ws = o["warmup_steps"]
-    if ws is not None and (
-        isinstance(ws, bool) or not isinstance(ws, int) or not 0 <= ws <= o["steps"]
-    ):
-        raise ConfigError(f"warmup_steps must be an integer in [0, steps={o['steps']}], got {ws!r}")
-    if isinstance(o["seed"], bool) or not isinstance(o["seed"], int) or o["seed"] < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {o['seed']!r}")
-    if o["run_dir"] is None and (o["resume"] or o["checkpoint_every"] is not None):
-        what = "resume" if o["resume"] else "checkpoint_every"
-        raise ConfigError(f"{what} needs a run_dir to hold the checkpoint")
-    if o["config"] is not None:
-        if not isinstance(o["config"], dict):
-            raise ConfigError(f"config must be a dict, got {type(o['config']).__name__}")
-        try:
-            json.dumps(o["config"], allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"config must be JSON-able (plain values only): {exc}") from None
-
-
-def _param_dtype(*modules: nn.Module) -> torch.dtype:
-    for m in modules:
-        for p in m.parameters():
-            if p.is_floating_point():
-                return p.dtype
-    return torch.get_default_dtype()
-
-
-def _resolve_data(model, data, eval_data, batch_size, dev, dtype) -> _Data:
-    if isinstance(data, Dataset):
-        train, test, levels = data.train, data.test, data.num_levels
-    elif isinstance(data, Tensor):
-        train, test, levels = data, None, None
-    else:
-        raise DataError(
-            f"data must be a pyrodiff.data.Dataset or a torch.Tensor, got {type(data).__name__}"
-        )
-    if eval_data is not None:
-        test = eval_data
-    event_shape = tuple(getattr(model, "event_shape", None) or tuple(train.shape[1:]))
-    likelihood = getattr(model, "likelihood", None)
-    check_data(train, event_shape, likelihood, name="training data")
-    if test is not None:
-        check_data(test, event_shape, likelihood, name="evaluation data")
-    if batch_size > train.shape[0]:
-        raise DataError(
-            f"batch_size {batch_size} is larger than the {train.shape[0]} training data; "
-            f"expected at most {train.shape[0]}"
-        )
-    to = {"device": dev, "dtype": dtype}
-    return _Data(train.to(**to), test.to(**to) if test is not None else None, levels)
-
-
-def _create_lazy_params(loss_module: nn.Module, x: Tensor) -> None:
-    """Run the loss once so guides that create parameters on first call (autoguides) have
-    them before the optimizer is built; the random state is left exactly as it was."""
-    snap = capture_rng()
-    try:
-        with torch.no_grad():
-            loss_module(x)
-    finally:
-        restore_rng(snap)
-
-
-def _stateful_parts(loss: ELBO) -> dict[str, Any]:
-    """Parts of the estimator that learn as training goes (adaptive timestep samplers)."""
-    parts = {}
-    for name, obj in (("loss", loss), ("timesteps", getattr(loss, "timesteps", None))):
-        if callable(getattr(obj, "state_dict", None)) and callable(
-            getattr(obj, "load_state_dict", None)
-        ):
-            parts[name] = obj
-    return parts
-
-
-def _restore(state, model, guide, optimizer, ema, sampler, stateful, path) -> int:
-    restore_weights(model, guide, state, use_ema=False)
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(
-            f"checkpoint {path}: its optimizer state does not fit these parameters "
-            f"({str(exc).splitlines()[0]})"
-        ) from None
-    if ema is not None:
-        if state.get("ema") is None:
-            raise CheckpointError(f"checkpoint {path} has no EMA, but ema_decay is set now")
-        ema.load_state_dict(state["ema"])
-    if "sampler" not in state or "rng" not in state:
-        raise CheckpointError(f"checkpoint {path} lacks the random state needed to resume")
-    sampler.load_state_dict(state["sampler"])
-    restore_rng(state["rng"])
-    extra = state.get("extra", {})
-    for name, obj in stateful.items():
-        if name in extra:
-            obj.load_state_dict(extra[name])
-    return int(state["step"])
+        return writer.history(interrupted=interrupted, final_step=ts.step)
 
 
 def _grad_norm(params: list[nn.Parameter], clip: float | None) -> float:
