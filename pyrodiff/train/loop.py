@@ -259,10 +259,12 @@ def fit(
                         raise
                     what = "distribution parameter: " + str(exc).splitlines()[0][:120]
                     raise stop(what, math.nan, lr_now) from exc
+                # backward before any check: in a distributed run it is where the ranks meet,
+                # so every rank reaches the checks below with the same (all-reduced) gradients
+                loss_value.backward()
                 loss_float = float(loss_value.detach())
                 if not math.isfinite(loss_float):
                     raise stop("loss", loss_float, lr_now)
-                loss_value.backward()
                 norm = _grad_norm(params, grad_clip)
                 if not math.isfinite(norm):
                     raise stop("gradient norm", norm, lr_now)
