@@ -1,23 +1,29 @@
 """Closed-form densities of the forward chain and conversions between predictions.
 
 All functions take a :class:`~pyrodiff.schedules.NoiseSchedule` and a timestep ``t`` that is
-either an ``int`` or a LongTensor of shape ``(batch,)``; schedule coefficients are gathered
+either an ``int`` or a LongTensor of shape ``(batch,)``; schedule coefficients are computed
 in float64 and cast to the data's dtype, broadcast over the event dimensions.
+
+These functions sit inside every training step and every sampling step, so the tables they
+read are derived and cast once, not per call (:func:`schedule_table`, :func:`coef`).
 """
 
 from __future__ import annotations
 
 import enum
+import weakref
+from collections.abc import Callable
 
 import pyro.distributions as dist
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .schedules import NoiseSchedule
 
 __all__ = [
     "Parameterization",
     "coef",
+    "schedule_table",
     "q_sample",
     "q_marginal",
     "q_step",
@@ -47,34 +53,116 @@ def coef(table: Tensor, t: int | Tensor, like: Tensor) -> Tensor:
     """``table[t]`` cast to ``like``'s dtype/device, shaped to broadcast over its event dims.
 
     ``like`` has shape ``(batch, *event)``; with a tensor ``t`` of shape ``(batch,)`` the
-    result has shape ``(batch, 1, …, 1)``, with an int ``t`` it is a 0-d tensor.
+    result has shape ``(batch, 1, …, 1)``, with an int ``t`` it is a 0-d tensor. A table that
+    already has ``like``'s dtype and device (as :func:`schedule_table` gives) is not copied.
     """
+    table = table.to(device=like.device, dtype=like.dtype)
     if isinstance(t, int):
-        return table[t].to(dtype=like.dtype, device=like.device)
-    value = table.to(like.device)[t].to(like.dtype)
+        return table[t]
+    value = table[t]
     return value.reshape(value.shape + (1,) * (like.dim() - value.dim()))
+
+
+class _Tables:
+    """The tables derived from one state of a schedule's buffers, per (builder, dtype, device)."""
+
+    __slots__ = ("buffers", "stamp", "tables")
+
+    def __init__(self, buffers: tuple[Tensor, ...], stamp: tuple[int, ...]) -> None:
+        self.buffers = buffers  # held so that the ids in the stamp cannot be reused
+        self.stamp = stamp
+        self.tables: dict = {}
+
+
+# Keyed weakly by the schedule module. The stamp (ids and version counters of its buffers)
+# changes on .to(), which makes new tensors, and on any in-place edit.
+_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def schedule_table(
+    schedule: nn.Module, build: Callable[[nn.Module], Tensor], like: Tensor | None = None
+) -> Tensor:
+    """``build(schedule)``, a float64 table of length T + 1 derived from the schedule's tables,
+    cast to ``like``'s dtype and device when ``like`` is given.
+
+    Built and cast once, then reused while the schedule's buffers are the same tensors at the
+    same version, so ``.to(device)`` and in-place edits rebuild it. A schedule with parameters
+    or submodules (a learned one) is rebuilt on every call, so gradients reach its parameters.
+    """
+    if schedule._parameters or schedule._modules:
+        table = build(schedule)
+        return table if like is None else table.to(device=like.device, dtype=like.dtype)
+    buffers = tuple(schedule._buffers.values())
+    stamp = tuple(id(b) for b in buffers) + tuple(b._version for b in buffers)
+    entry = _DERIVED.get(schedule)
+    if entry is None or entry.stamp != stamp:
+        entry = _DERIVED[schedule] = _Tables(buffers, stamp)
+    key = (build, None, None) if like is None else (build, like.dtype, like.device)
+    table = entry.tables.get(key)
+    if table is None:
+        with torch.inference_mode(False), torch.no_grad():
+            table = entry.tables.get((build, None, None))
+            if table is None:
+                table = entry.tables[(build, None, None)] = build(schedule)
+            if like is not None:
+                table = entry.tables[key] = table.to(device=like.device, dtype=like.dtype)
+    return table
+
+
+def _sqrt_alpha_bar(s: nn.Module) -> Tensor:
+    return s.alpha_bar.sqrt()
+
+
+def _sqrt_one_minus_alpha_bar(s: nn.Module) -> Tensor:
+    return s.one_minus_alpha_bar.sqrt()
+
+
+def _sqrt_alphas(s: nn.Module) -> Tensor:
+    return s.alphas.sqrt()
+
+
+def _sqrt_betas(s: nn.Module) -> Tensor:
+    return s.betas.sqrt()
+
+
+def _posterior_std(s: nn.Module) -> Tensor:
+    return s.posterior_variance.sqrt()
+
+
+def _posterior_coef_x0(s: nn.Module) -> Tensor:
+    # roll(1) puts index T at 0; t = 0 is never a valid step, so that entry is unused.
+    return s.alpha_bar.sqrt().roll(1) * s.betas / s.one_minus_alpha_bar
+
+
+def _posterior_coef_xt(s: nn.Module) -> Tensor:
+    return s.alphas.sqrt() * s.one_minus_alpha_bar.roll(1) / s.one_minus_alpha_bar
+
+
+def _sqrt_coefs(schedule: nn.Module, t: int | Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """(√ᾱ_t, √(1 − ᾱ_t)), square roots taken in float64."""
+    return (
+        coef(schedule_table(schedule, _sqrt_alpha_bar, like), t, like),
+        coef(schedule_table(schedule, _sqrt_one_minus_alpha_bar, like), t, like),
+    )
 
 
 def q_marginal(schedule: NoiseSchedule, x0: Tensor, t: int | Tensor) -> dist.Normal:
     """q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), elementwise (no event dims)."""
-    ab = coef(schedule.alpha_bar, t, x0)
-    om = coef(schedule.one_minus_alpha_bar, t, x0)
-    return dist.Normal(ab.sqrt() * x0, om.sqrt().expand_as(x0))
+    sa, so = _sqrt_coefs(schedule, t, x0)
+    return dist.Normal(sa * x0, so.expand_as(x0))
 
 
 def q_sample(schedule: NoiseSchedule, x0: Tensor, t: int | Tensor, noise: Tensor) -> Tensor:
     """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, a reparameterised draw from q(x_t | x_0)."""
-    return (
-        coef(schedule.alpha_bar, t, x0).sqrt() * x0
-        + coef(schedule.one_minus_alpha_bar, t, x0).sqrt() * noise
-    )
+    sa, so = _sqrt_coefs(schedule, t, x0)
+    return sa * x0 + so * noise
 
 
 def q_step(schedule: NoiseSchedule, x_prev: Tensor, t: int | Tensor) -> dist.Normal:
     """One forward step q(x_t | x_{t−1}) = N(√α_t x_{t−1}, β_t I)."""
-    a = coef(schedule.alphas, t, x_prev)
-    b = coef(schedule.betas, t, x_prev)
-    return dist.Normal(a.sqrt() * x_prev, b.sqrt().expand_as(x_prev))
+    a = coef(schedule_table(schedule, _sqrt_alphas, x_prev), t, x_prev)
+    b = coef(schedule_table(schedule, _sqrt_betas, x_prev), t, x_prev)
+    return dist.Normal(a * x_prev, b.expand_as(x_prev))
 
 
 def q_posterior_mean_coefs(
@@ -85,11 +173,10 @@ def q_posterior_mean_coefs(
     c_0 = √ᾱ_{t−1} β_t / (1 − ᾱ_t) and c_t = √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t); at t = 1 they are
     (1, 0): the posterior mean is x_0 itself.
     """
-    s = schedule
-    c0 = s.alpha_bar.sqrt().roll(1) * s.betas / s.one_minus_alpha_bar
-    ct = s.alphas.sqrt() * s.one_minus_alpha_bar.roll(1) / s.one_minus_alpha_bar
-    # roll(1) puts index T at 0; t = 0 is never a valid step, so that entry is unused.
-    return coef(c0, t, like), coef(ct, t, like)
+    return (
+        coef(schedule_table(schedule, _posterior_coef_x0, like), t, like),
+        coef(schedule_table(schedule, _posterior_coef_xt, like), t, like),
+    )
 
 
 def q_posterior(schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t: int | Tensor) -> dist.Normal:
@@ -97,37 +184,33 @@ def q_posterior(schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t: int | Tenso
     if isinstance(t, int) and t < 2:
         raise ValueError(f"q(x_(t-1) | x_t, x_0) is a proper density only for t >= 2, got t = {t}")
     c0, ct = q_posterior_mean_coefs(schedule, t, x0)
-    var = coef(schedule.posterior_variance, t, x0)
-    return dist.Normal(c0 * x0 + ct * x_t, var.sqrt().expand_as(x0))
+    std = coef(schedule_table(schedule, _posterior_std, x0), t, x0)
+    return dist.Normal(c0 * x0 + ct * x_t, std.expand_as(x0))
 
 
 def x0_from_eps(schedule: NoiseSchedule, x_t: Tensor, t: int | Tensor, eps: Tensor) -> Tensor:
     """x_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t."""
-    ab = coef(schedule.alpha_bar, t, x_t)
-    om = coef(schedule.one_minus_alpha_bar, t, x_t)
-    return (x_t - om.sqrt() * eps) / ab.sqrt()
+    sa, so = _sqrt_coefs(schedule, t, x_t)
+    return (x_t - so * eps) / sa
 
 
 def eps_from_x0(schedule: NoiseSchedule, x_t: Tensor, t: int | Tensor, x0: Tensor) -> Tensor:
     """ε = (x_t − √ᾱ_t x_0) / √(1 − ᾱ_t)."""
-    ab = coef(schedule.alpha_bar, t, x_t)
-    om = coef(schedule.one_minus_alpha_bar, t, x_t)
-    return (x_t - ab.sqrt() * x0) / om.sqrt()
+    sa, so = _sqrt_coefs(schedule, t, x_t)
+    return (x_t - sa * x0) / so
 
 
 def x0_from_v(schedule: NoiseSchedule, x_t: Tensor, t: int | Tensor, v: Tensor) -> Tensor:
     """x_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v (variance-preserving chain)."""
-    ab = coef(schedule.alpha_bar, t, x_t)
-    om = coef(schedule.one_minus_alpha_bar, t, x_t)
-    return ab.sqrt() * x_t - om.sqrt() * v
+    sa, so = _sqrt_coefs(schedule, t, x_t)
+    return sa * x_t - so * v
 
 
 def v_from_x0(schedule: NoiseSchedule, x_t: Tensor, t: int | Tensor, x0: Tensor) -> Tensor:
     """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0, with ε recovered from (x_t, x_0)."""
-    ab = coef(schedule.alpha_bar, t, x_t)
-    om = coef(schedule.one_minus_alpha_bar, t, x_t)
-    eps = (x_t - ab.sqrt() * x0) / om.sqrt()
-    return ab.sqrt() * eps - om.sqrt() * x0
+    sa, so = _sqrt_coefs(schedule, t, x_t)
+    eps = (x_t - sa * x0) / so
+    return sa * eps - so * x0
 
 
 def predict_x0(

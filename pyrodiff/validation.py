@@ -11,9 +11,17 @@ __all__ = ["check_data", "check_pair"]
 
 
 def check_data(
-    x0: object, event_shape: tuple[int, ...], likelihood=None, name: str = "data"
+    x0: object,
+    event_shape: tuple[int, ...],
+    likelihood=None,
+    name: str = "data",
+    values: bool = True,
 ) -> None:
-    """Raise :class:`DataError` unless ``x0`` is a finite float tensor of shape (N, *event_shape)."""
+    """Raise :class:`DataError` unless ``x0`` is a finite float tensor of shape (N, *event_shape).
+
+    With ``values=False`` only the type, dtype and shape are checked: nothing is read back from
+    the tensor's device (finiteness and the likelihood's support are not checked).
+    """
     if not isinstance(x0, Tensor):
         raise DataError(f"{name} must be a torch.Tensor, got {type(x0).__name__}")
     if not x0.is_floating_point():
@@ -24,6 +32,8 @@ def check_data(
         )
     if x0.shape[0] == 0:
         raise DataError(f"{name} is empty: expected at least one datum")
+    if not values:
+        return
     if not torch.isfinite(x0).all():
         raise DataError(f"{name} contains NaN or inf values; expected finite numbers")
     if likelihood is not None:

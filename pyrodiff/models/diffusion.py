@@ -8,10 +8,17 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, pyro_method
+from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..gaussian import Parameterization, coef, predict_x0, q_posterior_mean_coefs
+from ..gaussian import (
+    Parameterization,
+    coef,
+    predict_x0,
+    q_posterior_mean_coefs,
+    schedule_table,
+)
 from ..likelihoods import GaussianLikelihood, Likelihood
 from ..schedules import NoiseSchedule
 from ..validation import check_data
@@ -102,7 +109,7 @@ class Diffusion(PyroModule):
     @property
     def num_steps(self) -> int:
         """T."""
-        return self.schedule.num_steps
+        return self._modules["schedule"].num_steps
 
     @property
     def event_dim(self) -> int:
@@ -110,13 +117,22 @@ class Diffusion(PyroModule):
 
     # --- the pieces, vectorised over a per-datum timestep tensor t --------------------------
 
-    def _fixed_log_variance(self, sched: NoiseSchedule, which: ReverseVariance) -> Tensor:
-        """log σ_t² for the two fixed choices, length T + 1, with the t = 1 replacement."""
-        if which is ReverseVariance.BETA:
-            return torch.log(sched.betas.clamp(min=1e-300))
-        post = sched.posterior_variance.clone()
-        post[1] = post[2] if sched.num_steps >= 2 else sched.betas[1]
-        return torch.log(post.clamp(min=1e-300))
+    def _child(self, name: str) -> nn.Module:
+        """The plain ``nn.Module`` attribute ``name``, announced to Pyro once per model run.
+
+        Reading such an attribute inside a Pyro context issues ``pyro.module`` (a
+        ``pyro.param`` per parameter tensor): that is how SVI and the traces see the
+        denoiser's parameters. Once per run is enough; per site it would cost T × (number of
+        tensors) param statements per literal-chain step and per sampling run. With no handler
+        listening (plain sampling, ``torch.optim`` on the ELBO module) nothing is announced.
+        """
+        ctx = self._pyro_context
+        if ctx.active and am_i_wrapped():
+            key = self._pyro_get_fullname(name) + "#announced"
+            if ctx.get(key) is None:
+                ctx.set(key, True)
+                return getattr(self, name)
+        return self._modules[name]
 
     @pyro_method
     def reverse_moments(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -125,7 +141,7 @@ class Diffusion(PyroModule):
         At t = 1 these are the decoder's location x̂_0(x_1, 1) and variance. σ_t² has shape
         ``(batch, 1, …)`` for fixed variances and x_t's shape for LEARNED_RANGE.
         """
-        sched = self.schedule
+        sched = self._child("schedule")
         batch_shape = x_t.shape[: x_t.dim() - self.event_dim]
         if len(batch_shape) != 1:
             # extra leading dims (vectorised particles, Predictive): the denoiser sees one batch
@@ -140,16 +156,18 @@ class Diffusion(PyroModule):
         return mean, var
 
     def _moments(self, sched: NoiseSchedule, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.denoiser(x_t, t)
+        out = self._child("denoiser")(x_t, t)
         if self.variance is ReverseVariance.LEARNED_RANGE:
             out, frac = out.chunk(2, dim=1)
-            lo = coef(self._fixed_log_variance(sched, ReverseVariance.POSTERIOR), t, x_t)
-            hi = coef(self._fixed_log_variance(sched, ReverseVariance.BETA), t, x_t)
+            lo = coef(schedule_table(sched, _log_posterior_variance, x_t), t, x_t)
+            hi = coef(schedule_table(sched, _log_beta, x_t), t, x_t)
             var = torch.exp(frac * hi + (1 - frac) * lo)
         elif self.variance is ReverseVariance.PER_STEP:
             var = coef(self.log_variance, t, x_t).exp()
+        elif self.variance is ReverseVariance.BETA:
+            var = coef(schedule_table(sched, _beta, x_t), t, x_t)
         else:
-            var = coef(self._fixed_log_variance(sched, self.variance), t, x_t).exp()
+            var = coef(schedule_table(sched, _posterior_variance, x_t), t, x_t)
         x0_hat = predict_x0(self.parameterization, sched, x_t, t, out)
         c0, ct = q_posterior_mean_coefs(sched, t, x_t)
         # at t = 1, c0 = 1 and ct = 0 up to rounding; take x̂_0 exactly there
@@ -170,7 +188,7 @@ class Diffusion(PyroModule):
         mean, var = self.reverse_moments(x_t, t_vec)
         is_one = bool((t_vec == 1).all()) if isinstance(t, Tensor) else t == 1
         if is_one:
-            base = self.likelihood.distribution(mean, var.sqrt())
+            base = self._child("likelihood").distribution(mean, var.sqrt())
         else:
             base = dist.Normal(mean, var.sqrt().expand_as(mean))
         return base.to_event(self.event_dim)
@@ -203,6 +221,29 @@ class Diffusion(PyroModule):
             "likelihood": self.likelihood.config(),
             "schedule": self.schedule.config() if hasattr(self.schedule, "config") else None,
         }
+
+
+# The two fixed reverse variances as float64 tables over t = 0 … T (built once per schedule by
+# schedule_table). POSTERIOR replaces β̃_1 = 0 by β̃_2 (β_1 when T = 1) so the decoder has a
+# proper scale; the clamp keeps the logs finite at t = 0, which no step uses.
+
+
+def _beta(s: nn.Module) -> Tensor:
+    return s.betas.clamp(min=1e-300)
+
+
+def _posterior_variance(s: nn.Module) -> Tensor:
+    post = s.posterior_variance.clone()
+    post[1] = post[2] if s.num_steps >= 2 else s.betas[1]
+    return post.clamp(min=1e-300)
+
+
+def _log_beta(s: nn.Module) -> Tensor:
+    return _beta(s).log()
+
+
+def _log_posterior_variance(s: nn.Module) -> Tensor:
+    return _posterior_variance(s).log()
 
 
 def _as_timesteps(t: int | Tensor, like: Tensor) -> Tensor:
