@@ -194,13 +194,15 @@ class _OpaqueGuide(PyroModule):
         return self.guide(x0)
 
 
-def test_trace_evaluation_of_the_oracle_is_exact():
+@pytest.mark.parametrize("budget", [4096, 7], ids=["one-chunk", "chunks-of-7"])
+def test_trace_evaluation_of_the_oracle_is_exact(budget):
     """With the exact reverse process every Trace_ELBO draw equals log p(x_0) exactly, and the
-    per-site split must add up to it."""
+    per-site split must add up to it, however the data are chunked."""
     s = linear_schedule(T)
     x = _gaussian_data(64)
     oracle = gaussian_oracle(s, torch.tensor([1.0, 1.0]), 0.5)
-    out = evaluate_split(oracle, _OpaqueGuide(ForwardGuide(s)), x, num_levels=None, seed=1)
+    guide = _OpaqueGuide(ForwardGuide(s))
+    out = evaluate_split(oracle, guide, x, num_levels=None, batch_budget=budget, seed=1)
     assert out["estimator"] == "trace_elbo"
     assert out["elbo"] == pytest.approx(exact_log_evidence(oracle, x).mean().item(), abs=1e-9)
     assert len(out["per_step_loss"]) == T

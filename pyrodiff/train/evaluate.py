@@ -40,7 +40,9 @@ def evaluate_split(
     of x_t per datum and step). Otherwise (learned guides) the ELBO is one Trace_ELBO sample
     per datum, split by site: reconstruction = log p(x_0 | x_1), step t ≥ 2 contributes
     log q(x_{t−1} | ·) − log p_θ(x_{t−1} | x_t), the prior term log q(x_T | ·) − log p(x_T).
-    Both are unbiased for the same ELBO; the site split equals DDPM's L_{t−1} in expectation
+    The trace path evaluates up to ``batch_budget`` data per network call (fewer when the
+    chain's T · D latent values per datum would not fit in 2^26 numbers). Both are unbiased for
+    the same ELBO; the site split equals DDPM's L_{t−1} in expectation
     when the guide draws x_{t−1} given x_t (top-down). Sites must be named ``x_0`` … ``x_T``
     for the split; for other models only the ELBO is reported.
 
@@ -65,9 +67,16 @@ def evaluate_split(
     return out
 
 
+_TRACE_VALUES = 2**26
+"""At most this many latent values (T · chunk · D) held by one chunk's traces (512 MB in float64)."""
+
+
 def _trace_terms(model, guide, x: Tensor, batch_budget: int) -> dict[str, Any]:
     num_steps = getattr(model, "num_steps", None)
-    chunk = max(1, batch_budget // max(1, num_steps or 1))
+    # no gradients are kept, so what a chunk holds is its T + 1 site values, not activations:
+    # batch_budget data per network call, within the memory bound above
+    per_datum = max(1, num_steps or 1) * math.prod(x.shape[1:])
+    chunk = max(1, min(batch_budget, _TRACE_VALUES // per_datum))
     elbo_sum, rec_sum, prior_sum, per_step_sum = 0.0, 0.0, 0.0, None
     split = num_steps is not None
     for start in range(0, x.shape[0], chunk):

@@ -16,7 +16,7 @@ import enum
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class History:
 
     records: tuple[dict[str, Any], ...] = ()
     interrupted: bool = False
-    final_step: int = field(default=0)
+    final_step: int = 0
 
     @property
     def train(self) -> list[dict[str, Any]]:
