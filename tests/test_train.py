@@ -295,10 +295,14 @@ def test_ema_is_the_exponential_average_and_swaps_back_exactly():
 # --- guards and validation -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("validation", [True, False], ids=["validated", "unvalidated"])
-def test_non_finite_loss_stops_with_the_step_and_a_hint(tmp_path, validation):
-    """NaN parameters reach the loss as a refused distribution argument under Pyro's
-    validation, and as a NaN loss without it; both stop training the same way."""
+@pytest.mark.parametrize(
+    "validation, loss, what",
+    [(True, Trace_ELBO(), "distribution parameter"), (False, DiffusionELBO(), "loss")],
+    ids=["validated-trace", "unvalidated-diffusion"],
+)
+def test_non_finite_loss_stops_with_the_step_and_a_hint(tmp_path, validation, loss, what):
+    """NaN parameters reach Pyro's sites as a refused distribution argument under validation,
+    and the loss as a NaN without it; both stop training the same way."""
     pyro.enable_validation(validation)
     x = _gaussian_data(64)
     model, guide = _mlp_pair()
@@ -309,10 +313,9 @@ def test_non_finite_loss_stops_with_the_step_and_a_hint(tmp_path, validation):
                 next(model.parameters()).fill_(float("nan"))
 
     run = tmp_path / "run"
-    what = "distribution parameter" if validation else "loss"
     with pytest.raises(NonFiniteError, match=rf"non-finite {what}.* at step 4.*learning rate"):
-        fit(model, guide, x, steps=10, batch_size=16, run_dir=run, checkpoint_every=2,
-            callback=poison, progress=False)  # fmt: skip
+        fit(model, guide, x, loss=loss, steps=10, batch_size=16, run_dir=run,
+            checkpoint_every=2, callback=poison, progress=False)  # fmt: skip
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     state = load_checkpoint(run / "checkpoint.pt")
@@ -360,6 +363,7 @@ BAD_OPTIONS = [
     ({"config": {"f": object()}}, ConfigError, "config must be JSON-able"),
     ({"loss": "elbo"}, ConfigError, "loss must be a Pyro ELBO"),
     ({"device": "tpu"}, ConfigError, "device"),
+    ({"distributed": 2}, ConfigError, "distributed must be a pyrodiff.distributed"),
     ({"eval_data": torch.zeros(4, 3)}, DataError, r"evaluation data must have shape \(batch, 2\)"),
 ]
 if not torch.cuda.is_available():

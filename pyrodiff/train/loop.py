@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..checkpoint import CHECKPOINT_NAME, check_model_config, load_checkpoint, save_checkpoint
 from ..data import Dataset
 from ..devices import resolve_device
+from ..distributed import DistributedContext, rank_seed, shard_indices, wrap_module
 from ..errors import CheckpointError, ConfigError
 from ..infer import DiffusionELBO
 from .ema import EMA
@@ -68,7 +69,7 @@ def fit(
     resume: bool = False,
     config: dict[str, Any] | None = None,
     progress: bool = True,
-    distributed: Any = None,
+    distributed: DistributedContext | None = None,
     callback: Callable[[int, float], None] | None = None,
 ) -> History:
     """Maximise the ELBO of ``model`` with ``guide`` on ``data`` by stochastic gradients.
@@ -97,7 +98,7 @@ def fit(
         precision: FP32, or BF16 autocast of the loss computation.
         eval_every: evaluate every this many updates; an evaluation also runs at the end when
             there is evaluation data. ``eval_data`` defaults to ``data.test`` for a Dataset.
-        eval_batch_budget: network inputs alive at once during evaluation.
+        eval_batch_budget: at most this many network inputs per call during evaluation.
         log_every: write a training record every this many updates, holding the mean loss of
             those updates.
         run_dir: folder for ``metrics.jsonl`` and ``checkpoint.pt`` (nothing else is written).
@@ -106,9 +107,9 @@ def fit(
             result is bit-identical to a run that was never interrupted.
         config: a JSON-able dict stored in the checkpoint (e.g. the CLI's configuration).
         progress: show a tqdm bar with the running ELBO per datum.
-        distributed: a ``pyrodiff.distributed.DistributedContext``; each rank draws its own
-            batches, gradients are averaged by DistributedDataParallel, and only the main rank
-            writes files and shows the bar.
+        distributed: a ``pyrodiff.distributed.DistributedContext``; each rank draws its
+            batches from its own shard with its own seed, ``wrap_module`` sums the gradients
+            over ranks, and only the main rank evaluates, writes files and shows the bar.
         callback: called as ``callback(step, loss)`` after every update.
 
     Returns:
@@ -150,8 +151,11 @@ def fit(
 
     rank, is_main, run_seed, shard = 0, True, seed, None
     if distributed is not None:
-        from ..distributed import rank_seed, shard_indices
-
+        if not isinstance(distributed, DistributedContext):
+            raise ConfigError(
+                "distributed must be a pyrodiff.distributed.DistributedContext (from "
+                f"setup_distributed()), got {type(distributed).__name__}"
+            )
         rank, is_main = int(distributed.rank), bool(distributed.is_main)
         run_seed = rank_seed(seed, rank)
         n = data.train.shape[0] if isinstance(data, Dataset) else len(data)
@@ -192,8 +196,6 @@ def fit(
     )
     train_module: nn.Module = loss_module
     if distributed is not None:
-        from ..distributed import wrap_module
-
         train_module = wrap_module(loss_module, distributed)
 
     if resume:
@@ -203,8 +205,9 @@ def fit(
         if not is_main:
             # the checkpoint holds rank 0's streams only: the others restart theirs from a seed
             # of (seed, rank, step), distinct and reproducible but not those of an unbroken run
-            seed_everything(run_seed + 7 * ts.step)
-            ts.sampler = EpochSampler(d.train.shape[0], batch_size, run_seed + 7 * ts.step)
+            resumed_seed = rank_seed(seed + ts.step, rank)
+            seed_everything(resumed_seed)
+            ts.sampler = EpochSampler(d.train.shape[0], batch_size, resumed_seed)
     writer_path = None
     if run_dir is not None and is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
