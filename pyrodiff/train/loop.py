@@ -265,10 +265,11 @@ def fit(
                 # backward before any check: in a distributed run it is where the ranks meet,
                 # so every rank reaches the checks below with the same (all-reduced) gradients
                 loss_value.backward()
-                loss_float = float(loss_value.detach())
+                # one read-back per update, for the loss and the gradient norm together
+                norm_t = _grad_norm(params, grad_clip, like=loss_value)
+                loss_float, norm = torch.stack([loss_value.detach(), norm_t]).tolist()
                 if not math.isfinite(loss_float):
                     raise stop("loss", loss_float, lr_now)
-                norm = _grad_norm(params, grad_clip)
                 if not math.isfinite(norm):
                     raise stop("gradient norm", norm, lr_now)
                 phase = _Phase.DURING
@@ -319,13 +320,17 @@ def fit(
         return writer.history(interrupted=interrupted, final_step=ts.step)
 
 
-def _grad_norm(params: list[nn.Parameter], clip: float | None) -> float:
+def _grad_norm(params: list[nn.Parameter], clip: float | None, like: Tensor) -> Tensor:
+    """The global gradient norm as a tensor like the loss (clipping first if asked); NaN/inf
+    when any gradient is."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return 0.0
+        return torch.zeros((), dtype=like.dtype, device=like.device)
     if clip is not None:
-        return float(torch.nn.utils.clip_grad_norm_(params, clip))
-    return float(torch.nn.utils.get_total_norm(grads))
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    else:
+        norm = torch.nn.utils.get_total_norm(grads)
+    return norm.detach().to(device=like.device, dtype=like.dtype)
 
 
 def _autocast(precision: Precision, dev: torch.device):
