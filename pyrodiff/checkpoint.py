@@ -13,19 +13,20 @@ leaves either the previous checkpoint or the new one, never a mixture.
 
 Entries written by :func:`pyrodiff.train.fit` (``FORMAT_VERSION`` 1):
 
-=================  ============================================================================
+================== ============================================================================
 ``format_version`` int, added by :func:`save_checkpoint`
 ``step``           optimizer updates done
 ``model``          the model's ``state_dict``
 ``guide``          the guide's ``state_dict``
 ``optimizer``      the optimizer's ``state_dict``
-``lr_schedule``    dict: kind, lr, warmup_steps, total_steps
+``lr_schedule``    dict: kind, lr, warmup_steps, total_steps, last_step
 ``ema``            ``None`` or dict: decay, num_updates, shadow (name → tensor)
-``rng``            dict: torch (ByteTensor), cuda (list of ByteTensors), numpy, python, data
+``rng``            dict: torch (ByteTensor), cuda (list of ByteTensors), numpy, python
+``sampler``        dict: the batch order's generator state, permutation, position, num_data
 ``model_config``   ``model.config()`` when the model has one, else ``None``
 ``config``         the caller's JSON-able configuration (``None`` if not given)
-``extra``          dict of other state (e.g. an adaptive timestep sampler's), may be empty
-=================  ============================================================================
+``extra``          dict: the log accumulator, and the state_dict of a stateful estimator part
+================== ============================================================================
 """
 
 from __future__ import annotations
