@@ -56,8 +56,9 @@ class GuideCovariance(enum.Enum):
 class GaussianFactor(nn.Module):
     """The amortised Gaussian N(m, S) of one guide factor at step index k ∈ {1 … K}.
 
-    m = base_loc + W_k a + V_k b + c_k + h_φ(a, b, k) and, DIAGONAL, S = diag(base_scale · exp(r_k +
-    g_φ(a, b, k)))², or, FULL, S = L_k L_kᵀ with diag(L_k) = base_scale · exp(r_k). a and b are the
+    m = base_loc + W_k a + V_k b + c_k + h_φ(a, b, k) and, DIAGONAL,
+    S = diag(base_scale · exp(r_k +
+    4 tanh(g_φ(a, b, k)/4)))², or, FULL, S = L_k L_kᵀ with diag(L_k) = base_scale · exp(r_k). a and b are the
     flattened inputs (the previous latent and, for top-down factors, x_0), h and g one shared MLP
     with a sinusoidal embedding of k. W, V, c, r and the MLP's last layer start at zero: the factor
     starts at N(base_loc, diag(base_scale²)).
@@ -101,6 +102,7 @@ class GaussianFactor(nn.Module):
         if covariance is GuideCovariance.FULL:
             self.tril = nn.Parameter(torch.zeros(K1, out_dim, out_dim))
         self.hidden = hidden
+        self.max_log_scale_shift = 4.0
         if hidden:
             n_out = out_dim if covariance is GuideCovariance.FULL else 2 * out_dim
             self.time = TimeEmbedding(time_dim)
@@ -127,12 +129,15 @@ class GaussianFactor(nn.Module):
                 loc = loc + out
             else:
                 d_loc, d_log_s = out.chunk(2, -1)
-                loc, log_s = loc + d_loc, log_s + d_log_s
+                # a bounded amortised log-scale: an unbounded one feeds back (wider draws, larger
+                # inputs, wider draws) and diverges early in training
+                bound = self.max_log_scale_shift
+                loc, log_s = loc + d_loc, log_s + bound * torch.tanh(d_log_s / bound)
         scale = base_scale.expand_as(loc) * log_s.exp()
         if self.covariance is GuideCovariance.DIAGONAL:
             return dist.Normal(loc, scale).to_event(1)
         L = torch.tril(self.tril[k], -1) + torch.diag_embed(scale[0])
-        return dist.MultivariateNormal(loc, scale_tril=L.expand(loc.shape + (self.out_dim,)))
+        return dist.MultivariateNormal(loc, scale_tril=L)
 
 
 class LearnedGuide(PyroModule):

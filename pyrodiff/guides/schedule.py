@@ -137,8 +137,15 @@ class LearnedSchedule(nn.Module):
 
     @property
     def one_minus_alpha_bar(self) -> Tensor:
-        """1 − ᾱ_t = sigmoid(−γ_t), accurate where ᾱ_t is close to 1."""
-        return torch.sigmoid(-self.log_snr)
+        """1 − ᾱ_t = sigmoid(−γ_t), accurate where ᾱ_t is close to 1.
+
+        At t = 0 it holds the smallest positive float instead of 0: formulas evaluated on whole
+        tables (such as β_t / (1 − ᾱ_t)) then stay finite at the unused index 0, and their
+        gradient there is 0 rather than NaN, which would otherwise reach the parameters.
+        """
+        om = torch.sigmoid(-self.log_snr[1:])
+        tiny = torch.full((1,), torch.finfo(om.dtype).tiny, dtype=om.dtype, device=om.device)
+        return torch.cat([tiny, om])
 
     @property
     def alphas(self) -> Tensor:
@@ -154,9 +161,9 @@ class LearnedSchedule(nn.Module):
     def posterior_variance(self) -> Tensor:
         """β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) (β̃_0 = β̃_1 = 0)."""
         om = self.one_minus_alpha_bar
-        beta = self.betas
-        post = beta[1:] * om[:-1] / om[1:]
-        return torch.cat([post.new_zeros(1), post])
+        post = self.betas[2:] * om[1:-1] / om[2:]
+        # β̃_1 = 0 is a constant, not a function of the parameters: √β̃ has an infinite slope there
+        return torch.cat([post.new_zeros(2), post])
 
     def _log_alphas(self) -> Tensor:
         log_ab = F.logsigmoid(self.log_snr)  # log ᾱ_0 = logsigmoid(+inf) = 0
