@@ -103,6 +103,8 @@ def train(args: argparse.Namespace) -> int:
         resolve_device(config.device)  # CUDA asked for where there is none: stop here
     built = build(config)
     run_dir = check_run_dir(args.resume) if args.resume else _new_run_dir(args, distributed)
+    if distributed is not None:
+        distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
     if args.resume and not (run_dir / CHECKPOINT_NAME).is_file():
         from ..errors import CheckpointError
 

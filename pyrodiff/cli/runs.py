@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CHECKPOINT_NAME, check_model_config, load_checkpoint
-from ..config import CONFIG_NAME, Built, RunConfig, build
+from ..config import CONFIG_NAME, Built, RunConfig, build, load_data
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError
 from ..train.history import METRICS_NAME, History
@@ -81,7 +81,12 @@ def load_run(
     dev = resolve_device(device)
     state = load_checkpoint(path / CHECKPOINT_NAME, map_location=dev)
     built = build(config, dtype=dtype)
-    model, guide = built.model, built.guide
+    if dtype is None:
+        # rebuild in the dtype the run trained in: evaluation noise drawn in another dtype
+        # would differ, and float64 weights would not be the ones that were trained
+        dtype = _trained_dtype(built.model, state.get("model"))
+        built = built._replace(dataset=load_data(config, dtype=dtype))
+    model, guide = built.model.to(dtype), built.guide.to(dtype)
     model_config = model.config() if callable(getattr(model, "config", None)) else None
     check_model_config(state, model_config, where=str(path / CHECKPOINT_NAME))
     for name, module in (("model", model), ("guide", guide)):
@@ -109,6 +114,17 @@ def load_run(
     model.eval()
     guide.eval()
     return LoadedRun(path, config, built, int(state["step"]), used_ema)
+
+
+def _trained_dtype(model: nn.Module, state_dict) -> torch.dtype:
+    """The dtype of the model's parameters in the checkpoint (buffers such as float64 schedule
+    tables do not count)."""
+    state_dict = state_dict or {}
+    for name, _ in model.named_parameters():
+        value = state_dict.get(name)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.dtype
+    return torch.get_default_dtype()
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

@@ -1,0 +1,219 @@
+"""The pyrodiff command end to end on a tiny 2-D run: what each subcommand writes, and that
+what it reports is the model's own numbers (the checkpoint and its EMA loaded faithfully)."""
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pyrodiff.train
+from pyrodiff.cli import main
+from pyrodiff.cli.runs import load_run
+from pyrodiff.config import RunConfig
+from pyrodiff.infer import elbo_terms
+from pyrodiff.train.evaluate import EVAL_SEED_OFFSET
+from pyrodiff.train.history import History
+
+TINY = [
+    "--data", "eight_gaussians", "--T", "4", "--width", "16", "--depth", "1",
+    "--steps", "12", "--batch-size", "32", "--warmup-steps", "2", "--ema-decay", "0.8",
+    "--checkpoint-every", "6", "--no-progress", "--threads", "1",
+]  # fmt: skip
+
+
+def _train(out: Path, *extra: str) -> int:
+    return main(["train", *TINY, "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, str]:
+    """One tiny run shared by the tests (float32, as the command line trains)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    printed = io.StringIO()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with contextlib.redirect_stdout(printed):
+            assert _train(out) == 0
+    finally:
+        torch.set_default_dtype(old)
+    return out, printed.getvalue()
+
+
+@pytest.fixture
+def run(trained) -> Path:
+    return trained[0]
+
+
+def test_train_writes_a_complete_run_folder(run, capsys):
+    assert {p.name for p in run.iterdir()} >= {
+        "config.json",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "figures",
+    }
+    cfg = RunConfig.from_json(run)
+    assert (cfg.data, cfg.num_steps, cfg.width, cfg.steps, cfg.ema_decay) == (
+        "eight_gaussians",
+        4,
+        16,
+        12,
+        0.8,
+    )
+    history = History.load(run / "metrics.jsonl")
+    assert [r["step"] for r in history.train] == list(range(1, 13))
+    final = history.final_eval
+    assert final["step"] == 12 and len(final["per_step_loss"]) == 4
+    assert (run / "figures" / "elbo.png").stat().st_size > 0
+    assert (run / "figures" / "step_terms.png").stat().st_size > 0
+
+
+def test_train_prints_the_final_test_elbo(trained):
+    run, printed = trained
+    final = History.load(run / "metrics.jsonl").final_eval
+    assert f"test ELBO {final['elbo']:.4f} nats/datum" in printed
+    assert f"run folder: {run}" in printed
+
+
+def test_evaluate_reproduces_the_training_evaluation(run, capsys):
+    """Same parameters (the EMA ones, from the checkpoint) and the same evaluation noise as
+    fit's last evaluation: the ELBO must agree to rounding. A checkpoint or EMA loaded wrongly
+    would not."""
+    seed = RunConfig.from_json(run).seed + EVAL_SEED_OFFSET
+    assert main(["evaluate", str(run), "--seed", str(seed), "--threads", "1"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    final = History.load(run / "metrics.jsonl").final_eval
+    assert result["ema"] is True and result["step"] == 12 and result["num_data"] == 2000
+    assert result["elbo"] == pytest.approx(final["elbo"], rel=1e-5)
+    assert np.allclose(result["per_step_loss"], final["per_step_loss"], rtol=1e-4, atol=1e-6)
+    assert "ELBO" in capsys.readouterr().out
+
+
+def test_evaluate_raw_parameters_differ_from_the_ema(run):
+    ema = load_run(run)
+    raw = load_run(run, use_ema=False)
+    assert ema.used_ema and not raw.used_ema
+    w = "denoiser.inp.weight"
+    assert not torch.equal(ema.model.state_dict()[w], raw.model.state_dict()[w])
+
+
+def test_evaluate_iwae_is_at_least_the_elbo_in_expectation(run):
+    """IWAE-K ≥ ELBO for every datum in expectation (Burda et al.); with 64 data the mean gap
+    must not be negative beyond 4 standard errors of its own estimate."""
+    assert main(["evaluate", str(run), "--num", "64", "--iwae", "16", "--threads", "1"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    loaded = load_run(run)
+    x = loaded.built.dataset.test[:64]
+    torch.manual_seed(1)
+    elbo = elbo_terms(loaded.model, loaded.guide, x).elbo
+    se = (elbo.var() / 64).sqrt().item() + result["iwae_se"]
+    assert result["iwae"] - elbo.mean().item() > -4 * se
+    assert result["iwae_k"] == 16
+
+
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        ([], "samples-ancestral.npy"),
+        (["--sampler", "strided", "--steps", "2"], "samples-strided2.npy"),
+        (["--sampler", "ddim", "--steps", "3", "--eta", "0"], "samples-ddim3-eta0.npy"),
+    ],
+)
+def test_sample_writes_npy_and_png_and_is_reproducible(run, args, name):
+    argv = ["sample", str(run), "--num", "20", "--seed", "3", "--threads", "1", *args]
+    assert main(argv) == 0
+    first = np.load(run / name)
+    assert first.shape == (20, 2) and np.isfinite(first).all()
+    assert (run / "figures" / name.replace(".npy", ".png")).stat().st_size > 0
+    assert main(argv) == 0
+    np.testing.assert_array_equal(np.load(run / name), first)
+    other = run.parent / f"other-{name}"
+    assert main([*argv, "--seed", "4", "--out", str(other)]) == 0  # the last --seed wins
+    assert not np.array_equal(np.load(other), first)
+
+
+def test_sample_digits_writes_integer_levels(tmp_path):
+    out = tmp_path / "d"
+    argv = ["train", "--T", "2", "--width", "8", "--steps", "1", "--batch-size", "4",
+            "--warmup-steps", "0", "--no-progress", "--threads", "1", "--out", str(out),
+            "--eval-batch-budget", "4096"]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["sample", str(out), "--num", "6", "--threads", "1"]) == 0
+    levels = np.load(out / "samples-ancestral.npy")
+    assert levels.shape == (6, 1, 8, 8) and levels.dtype.kind == "i"
+    assert levels.min() >= 0 and levels.max() <= 16
+
+
+def test_compare_and_plot(run, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    figure = tmp_path / "cmp.png"
+    assert main(["compare", str(run), str(other), "--out", str(figure)]) == 0
+    table = capsys.readouterr().out
+    assert figure.stat().st_size > 0
+    final = History.load(run / "metrics.jsonl").final_eval
+    lines = [line for line in table.splitlines() if line.startswith(("tiny ", "other "))]
+    assert len(lines) == 2 and all(f"{final['elbo']:.4f}" in line for line in lines)
+    (other / "figures" / "elbo.png").unlink()
+    assert main(["plot", str(other)]) == 0
+    assert (other / "figures" / "elbo.png").stat().st_size > 0
+    assert (other / "figures" / "step_terms.png").stat().st_size > 0
+
+
+def test_resume_after_ctrl_c_gives_the_uninterrupted_parameters(run, tmp_path, monkeypatch, capsys):
+    torch.set_default_dtype(torch.float32)  # as the shared run was trained
+    original_fit = pyrodiff.train.fit
+
+    def interrupted_fit(*args, **kwargs):
+        def stop(step, loss):
+            if step == 5:
+                raise KeyboardInterrupt
+
+        return original_fit(*args, **kwargs, callback=stop)
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(pyrodiff.train, "fit", interrupted_fit)
+    assert _train(resumed) == 130
+    assert "--resume" in capsys.readouterr().out
+    monkeypatch.setattr(pyrodiff.train, "fit", original_fit)
+    assert main(["train", "--resume", str(resumed), "--no-progress", "--threads", "1"]) == 0
+    a = torch.load(run / "checkpoint.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 12
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_dry_run_checks_the_default_configuration_without_writing(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["train", "--dry-run", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert RunConfig.from_json(printed[: printed.rindex("}") + 1]) == RunConfig()
+    assert not out.exists()
+
+
+def test_config_file_with_overrides(run, tmp_path, capsys):
+    out = tmp_path / "again"
+    argv = ["train", "--config", str(run / "config.json"), "--seed", "5", "--dry-run"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    cfg = RunConfig.from_json(printed[: printed.rindex("}") + 1])
+    assert cfg == RunConfig.from_json(run).replace(seed=5)
+
+
+def test_python_dash_m_runs_the_command():
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyrodiff", "evaluate", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "--iwae" in proc.stdout
