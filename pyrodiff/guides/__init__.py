@@ -3,7 +3,13 @@
 from .forward import ChainOrder, ForwardGuide
 
 __all__ = ["ChainOrder", "ForwardGuide"]
-from .learned import GaussianFactor, GuideCovariance, GuideStructure, LearnedGuide  # noqa: E402
+from .learned import (  # noqa: E402
+    GaussianFactor,
+    GuideCovariance,
+    GuideStructure,
+    HierarchicalVAEGuide,
+    LearnedGuide,
+)
 from .schedule import Endpoints, LearnedSchedule, LearnedScheduleGuide  # noqa: E402
 
 __all__ += [
@@ -11,6 +17,7 @@ __all__ += [
     "GaussianFactor",
     "GuideCovariance",
     "GuideStructure",
+    "HierarchicalVAEGuide",
     "LearnedGuide",
     "LearnedSchedule",
     "LearnedScheduleGuide",

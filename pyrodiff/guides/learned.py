@@ -24,7 +24,13 @@ from ..networks import TimeEmbedding
 from ..schedules import NoiseSchedule
 from ..validation import check_pair
 
-__all__ = ["GuideStructure", "GuideCovariance", "GaussianFactor", "LearnedGuide"]
+__all__ = [
+    "GuideStructure",
+    "GuideCovariance",
+    "GaussianFactor",
+    "LearnedGuide",
+    "HierarchicalVAEGuide",
+]
 
 
 class GuideStructure(enum.Enum):
@@ -230,6 +236,82 @@ class LearnedGuide(PyroModule):
                 for t in range(1, T + 1):
                     base = q_step(sched, x.reshape(x0.shape), t)
                     x = site(f"x_{t}", self.factor((x,), t, *_flat(base, N)))
+
+
+class HierarchicalVAEGuide(PyroModule):
+    """The learned encoder q_φ(z_{1:L} | x_0) of a :class:`~pyrodiff.models.HierarchicalVAE`.
+
+    BOTTOM_UP_MARKOV: q_φ(z_1 | x_0) Π_{l=2}^{L} q_φ(z_l | z_{l−1}) (sites z_1 … z_L); TOP_DOWN:
+    q_φ(z_L | x_0) Π_{l=L}^{2} q_φ(z_{l−1} | z_l, x_0) (sites z_L … z_1, the model's order, for
+    which TraceMeanField_ELBO is valid; see :class:`~pyrodiff.guides.GuideStructure`). Each factor
+    is a :class:`~pyrodiff.guides.GaussianFactor` that starts at N(0, I).
+    """
+
+    def __init__(
+        self,
+        model,
+        structure: GuideStructure = GuideStructure.BOTTOM_UP_MARKOV,
+        hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        if not hasattr(model, "latent_dims") or not hasattr(model, "event_shape"):
+            raise ModelMismatchError(
+                f"HierarchicalVAEGuide is built from a HierarchicalVAE, got {type(model).__name__}"
+            )
+        if not isinstance(structure, GuideStructure):
+            raise ConfigError(f"structure must be a GuideStructure, got {structure!r}")
+        self.structure = structure
+        self.event_shape = model.event_shape
+        self.latent_dims = tuple(model.latent_dims)
+        D, dims = math.prod(self.event_shape), self.latent_dims
+        if structure is GuideStructure.BOTTOM_UP_MARKOV:
+            ins = [(D,)] + [(dims[l - 1],) for l in range(1, len(dims))]  # noqa: E741
+        else:
+            ins = [(dims[l + 1], D) for l in range(len(dims) - 1)] + [(D,)]  # noqa: E741
+        # factors[l - 1] produces z_l
+        self.factors = nn.ModuleList(
+            GaussianFactor(i, d, num_steps=1, hidden=hidden) for i, d in zip(ins, dims, strict=True)
+        )
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.latent_dims)
+
+    def check_model(self, model) -> None:
+        """Raise :class:`~pyrodiff.errors.ModelMismatchError` unless ``model`` has this guide's
+        data shape and latent sizes."""
+        check_pair(model, self)
+        if tuple(getattr(model, "latent_dims", ())) != self.latent_dims:
+            raise ModelMismatchError(
+                f"the guide's latent sizes {self.latent_dims} do not match the model's "
+                f"{tuple(getattr(model, 'latent_dims', ()))}"
+            )
+
+    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> None:
+        if x0 is None:
+            raise DataError("the encoder needs the data x0: it is q_φ(z_(1:L) | x_0)")
+        if tuple(x0.shape[1:]) != self.event_shape:
+            raise ModelMismatchError(
+                f"this guide was built for data of shape {self.event_shape}, got {tuple(x0.shape)}"
+            )
+        N, L = x0.shape[0], self.num_steps
+        x = x0.reshape(N, -1)
+
+        def factor(layer: int, inputs: tuple[Tensor, ...]) -> Tensor:
+            d = self.latent_dims[layer - 1]
+            zeros = x.new_zeros(N, d)
+            q = self.factors[layer - 1](inputs, 1, zeros, torch.ones_like(zeros))
+            return pyro.sample(f"z_{layer}", q)
+
+        with pyro.plate("data", N):
+            if self.structure is GuideStructure.BOTTOM_UP_MARKOV:
+                z = factor(1, (x,))
+                for layer in range(2, L + 1):
+                    z = factor(layer, (z,))
+            else:
+                z = factor(L, (x,))
+                for layer in range(L, 1, -1):
+                    z = factor(layer - 1, (z, x))
 
 
 def _flat(q: dist.Normal, n: int) -> tuple[Tensor, Tensor]:

@@ -88,6 +88,8 @@ def _site_log_prob(site: dict, batch: int) -> Tensor:
 
 def _check_inputs(model, guide, x0: Tensor, num_samples: int) -> None:
     check_pair(model, guide)
+    if hasattr(guide, "check_model"):
+        guide.check_model(model)
     if not isinstance(x0, Tensor) or x0.dim() < 1 or x0.shape[0] < 1:
         raise DataError("x0 must be a non-empty tensor of shape (N, *event_shape)")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:

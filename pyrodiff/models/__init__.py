@@ -4,3 +4,6 @@ from .diffusion import Diffusion, ReverseVariance
 from .oracle import gaussian_oracle
 
 __all__ = ["Diffusion", "ReverseVariance", "gaussian_oracle"]
+from .hvae import HierarchicalVAE  # noqa: E402
+
+__all__ += ["HierarchicalVAE"]
