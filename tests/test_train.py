@@ -6,6 +6,8 @@ import math
 import pyro
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule
@@ -29,6 +31,7 @@ from pyrodiff.networks import LinearDenoiser, MLPDenoiser
 from pyrodiff.train import (
     EMA,
     EVAL_SEED_OFFSET,
+    EpochSampler,
     History,
     LRSchedule,
     Precision,
@@ -425,3 +428,47 @@ def test_pyro_param_store_is_not_used():
     x = _gaussian_data(16)
     fit(*_mlp_pair(), x, steps=2, batch_size=8, progress=False)
     assert len(pyro.get_param_store()) == 0
+
+
+# --- properties ----------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 50),
+    data=st.data(),
+)
+def test_epoch_sampler_batches_are_distinct_and_its_state_replays(n, data):
+    b = data.draw(st.integers(1, n))
+    cut = data.draw(st.integers(0, 12))
+    sampler = EpochSampler(n, b, seed=data.draw(st.integers(0, 2**31)))
+    seen_this_epoch: set[int] = set()
+    for _ in range(cut):
+        fresh_epoch = sampler.perm is None or sampler.pos + b > n
+        idx = sampler.next().tolist()
+        assert len(idx) == b == len(set(idx)) and all(0 <= i < n for i in idx)
+        if fresh_epoch:
+            seen_this_epoch = set()
+        # without replacement within an epoch: no index twice before the permutation renews
+        assert seen_this_epoch.isdisjoint(idx)
+        seen_this_epoch |= set(idx)
+    saved = sampler.state_dict()
+    expected = [sampler.next().tolist() for _ in range(5)]
+    replay = EpochSampler(n, b, seed=0)
+    replay.load_state_dict(saved)
+    assert [replay.next().tolist() for _ in range(5)] == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    schedule=st.sampled_from(list(LRSchedule)),
+    total=st.integers(1, 500),
+    data=st.data(),
+)
+def test_learning_rate_stays_within_zero_and_the_base_rate(schedule, total, data):
+    warmup = data.draw(st.integers(0, total))
+    step = data.draw(st.integers(0, total - 1))
+    lr = learning_rate(schedule, 0.3, step, total, warmup)
+    assert 0.0 <= lr <= 0.3
+    if warmup and step < warmup:
+        assert lr == pytest.approx(0.3 * (step + 1) / warmup)
