@@ -1,7 +1,9 @@
 """Learned guides: they start at the forward chain, reach the exact posterior of a linear-Gaussian
 model, are valid under TraceMeanField_ELBO only top-down, and never touch the model."""
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pyro
 import pytest
@@ -169,3 +171,15 @@ def test_image_guide_trains_with_a_discretized_likelihood():
         before.mc_stderr_of_mean, after.mc_stderr_of_mean
     )
     pyro.clear_param_store()
+
+
+def test_guide_swap_example_runs_quick(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "examples" / "guide_swap.py"
+    spec = importlib.util.spec_from_file_location("guide_swap", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--quick", "--out", str(tmp_path)])
+    assert set(result) == {k.value for k in module.GuideKind}
+    for row in result.values():
+        assert math.isfinite(row["test_elbo_nats"]) and math.isfinite(row["test_iwae4_nats"])
+    assert (tmp_path / "guide_swap_moons.png").stat().st_size > 0
