@@ -1,6 +1,7 @@
 """Interruption: Ctrl-C (a real SIGINT) and SIGKILL during a checkpoint write lose nothing."""
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -144,7 +145,10 @@ def test_sigkill_during_a_checkpoint_write_loses_only_the_current_step(tmp_path,
         env=env,
     )
     try:
-        line = proc.stdout.readline()  # blocks until the child is inside the write
+        # wait (boundedly) until the child is inside the write
+        ready, _, _ = select.select([proc.stdout], [], [], 300)
+        assert ready, "the training process never reached its second checkpoint"
+        line = proc.stdout.readline()
         assert line.split() == ["WRITING", "4"], (line, proc.stderr.read())
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
