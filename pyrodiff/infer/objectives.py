@@ -1,0 +1,209 @@
+"""Training objectives for diffusion models, as Pyro objectives built on the ELBO's per-step terms.
+
+With the forward chain as guide the negative ELBO is L = L_0 + Σ_{t=2}^T L_{t−1} + L_T
+(:mod:`pyrodiff.infer.elbo`). For t ≥ 2 each KL splits into a part that depends on the mean
+and one that does not:
+
+    L_{t−1} = C_t(σ_t²) + ‖μ̃_t − μ_θ‖² / (2σ_t²),
+    C_t(σ²) = Σ_d KL(N(0, β̃_t) ‖ N(0, σ²)) = (D/2)(log(σ²/β̃_t) + β̃_t/σ² − 1),
+
+and μ̃_t − μ_θ = c_0(t) (x_0 − x̂_0) = c_0(t) g_t (y − ŷ), where c_0(t) = √ᾱ_{t−1} β_t/(1 − ᾱ_t)
+is the posterior mean's coefficient on x_0, y is what the denoiser predicts (ε, x_0 or v)
+and g_t = ∂x̂_0/∂ŷ: −√(1 − ᾱ_t)/√ᾱ_t for ε, 1 for x_0, −√(1 − ᾱ_t) for v. Hence
+
+    ‖y − ŷ‖² = λ_t (L_{t−1} − C_t),     λ_t = 2σ_t² / (c_0(t)² g_t²),
+
+which for ε and σ_t² fixed is DDPM's λ_t = 2σ_t² α_t (1 − ᾱ_t) / β_t². :class:`SimpleLoss`
+is exactly this reweighting of the same one-sample terms the ELBO uses; :class:`HybridLoss`
+adds λ times the bound with the mean detached, which trains a learned variance.
+
+Objectives here are ``pyro.infer.ELBO`` subclasses so SVI takes them as ``loss=``, and
+``Objective()(model, guide)`` is an ``nn.Module``; but only :class:`~pyrodiff.infer.DiffusionELBO`
+(the full bound) estimates an ELBO. Whatever trains the model, report the bound with
+:func:`~pyrodiff.infer.elbo_terms`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from pyro.infer import ELBO
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..gaussian import coef, gaussian_kl, predict_x0, q_posterior_mean_coefs
+from ..validation import check_data
+from .elbo import DiffusionELBO, _check_closed_form_pair, _sum_event, prior_kl, step_terms
+from .timesteps import TimestepSampler, UniformTimesteps
+
+__all__ = ["EstimatorStats", "HybridLoss", "SimpleLoss", "estimator_stats", "simple_weights"]
+
+
+def simple_weights(model, t: Tensor, like: Tensor, variance: Tensor) -> Tensor:
+    """λ_t = 2σ_t² / (c_0(t)² g_t²), turning the mean part of L_{t−1} into ‖y − ŷ‖².
+
+    ``variance`` is a per-step σ_t² shaped (batch, 1, …); ``like`` has the data's shape.
+    Correct when the model and the guide share the schedule (the forward chain).
+    At t = 1, c_0 = 1 and the same formula converts the Gaussian density's quadratic.
+    """
+    sched = model.schedule
+    c0, _ = q_posterior_mean_coefs(sched, t, like)
+    unit = torch.ones_like(like[:1]).expand_as(like)
+    # x̂_0 is affine in the prediction with slope g_t: read g_t off predict_x0 at x_t = 0
+    g = predict_x0(model.parameterization, sched, torch.zeros_like(like), t, unit)
+    g = g.flatten(1)[:, :1].reshape(c0.shape)
+    return 2.0 * variance / (c0**2 * g**2)
+
+
+def _reference_variance(model, t: Tensor, x0: Tensor, var: Tensor) -> Tensor:
+    """The per-step σ_t² that weights the mean: the model's own if it is per step (detached),
+    β_t if it varies over the datum (LEARNED_RANGE), where no single λ_t exists."""
+    per_step = var.flatten(1).shape[1] == 1 if var.dim() > 1 else True
+    if per_step:
+        return var.detach().reshape((x0.shape[0],) + (1,) * (x0.dim() - 1))
+    return coef(model.schedule.betas, t, x0)
+
+
+class _TimestepObjective(ELBO):
+    """Shared plumbing: data from ``(model, guide, x0)``, a timestep sampler, loss/grads."""
+
+    def __init__(self, num_particles: int = 1, timesteps: TimestepSampler | None = None) -> None:
+        super().__init__(num_particles=num_particles)
+        if timesteps is not None and not isinstance(timesteps, TimestepSampler):
+            raise ConfigError(
+                f"timesteps must be a TimestepSampler, got {type(timesteps).__name__}"
+            )
+        self.timesteps = timesteps if timesteps is not None else UniformTimesteps()
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError(f"{type(self).__name__} evaluates closed-form factors")
+
+    def _prepare(self, model, guide, args, kwargs) -> Tensor:
+        x0 = DiffusionELBO._data(args, kwargs)
+        _check_closed_form_pair(model, guide)
+        check_data(x0, model.event_shape, model.likelihood, name="x0")
+        if self.num_particles > 1:
+            x0 = x0.repeat((self.num_particles,) + (1,) * (x0.dim() - 1))
+        return x0
+
+    def _simple(self, model, guide, x0, t, noise, mean, var) -> Tensor:
+        """Per-datum ‖y − ŷ‖² as λ_t (L_{t−1} − C_t), the mean trained, the variance not."""
+        ref = _reference_variance(model, t, x0, var)
+        lam = simple_weights(model, t, x0, ref).flatten()
+        neg_l = step_terms(model, guide, x0, t, noise, moments=(mean, ref))
+        t_safe = torch.where(t == 1, torch.full_like(t, 2), t) if model.num_steps >= 2 else t
+        q_t = guide.marginal(x0, t)
+        post = guide.posterior(x0, q_t.loc + q_t.scale * noise, t_safe)
+        zero = torch.zeros_like(x0)
+        const = _sum_event(gaussian_kl(zero, post.scale**2, zero, ref.expand_as(x0)), x0.dim() - 1)
+        # t = 1: the decoder's NLL is not a KL. As DDPM did, use the Gaussian density in its
+        # place (its quadratic ‖x_0 − μ‖²/(2σ²), the normaliser dropped), which gives the
+        # same ‖y − ŷ‖² at every t.
+        rec = _sum_event(gaussian_kl(x0, ref.expand_as(x0), mean, ref.expand_as(x0)), x0.dim() - 1)
+        return lam * torch.where(t == 1, rec, -neg_l - const)
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return loss.item()
+
+
+class SimpleLoss(_TimestepObjective):
+    """DDPM's L_simple, E_{t~U{1…T}} E_ε ‖y − ŷ_θ(x_t, t)‖², summed over the batch.
+
+    y is the denoiser's target (ε, x_0 or v, following the model's parameterisation), so for
+    ε-prediction this is Ho et al.'s loss (summed over dimensions, not averaged). It is
+    computed as a reweighting of the bound's own one-sample terms, λ_t (L_{t−1} − C_t) (see
+    the module docstring); at t = 1 the decoder term is replaced by the Gaussian density's
+    quadratic, as in DDPM, so on quantised data L_simple ignores the discretisation. With a
+    non-uniform timestep sampler the draws are weighted by w(t)/T, so the estimate stays
+    unbiased for the uniform-t objective.
+
+    Not an ELBO: it weights small t far less than the bound (λ_t ∝ 1/β_t for σ_t² = β_t) and
+    trains only the mean (a learned variance is left untouched). Its minimiser over an
+    unrestricted denoiser is the same as the bound's mean; with a finite network it is not.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        x0 = self._prepare(model, guide, args, kwargs)
+        T = model.num_steps
+        t, weight = self.timesteps.sample(x0.shape[0], T, x0.device)
+        noise = torch.randn_like(x0)
+        q_t = guide.marginal(x0, t)
+        mean, var = model.reverse_moments(q_t.loc + q_t.scale * noise, t)
+        simple = self._simple(model, guide, x0, t, noise, mean, var)
+        self.timesteps.update(t, simple.detach())
+        return (weight.to(simple.dtype) / T * simple).sum() / self.num_particles
+
+
+class HybridLoss(_TimestepObjective):
+    """Improved DDPM's L_hybrid = L_simple + λ L_vlb, with the mean detached in L_vlb.
+
+    Per datum and one draw of (t, x_t): (w(t)/T) ‖y − ŷ‖² + λ (w(t) L_{t−1}(sg[μ_θ], σ_θ) + L_T),
+    where sg stops the gradient: the mean learns only from L_simple, the variance only from
+    the bound. λ = 0.001 is the paper's value (the paper's terms are per-dimension means in
+    bits; here both parts are sums over dimensions in nats, which keeps their ratio but for a
+    factor ln 2). Meant for ReverseVariance.LEARNED_RANGE or PER_STEP; with a fixed variance
+    the bound part carries no gradient and this is L_simple plus a constant-in-θ offset.
+
+    The value is not an ELBO; report the bound with :func:`~pyrodiff.infer.elbo_terms`.
+    ``update`` of the timestep sampler receives the bound's terms, so ImportanceTimesteps
+    adapts to the bound's variance (improved DDPM's L_vlb sampler).
+    """
+
+    def __init__(
+        self,
+        lam: float = 1e-3,
+        num_particles: int = 1,
+        timesteps: TimestepSampler | None = None,
+    ) -> None:
+        super().__init__(num_particles=num_particles, timesteps=timesteps)
+        if not lam >= 0.0:
+            raise ConfigError(f"lam must be >= 0, got {lam}")
+        self.lam = float(lam)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        x0 = self._prepare(model, guide, args, kwargs)
+        T = model.num_steps
+        t, weight = self.timesteps.sample(x0.shape[0], T, x0.device)
+        weight = weight.to(x0.dtype)
+        noise = torch.randn_like(x0)
+        q_t = guide.marginal(x0, t)
+        mean, var = model.reverse_moments(q_t.loc + q_t.scale * noise, t)
+        simple = self._simple(model, guide, x0, t, noise, mean, var)
+        bound = step_terms(model, guide, x0, t, noise, moments=(mean.detach(), var))
+        self.timesteps.update(t, bound.detach())
+        vlb = -(weight * bound) + prior_kl(model, guide, x0)
+        return (weight / T * simple + self.lam * vlb).sum() / self.num_particles
+
+
+@dataclass(frozen=True)
+class EstimatorStats:
+    """Mean and variance of repeated, independent evaluations of an objective's loss."""
+
+    mean: float
+    variance: float
+    num_samples: int
+
+    @property
+    def standard_error(self) -> float:
+        """√(variance / num_samples): the standard error of :attr:`mean`."""
+        return math.sqrt(self.variance / self.num_samples)
+
+
+def estimator_stats(objective: ELBO, model, guide, x0: Tensor, repeats: int) -> EstimatorStats:
+    """Evaluate ``objective.loss(model, guide, x0)`` ``repeats`` times (no gradients) and return
+    the sample mean and unbiased sample variance. For adaptive timestep samplers each call also
+    updates the sampler, so warm it first if its steady state is what should be measured."""
+    if repeats < 2:
+        raise ConfigError(f"estimator_stats needs repeats >= 2, got {repeats}")
+    values = torch.tensor(
+        [objective.loss(model, guide, x0) for _ in range(repeats)], dtype=torch.float64
+    )
+    return EstimatorStats(values.mean().item(), values.var().item(), repeats)
