@@ -1,8 +1,8 @@
 """Checkpoints: atomic writes, weights-only loading, and one clear error for each bad file."""
 
 import os
-import pickle
 import pathlib
+import pickle
 
 import pytest
 import torch
