@@ -9,6 +9,8 @@ from pyro.infer import Trace_ELBO
 from pyrodiff import CheckpointError, Diffusion, ForwardGuide, linear_schedule
 from pyrodiff.checkpoint import load_checkpoint
 from pyrodiff.data import Dataset
+from pyrodiff.infer import DiffusionELBO
+from pyrodiff.infer.timesteps import ImportanceTimesteps
 from pyrodiff.networks import MLPDenoiser
 from pyrodiff.train import History, LRSchedule, fit
 
@@ -157,3 +159,35 @@ def test_resume_refuses_what_does_not_fit(tmp_path):
             progress=False)  # fmt: skip
     # the refused attempts left the checkpoint as it was
     assert load_checkpoint(run)["step"] == 4
+
+
+def test_an_adaptive_timestep_sampler_resumes_exactly(tmp_path):
+    """ImportanceTimesteps learns from the terms it sees: its history goes into the checkpoint
+    (and fit's parameter-creating first call must not feed it)."""
+
+    def loss():
+        return DiffusionELBO(timesteps=ImportanceTimesteps(history=2))
+
+    fresh = loss()
+    ref_model, _, _ = _fit(tmp_path / "ref", loss=fresh, checkpoint_every=5, eval_every=None)
+    # 12 updates of 16 data: every t in 1…4 has its 2 values by now, from training alone
+    assert fresh.timesteps.warm
+
+    def stop_at_7(step, _):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    _fit(run, loss=loss(), callback=stop_at_7, checkpoint_every=5, eval_every=None)
+    assert load_checkpoint(run)["extra"]["timesteps"]["counts"] is not None
+    model, _, _ = _fit(run, loss=loss(), resume=True, checkpoint_every=5, eval_every=None)
+    assert _same_params(model, ref_model)
+
+
+def test_the_first_call_does_not_feed_the_sampler():
+    sampler = ImportanceTimesteps(history=2)
+    model, guide = _pair()
+    fit(model, guide, _data(), loss=DiffusionELBO(timesteps=sampler), steps=1, batch_size=16,
+        progress=False)  # fmt: skip
+    # one update of 16 data: the counts total 16, not 32
+    assert int(sampler.state_dict()["counts"].sum()) == 16

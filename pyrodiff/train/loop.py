@@ -174,7 +174,8 @@ def fit(
 
     seed_everything(run_seed)
     loss_module = loss(model, guide)
-    create_lazy_params(loss_module, d.train[:batch_size])
+    stateful = stateful_parts(loss)
+    create_lazy_params(loss_module, d.train[:batch_size], stateful)
     params = [p for p in loss_module.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model and guide have no trainable parameters: nothing to fit")
@@ -184,7 +185,7 @@ def fit(
         optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
         ema=EMA(loss_module, ema_decay) if ema_decay is not None else None,
         sampler=EpochSampler(d.train.shape[0], batch_size, run_seed),
-        stateful=stateful_parts(loss),
+        stateful=stateful,
         lr_schedule={
             "kind": lr_schedule.value,
             "lr": float(lr),

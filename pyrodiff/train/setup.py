@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -151,12 +152,19 @@ def resolve_data(
     return TrainData(train.to(**to), test.to(**to) if test is not None else None, levels)
 
 
-def create_lazy_params(loss_module: nn.Module, x: Tensor) -> None:
+def create_lazy_params(
+    loss_module: nn.Module, x: Tensor, stateful: dict[str, Any] | None = None
+) -> None:
     """Run the loss once so that guides creating parameters on their first call (autoguides)
-    have them before the optimizer is built; the random state is left exactly as it was."""
+    have them before the optimizer is built. The random state, and the state of the estimator's
+    learning parts (``stateful``: an adaptive timestep sampler's history), are left exactly as
+    they were: this call is not a training step."""
     snap = capture_rng()
+    saved = {name: copy.deepcopy(obj.state_dict()) for name, obj in (stateful or {}).items()}
     try:
         with torch.no_grad():
             loss_module(x)
     finally:
         restore_rng(snap)
+        for name, obj in (stateful or {}).items():
+            obj.load_state_dict(saved[name])
