@@ -90,14 +90,24 @@ def _new_run_dir(args: argparse.Namespace, distributed) -> Path:
 def train(args: argparse.Namespace) -> int:
     """``pyrodiff train``: everything is checked before the run folder is created; a failure
     before the first checkpoint removes the folder again, so nothing is left half-written."""
-    from ..train import fit
-
     config = _train_config(args)
     distributed = None
     if args.distributed:
         from ..distributed import setup_distributed
 
         distributed = setup_distributed()
+    try:
+        return _train(args, config, distributed)
+    finally:
+        if distributed is not None:
+            from ..distributed import cleanup_distributed
+
+            cleanup_distributed()
+
+
+def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
+    from ..train import fit
+
     is_main = distributed is None or distributed.is_main
     if distributed is None:
         resolve_device(config.device)  # CUDA asked for where there is none: stop here
