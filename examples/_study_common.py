@@ -1,0 +1,73 @@
+"""What the study scripts share: their command line, markdown tables, mean ± standard error.
+
+Each ``examples/study_*.py`` takes ``--quick`` (seconds; what ``tests/test_study.py`` runs),
+``--figures DIR`` (where its PNG goes; ``docs/figures`` by default) and ``--results FILE``
+(an optional JSON copy of every number it prints), and prints its table in markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"
+
+
+def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny settings (seconds)")
+    parser.add_argument("--figures", type=Path, default=FIGURES, help="folder for the PNG")
+    parser.add_argument("--results", type=Path, default=None, help="write the numbers as JSON")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data, training and noise")
+    args = parser.parse_args(argv)
+    # one thread: the numbers do not depend on how many cores are free, and runs stay polite
+    torch.set_num_threads(1)
+    return args
+
+
+def mean_se(x: Tensor) -> tuple[float, float]:
+    """The mean of per-datum values and its standard error over the data."""
+    x = x.detach().double().flatten()
+    se = x.std().item() / math.sqrt(x.numel()) if x.numel() > 1 else float("nan")
+    return x.mean().item(), se
+
+
+def pm(mean: float, se: float | None = None, digits: int = 3) -> str:
+    """Mean ± standard error as text, e.g. 1.234 ± 0.005 (the bare mean when there is no error)."""
+    if se is None or not math.isfinite(se):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_results(path: Path | None, results: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, allow_nan=True))
+
+
+class Stopwatch:
+    """Seconds of a block, ``with Stopwatch() as w: …``: ``w.seconds`` on the wall clock and
+    ``w.cpu_seconds`` of this process's CPU (steadier than the wall on a shared machine)."""
+
+    def __enter__(self) -> Stopwatch:
+        self._start, self._cpu = time.perf_counter(), time.process_time()
+        self.seconds = self.cpu_seconds = float("nan")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._start
+        self.cpu_seconds = time.process_time() - self._cpu
