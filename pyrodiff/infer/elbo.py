@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pyro
 import torch
 from pyro.infer import ELBO
 from torch import Tensor
@@ -65,33 +66,54 @@ def step_terms(
     (``noise`` is then required); objectives that need the terms with parts of the moments
     detached use it to evaluate one network call several ways.
     """
-    q_t = guide.marginal(x0, t)
     if moments is not None and noise is None:
         raise DataError("step_terms: precomputed moments need the noise that produced x_t")
-    eps = torch.randn_like(x0) if noise is None else noise
-    x_t = q_t.loc + q_t.scale * eps
-    mean, var = model.reverse_moments(x_t, t) if moments is None else moments
-    event_dim = x0.dim() - 1
-    is_one = (t == 1).reshape(t.shape + (1,) * event_dim)
-    # the posterior is degenerate at t = 1; give those entries harmless values so neither the
-    # KL nor its gradient produces NaN in the branch that torch.where discards
-    t_safe = torch.where(t == 1, torch.full_like(t, 2), t) if model.num_steps >= 2 else t
-    post = guide.posterior(x0, x_t, t_safe) if model.num_steps >= 2 else None
-    var_full = var.expand_as(x0)
-    rec = _sum_event(model.likelihood.distribution(mean, var_full.sqrt()).log_prob(x0), event_dim)
-    if post is None:
-        return rec
-    safe_mean = torch.where(is_one, mean.detach(), post.loc)
-    safe_var = torch.where(is_one, var_full.detach(), post.scale**2)
-    kl = _sum_event(gaussian_kl(safe_mean, safe_var, mean, var_full), event_dim)
-    return torch.where(t == 1, rec, -kl)
+    with _closed_form_factors():
+        q_t = guide.marginal(x0, t)
+        eps = torch.randn_like(x0) if noise is None else noise
+        x_t = q_t.loc + q_t.scale * eps
+        mean, var = model.reverse_moments(x_t, t) if moments is None else moments
+        event_dim = x0.dim() - 1
+        var_full = var.expand_as(x0)
+        if model.num_steps < 2:
+            return _reconstruction(model, x0, mean, var_full, event_dim)
+        is_one = (t == 1).reshape(t.shape + (1,) * event_dim)
+        # the posterior is degenerate at t = 1; give those entries harmless values so neither
+        # the KL nor its gradient produces NaN in the branch that torch.where discards
+        t_safe = torch.where(t == 1, torch.full_like(t, 2), t)
+        post = guide.posterior(x0, x_t, t_safe)
+        safe_mean = torch.where(is_one, mean.detach(), post.loc)
+        safe_var = torch.where(is_one, var_full.detach(), post.scale**2)
+        kl = _sum_event(gaussian_kl(safe_mean, safe_var, mean, var_full), event_dim)
+        # with t ~ U{1…T} a training batch rarely holds t = 1; on the CPU knowing that is free,
+        # elsewhere it would cost a device sync, so there the decoder is always evaluated
+        if x0.device.type == "cpu" and not bool((t == 1).any()):
+            return -kl
+        rec = _reconstruction(model, x0, mean, var_full, event_dim)
+        return torch.where(t == 1, rec, -kl)
+
+
+def _reconstruction(model, x0: Tensor, mean: Tensor, var_full: Tensor, event_dim: int) -> Tensor:
+    """log p_θ(x_0 | x_1) per datum, at the decoder's location and variance."""
+    return _sum_event(model.likelihood.distribution(mean, var_full.sqrt()).log_prob(x0), event_dim)
+
+
+def _closed_form_factors():
+    """No argument validation for the factors built inside the closed-form estimators.
+
+    They are built from data already checked and from schedule tables; validating each
+    Normal's arguments (a ``.all()`` per constraint) would read device values back several
+    times per step. A non-finite result still surfaces: in the loss, where it is read.
+    """
+    return pyro.validation_enabled(False)
 
 
 def prior_kl(model, guide, x0: Tensor) -> Tensor:
     """KL(q(x_T | x_0) ‖ p(x_T)) per datum, in closed form (DDPM's L_T)."""
-    q_T = guide.marginal(x0, model.num_steps)
-    p = model.prior(x0.shape[0], x0).base_dist
-    kl = gaussian_kl(q_T.loc, q_T.scale**2, p.loc, p.scale**2)
+    with _closed_form_factors():
+        q_T = guide.marginal(x0, model.num_steps)
+        p = model.prior(x0.shape[0], x0).base_dist
+        kl = gaussian_kl(q_T.loc, q_T.scale**2, p.loc, p.scale**2)
     return _sum_event(kl, x0.dim() - 1)
 
 
