@@ -66,8 +66,9 @@ class ModelKind(enum.Enum):
     DIFFUSION = "diffusion"
     """:class:`~pyrodiff.Diffusion`: T Gaussian reverse kernels sharing one denoiser."""
     HVAE = "hvae"
-    """:class:`~pyrodiff.models.HierarchicalVAE`: a Markovian hierarchical VAE with its own
-    learned guide (``guide`` must be LEARNED)."""
+    """:class:`~pyrodiff.models.HierarchicalVAE`: a Markovian hierarchical VAE with T latent
+    layers of size ``latent_dim`` and its own learned guide
+    (:class:`~pyrodiff.guides.HierarchicalVAEGuide`; ``guide`` must be LEARNED)."""
 
 
 class GuideKind(enum.Enum):
@@ -176,6 +177,10 @@ class RunConfig:
         ),
     )
     depth: int = field(default=3, metadata=_help("MLP residual blocks"))
+    latent_dim: int | None = field(
+        default=None,
+        metadata=_help("size of each latent layer of an hvae (None: the data's dimension)"),
+    )
     guide_hidden: int = field(default=64, metadata=_help("hidden width of a learned guide"))
     parameterization: Parameterization = field(
         default=Parameterization.EPSILON, metadata=_help("what the denoiser predicts")
@@ -232,7 +237,7 @@ class RunConfig:
         for name in ("depth", "guide_hidden", "steps", "batch_size", "eval_batch_budget"):
             _at_least(name, getattr(self, name), 1)
         _at_least("warmup_steps", self.warmup_steps, 0)
-        for name in ("width", "eval_every", "checkpoint_every"):
+        for name in ("width", "latent_dim", "eval_every", "checkpoint_every"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1)
         if self.num_levels is not None:
@@ -495,14 +500,12 @@ def build_denoiser(config: RunConfig, event_shape: tuple[int, ...]) -> nn.Module
 def build_model(config: RunConfig, dataset) -> nn.Module:
     """The generative model for ``dataset`` (its shape and its likelihood)."""
     if config.model is ModelKind.HVAE:
-        from . import models
+        from .models import HierarchicalVAE
 
-        hvae = getattr(models, "HierarchicalVAE", None)
-        if hvae is None:  # pragma: no cover - present once pyrodiff.models ships it
-            raise ConfigError("model hvae is not available in this version of pyrodiff")
-        return hvae(
+        size = config.latent_dim or math.prod(dataset.event_shape)
+        return HierarchicalVAE(
             dataset.event_shape,
-            num_layers=config.num_steps,
+            latent_dims=(size,) * config.num_steps,
             likelihood=dataset.likelihood(),
             hidden=config.width or 128,
         )
@@ -524,7 +527,9 @@ def build_guide(config: RunConfig, model: nn.Module) -> nn.Module:
     from .guides import ForwardGuide
 
     if config.model is ModelKind.HVAE:
-        return model.guide if hasattr(model, "guide") else model.make_guide()
+        from .guides import HierarchicalVAEGuide
+
+        return HierarchicalVAEGuide(model, hidden=config.guide_hidden)
     if config.guide is GuideKind.FIXED:
         return ForwardGuide(model.schedule)
     if config.guide is GuideKind.LEARNED_SCHEDULE:

@@ -209,3 +209,22 @@ def test_replace_validates_like_a_new_config():
     assert cfg.replace(seed=4).seed == 4
     with pytest.raises(ConfigError):
         cfg.replace(steps=-1)
+
+
+def test_hvae_builds_with_its_own_guide_and_a_trace_objective():
+    from pyrodiff.guides import HierarchicalVAEGuide
+    from pyrodiff.models import HierarchicalVAE
+
+    cfg = RunConfig(
+        **{**TINY_2D, "num_steps": 3},
+        model="hvae",
+        guide="learned",
+        objective="trace_elbo",
+        latent_dim=1,
+    )
+    model, guide, data, loss = build(cfg)
+    assert isinstance(model, HierarchicalVAE) and isinstance(guide, HierarchicalVAEGuide)
+    assert tuple(model.latent_dims) == (1, 1, 1) and type(loss) is Trace_ELBO
+    # one Trace_ELBO sample per datum: a finite bound on log p(x_0)
+    x = data.test[:8].to(torch.get_default_dtype())
+    assert torch.isfinite(torch.as_tensor(loss.loss(model, guide, x)))

@@ -238,7 +238,10 @@ def evaluate(args: argparse.Namespace) -> int:
         **result,
     }
     if args.iwae is not None or args.psis:
-        with torch.no_grad():
+        # seeded like the ELBO: the same command prints the same numbers
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(args.seed)
             out.update(_bounds(loaded, x, args.iwae, args.psis, dataset.num_dims, quantised))
     write_json_atomic(loaded.path / EVALUATION_NAME, out)
     _say(_evaluation_table(out, quantised))
