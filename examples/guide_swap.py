@@ -163,6 +163,8 @@ def plot(traces: dict[str, list[float]], kind: DataKind, D: int, path: Path) -> 
     for name, tr in traces.items():
         ys = [(-v / (D * math.log(2))) if bits else v for v in tr]
         ax.plot(smooth(ys, max(1, len(ys) // 30)), label=name)
+    if bits:  # the first steps start tens of bits/dim above where training ends
+        ax.set_yscale("log")
     ax.set_xlabel("SVI step (Trace_ELBO, one batch each)")
     ax.set_ylabel("train −ELBO (bits/dim)" if bits else "train ELBO (nats per datum)")
     ax.set_title(f"one model, three guides ({kind.value})")
