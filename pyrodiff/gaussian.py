@@ -92,7 +92,7 @@ def schedule_table(
     if schedule._parameters or schedule._modules:
         table = build(schedule)
         return table if like is None else table.to(device=like.device, dtype=like.dtype)
-    buffers = tuple(schedule._buffers.values())
+    buffers = tuple(b for b in schedule._buffers.values() if b is not None)
     stamp = tuple(id(b) for b in buffers) + tuple(b._version for b in buffers)
     entry = _DERIVED.get(schedule)
     if entry is None or entry.stamp != stamp:
