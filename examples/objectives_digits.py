@@ -32,8 +32,14 @@ from pyrodiff import (
     linear_schedule,
 )
 from pyrodiff.data import load_digits
-from pyrodiff.infer import DiffusionELBO, bits_per_dim, elbo_terms, exact_elbo_terms
-from pyrodiff.infer.objectives import HybridLoss, SimpleLoss, estimator_stats
+from pyrodiff.infer import (
+    DiffusionELBO,
+    bits_per_dim,
+    elbo_terms,
+    estimator_spread,
+    exact_elbo_terms,
+)
+from pyrodiff.infer.objectives import HybridLoss, SimpleLoss
 from pyrodiff.infer.timesteps import (
     AntitheticTimesteps,
     ImportanceTimesteps,
@@ -84,7 +90,7 @@ def make_loss(cfg: RunConfig):
 
 def run(cfg: RunConfig) -> dict:
     torch.manual_seed(cfg.seed)
-    data = load_digits(torch.float32)
+    data = load_digits()
     test = data.test if cfg.test_size is None else data.test[: cfg.test_size]
     schedule = linear_schedule(cfg.num_steps)
     learned = cfg.variance is ReverseVariance.LEARNED_RANGE
@@ -175,13 +181,13 @@ def sampler_variance(num_steps: int, repeats: int, batch: int) -> list[dict]:
         ImportanceTimesteps(),
     ):
         objective = DiffusionELBO(timesteps=sampler)
-        with torch.no_grad():
-            if isinstance(sampler, ImportanceTimesteps):
+        if isinstance(sampler, ImportanceTimesteps):
+            with torch.no_grad():
                 while not sampler.warm:
                     objective.loss(model, guide, x)
-            stats = estimator_stats(objective, model, guide, x, repeats)
-        # the loss sums over the batch: per datum, divide by its size
-        mean, var = stats.mean / len(x), stats.variance / len(x) ** 2
+        # the negative loss per datum: the ELBO, in nats per datum
+        (stats,) = estimator_spread(model, guide, x, [objective], num_repeats=repeats)
+        mean, var = -stats.mean, stats.std**2
         se = math.sqrt(var / repeats)
         rows.append(
             {

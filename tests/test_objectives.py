@@ -18,7 +18,7 @@ from pyrodiff import (
 from pyrodiff.errors import ConfigError, DataError
 from pyrodiff.gaussian import v_from_x0
 from pyrodiff.infer import DiffusionELBO, exact_elbo_terms
-from pyrodiff.infer.objectives import HybridLoss, SimpleLoss, estimator_stats, simple_weights
+from pyrodiff.infer.objectives import HybridLoss, SimpleLoss, simple_weights
 from pyrodiff.infer.timesteps import (
     ImportanceTimesteps,
     StratifiedTimesteps,
@@ -106,6 +106,12 @@ def test_simple_loss_gradient_is_the_reweighted_bound_gradient():
         assert torch.allclose(a, p.grad, rtol=1e-8, atol=1e-12)
 
 
+def _repeat(objective, model, guide, x0, repeats):
+    """(mean, standard error) of ``repeats`` independent loss values."""
+    v = torch.tensor([objective.loss(model, guide, x0) for _ in range(repeats)])
+    return v.mean().item(), v.std().item() / math.sqrt(repeats)
+
+
 def _linear_model(variance=ReverseVariance.BETA, T=10, D=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     sched = linear_schedule(T)
@@ -125,22 +131,18 @@ def test_simple_loss_is_unbiased_under_other_samplers(sampler):
     model, guide = _linear_model()
     T = model.num_steps
     x0 = torch.randn(5, 2)
-    per_t = estimator_stats(
-        SimpleLoss(num_particles=40, timesteps=FixedTimesteps(torch.arange(1, T + 1).repeat(40))),
-        model,
-        guide,
-        x0[:1].expand(T, 2).clone(),
-        repeats=20,
+    every_t = FixedTimesteps(torch.arange(1, T + 1).repeat(40))
+    truth, truth_se = _repeat(
+        SimpleLoss(num_particles=40, timesteps=every_t), model, guide, x0[:1].expand(T, 2), 20
     )
     # that measured Σ_t E‖ε − ε̂(x0[0])‖² / T over the T copies; the objective sums over data
     objective = SimpleLoss(num_particles=40, timesteps=sampler)
     x1 = x0[:1].clone()
     for _ in range(10):
         objective.loss(model, guide, x1)
-    stats = estimator_stats(objective, model, guide, x1, repeats=30)
-    truth, truth_se = per_t.mean / T, per_t.standard_error / T
-    se = math.sqrt(stats.standard_error**2 + truth_se**2)
-    assert abs(stats.mean - truth) < 4 * se
+    mean, mean_se = _repeat(objective, model, guide, x1, 30)
+    truth, truth_se = truth / T, truth_se / T
+    assert abs(mean - truth) < 4 * math.sqrt(mean_se**2 + truth_se**2)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -197,3 +199,39 @@ def test_bad_arguments_raise_typed_errors():
     with pytest.raises(DataError):
         SimpleLoss().loss(model, guide)
     assert isinstance(SimpleLoss().timesteps, UniformTimesteps)
+
+
+def _example():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "objectives_digits.py"
+    spec = importlib.util.spec_from_file_location("example_objectives_digits", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_digits_example_quick_reports_the_true_bound():
+    old = torch.get_num_threads()
+    try:
+        out = _example().main(["--quick", "--objective", "hybrid"])
+    finally:
+        torch.set_num_threads(old)
+    assert out["config"]["variance"] == "learned_range"
+    assert math.isfinite(out["test_bits_per_dim"]) and out["test_bits_per_dim"] > 0
+    # the bins partition t = 1…T: with the prior they add up to the bound
+    total = sum(out["test_bin_bits_per_dim"]) + out["prior_bits_per_dim"]
+    assert math.isclose(total, out["test_bits_per_dim"], rel_tol=1e-4)
+    assert [p["step"] for p in out["trace"]] == [2, 4]
+
+
+def test_sampler_variance_quick_is_consistent_with_the_exact_bound():
+    old = torch.get_num_threads()
+    try:
+        rows = _example().main(["--sampler-variance", "--quick"])["sampler_variance"]
+    finally:
+        torch.set_num_threads(old)
+    assert len(rows) == 5 and all(r["variance"] > 0 and math.isfinite(r["z"]) for r in rows)

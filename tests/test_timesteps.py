@@ -7,8 +7,7 @@ import torch
 
 from pyrodiff import ForwardGuide, gaussian_oracle, linear_schedule
 from pyrodiff.errors import ConfigError, DataError
-from pyrodiff.infer import DiffusionELBO, exact_elbo_terms
-from pyrodiff.infer.objectives import estimator_stats
+from pyrodiff.infer import DiffusionELBO, estimator_spread, exact_elbo_terms
 from pyrodiff.infer.timesteps import (
     AntitheticTimesteps,
     ImportanceTimesteps,
@@ -135,13 +134,13 @@ def test_timestep_sampled_bound_is_unbiased(sampler):
     # 40 particles (correlated within a call for the structured samplers, independent across
     # calls), so the standard error comes from the spread of the calls.
     model, guide, x0 = _linear_gaussian()
-    truth = -exact_elbo_terms(model, guide, x0).elbo.sum().item()
+    truth = exact_elbo_terms(model, guide, x0).elbo.mean().item()
     objective = _warmed(DiffusionELBO(num_particles=40, timesteps=sampler), model, guide, x0)
     if isinstance(sampler, ImportanceTimesteps):
         uniform = torch.full((12,), 1 / 12.0, dtype=torch.float64)
         assert not torch.allclose(sampler.probabilities(12), uniform, atol=1e-2)
-    stats = estimator_stats(objective, model, guide, x0, repeats=30)
-    assert abs(stats.mean - truth) < 4 * stats.standard_error
+    (stats,) = estimator_spread(model, guide, x0, [objective], num_repeats=30)
+    assert abs(stats.mean - truth) < 4 * stats.std / math.sqrt(30)
 
 
 def test_importance_sampling_lowers_the_variance_when_terms_differ_across_t():
@@ -149,14 +148,14 @@ def test_importance_sampling_lowers_the_variance_when_terms_differ_across_t():
     # bound is. Particles are i.i.d. for both samplers, so Var(one draw) = P · Var(mean of P).
     model, guide, x0 = _linear_gaussian()
     M, P = 100, 10
-    uniform = estimator_stats(DiffusionELBO(num_particles=P), model, guide, x0, repeats=M)
+    (uniform,) = estimator_spread(model, guide, x0, [DiffusionELBO(num_particles=P)], M)
     objective = _warmed(
         DiffusionELBO(num_particles=P, timesteps=_warm_importance(history=5)), model, guide, x0
     )
-    importance = estimator_stats(objective, model, guide, x0, repeats=M)
+    (importance,) = estimator_spread(model, guide, x0, [objective], M)
     # a sample log-variance from M draws has SE ≈ √(2/(M − 1)); the difference of two, √2 times that
     se = math.sqrt(4.0 / (M - 1))
-    assert math.log(uniform.variance / importance.variance) > 4 * se
+    assert 2 * math.log(uniform.std / importance.std) > 4 * se
 
 
 def test_log_spaced_bins_partition_every_t():
@@ -179,3 +178,15 @@ def test_bin_steps_sums_match_and_keep_leading_axes():
     assert bins.labels()[0] == "t=1"
     with pytest.raises(DataError):
         bin_steps(torch.tensor(1.0))
+
+
+def test_importance_state_round_trips():
+    s = ImportanceTimesteps(history=2, uniform_mix=0.2)
+    s.sample(4, 3, "cpu")
+    s.update(torch.tensor([1, 2, 3, 3]), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    s.update(torch.tensor([1, 2, 3]), torch.tensor([5.0, 6.0, 7.0]))
+    restored = ImportanceTimesteps(history=2, uniform_mix=0.2)
+    restored.load_state_dict(s.state_dict())
+    assert torch.equal(restored.probabilities(3), s.probabilities(3))
+    with pytest.raises(ConfigError):
+        ImportanceTimesteps(history=3).load_state_dict(s.state_dict())

@@ -48,3 +48,26 @@ __all__ += [
     "psis_diagnostic",
     "sitewise_elbo_terms",
 ]
+from .objectives import HybridLoss, SimpleLoss, simple_weights  # noqa: E402
+from .timesteps import (  # noqa: E402
+    AntitheticTimesteps,
+    ImportanceTimesteps,
+    LowDiscrepancyTimesteps,
+    StepBins,
+    StratifiedTimesteps,
+    bin_steps,
+    log_spaced_bins,
+)
+
+__all__ += [
+    "AntitheticTimesteps",
+    "HybridLoss",
+    "ImportanceTimesteps",
+    "LowDiscrepancyTimesteps",
+    "SimpleLoss",
+    "StepBins",
+    "StratifiedTimesteps",
+    "bin_steps",
+    "log_spaced_bins",
+    "simple_weights",
+]

@@ -25,9 +25,6 @@ Objectives here are ``pyro.infer.ELBO`` subclasses so SVI takes them as ``loss=`
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 from pyro.infer import ELBO
 from torch import Tensor
@@ -38,7 +35,7 @@ from ..validation import check_data
 from .elbo import DiffusionELBO, _check_closed_form_pair, _sum_event, prior_kl, step_terms
 from .timesteps import TimestepSampler, UniformTimesteps
 
-__all__ = ["EstimatorStats", "HybridLoss", "SimpleLoss", "estimator_stats", "simple_weights"]
+__all__ = ["HybridLoss", "SimpleLoss", "simple_weights"]
 
 
 def simple_weights(model, t: Tensor, like: Tensor, variance: Tensor) -> Tensor:
@@ -181,29 +178,3 @@ class HybridLoss(_TimestepObjective):
         self.timesteps.update(t, bound.detach())
         vlb = -(weight * bound) + prior_kl(model, guide, x0)
         return (weight / T * simple + self.lam * vlb).sum() / self.num_particles
-
-
-@dataclass(frozen=True)
-class EstimatorStats:
-    """Mean and variance of repeated, independent evaluations of an objective's loss."""
-
-    mean: float
-    variance: float
-    num_samples: int
-
-    @property
-    def standard_error(self) -> float:
-        """√(variance / num_samples): the standard error of :attr:`mean`."""
-        return math.sqrt(self.variance / self.num_samples)
-
-
-def estimator_stats(objective: ELBO, model, guide, x0: Tensor, repeats: int) -> EstimatorStats:
-    """Evaluate ``objective.loss(model, guide, x0)`` ``repeats`` times (no gradients) and return
-    the sample mean and unbiased sample variance. For adaptive timestep samplers each call also
-    updates the sampler, so warm it first if its steady state is what should be measured."""
-    if repeats < 2:
-        raise ConfigError(f"estimator_stats needs repeats >= 2, got {repeats}")
-    values = torch.tensor(
-        [objective.loss(model, guide, x0) for _ in range(repeats)], dtype=torch.float64
-    )
-    return EstimatorStats(values.mean().item(), values.var().item(), repeats)

@@ -177,6 +177,23 @@ class ImportanceTimesteps(TimestepSampler):
         """Whether every t has a full history (reads one value back from the device)."""
         return self._counts is not None and bool((self._counts[1:] >= self.history).all())
 
+    def state_dict(self) -> dict[str, Tensor | None]:
+        """The history, for checkpoints: a resumed run samples exactly as the original."""
+        return {"values": self._values, "counts": self._counts}
+
+    def load_state_dict(self, state: dict[str, Tensor | None]) -> None:
+        values, counts = state.get("values"), state.get("counts")
+        if (values is None) != (counts is None) or (
+            values is not None
+            and (values.shape[1] != self.history or counts.shape != values.shape[:1])
+        ):
+            raise ConfigError(
+                f"ImportanceTimesteps state does not match history={self.history}: got values "
+                f"{None if values is None else tuple(values.shape)}"
+            )
+        self._values = None if values is None else values.clone()
+        self._counts = None if counts is None else counts.clone()
+
     def sample(self, batch, num_steps, device, generator=None):
         probs = self.probabilities(num_steps, device)
         t = torch.multinomial(probs, batch, replacement=True, generator=generator) + 1
