@@ -116,6 +116,9 @@ def test_evaluate_iwae_is_at_least_the_elbo_in_expectation(run):
     se = (elbo.var() / 64).sqrt().item() + result["iwae_se"]
     assert result["iwae"] - elbo.mean().item() > -4 * se
     assert result["iwae_k"] == 16
+    # seeded: the same command gives the same numbers
+    assert main(["evaluate", str(run), "--num", "64", "--iwae", "16", "--threads", "1"]) == 0
+    assert json.loads((run / "evaluation.json").read_text())["iwae"] == result["iwae"]
 
 
 @pytest.mark.parametrize(
