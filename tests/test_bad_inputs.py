@@ -133,8 +133,7 @@ def test_cuda_where_there_is_none(tmp_path):
         (np.array([["a", "b"]] * 20), [], ["dtype"]),
         (np.zeros((20, 2)), ["--batch-size", "64"], ["batch_size 64"]),
     ],
-    ids=["nan", "inf", "empty", "1-d", "levels-out-of-range", "levels-not-integer", "strings",
-         "batch-larger-than-data"],  # fmt: skip
+    ids="nan inf empty 1-d levels-out-of-range levels-not-integer strings batch-too-large".split(),
 )
 def test_bad_data_files(tmp_path, array, extra, words):
     out = tmp_path / "run"
@@ -173,8 +172,13 @@ def test_failure_in_training_leaves_no_half_written_folder(tmp_path):
     checkpoint written yet, the run folder is removed."""
     out = tmp_path / "run"
     line = assert_one_line_error(
-        ["train", *TINY, "--lr", "1e30", "--grad-clip", "off", "--steps", "50",
-         "--checkpoint-every", "off", "--out", str(out)],  # fmt: skip
+        [
+            "train",
+            *TINY,
+            *"--lr 1e30 --grad-clip off --steps 50 --checkpoint-every off".split(),
+            "--out",
+            str(out),
+        ],
         "step",
     )
     assert "learning rate" in line or "lr" in line
