@@ -123,8 +123,9 @@ class SimpleLoss(_TimestepObjective):
     unbiased for the uniform-t objective.
 
     Not an ELBO: it weights small t far less than the bound (λ_t ∝ 1/β_t for σ_t² = β_t) and
-    trains only the mean (a learned variance is left untouched). Its minimiser over an
-    unrestricted denoiser is the same as the bound's mean; with a finite network it is not.
+    trains only the mean (a learned variance is left untouched). For t ≥ 2 (and at t = 1 with a
+    Gaussian decoder) an unrestricted denoiser minimises both at the same prediction, E[y | x_t];
+    a finite network trades errors across t differently under the two weightings.
     """
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
