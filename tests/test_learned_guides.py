@@ -150,11 +150,20 @@ def test_a_guide_on_the_wrong_model_is_refused():
         LearnedGuide(img, covariance=GuideCovariance.FULL)
 
 
+class _TinyConv(torch.nn.Module):
+    """An image denoiser small enough for a test: one 3×3 convolution, blind to t."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x_t, t):
+        return self.conv(x_t)
+
+
 def test_image_guide_trains_with_a_discretized_likelihood():
     lik = DiscretizedGaussianLikelihood(5)
-    model = Diffusion(
-        UNetDenoiser(1, 4, base=8, time_dim=8, groups=4), linear_schedule(3), likelihood=lik
-    )
+    model = Diffusion(_TinyConv(), linear_schedule(3), likelihood=lik, event_shape=(1, 4, 4))
     levels = torch.randint(0, 5, (6, 1, 4, 4))
     x0 = levels.double() / 2 - 1
     guide = LearnedGuide(model, hidden=16)
