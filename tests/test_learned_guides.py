@@ -192,3 +192,6 @@ def test_guide_swap_example_runs_quick(tmp_path):
     for row in result.values():
         assert math.isfinite(row["test_elbo_nats"]) and math.isfinite(row["test_iwae4_nats"])
     assert (tmp_path / "guide_swap_moons.png").stat().st_size > 0
+    compared = module.main(["--quick", "--schedule-objectives", "--out", str(tmp_path)])
+    assert set(compared) == {"DiffusionELBO", "ScheduleVarianceELBO"}
+    assert all(math.isfinite(row["estimate_std_nats"]) for row in compared.values())
