@@ -62,9 +62,9 @@ class GuideCovariance(enum.Enum):
 class GaussianFactor(nn.Module):
     """The amortised Gaussian N(m, S) of one guide factor at step index k ∈ {1 … K}.
 
-    m = base_loc + W_k a + V_k b + c_k + h_φ(a, b, k) and, DIAGONAL,
-    S = diag(base_scale · exp(r_k +
-    4 tanh(g_φ(a, b, k)/4)))², or, FULL, S = L_k L_kᵀ with diag(L_k) = base_scale · exp(r_k). a and b are the
+    m = base_loc + W_k a + V_k b + c_k + h_φ(a, b, k), and either (DIAGONAL)
+    S = diag(base_scale · exp(r_k + 4 tanh(g_φ(a, b, k) / 4)))² or (FULL) S = L_k L_kᵀ with
+    diag(L_k) = base_scale · exp(r_k) and a free strictly lower part. a and b are the
     flattened inputs (the previous latent and, for top-down factors, x_0), h and g one shared MLP
     with a sinusoidal embedding of k. W, V, c, r and the MLP's last layer start at zero: the factor
     starts at N(base_loc, diag(base_scale²)).
