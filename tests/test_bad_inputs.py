@@ -99,7 +99,7 @@ TRAIN_CASES = [
     (["--data", "mnist"], ["unknown data set 'mnist'", "digits"]),
     (["--data", "/nonexistent/x.npy"], ["x.npy"]),
     (["--guide", "learned"], ["objective elbo needs a guide with closed-form"]),
-    (["--objective", "hybrid"], ["learned_range"]),
+    (["--objective", "hybrid", "--variance", "beta"], ["learned_range"]),
     (["--device", "tpu"], ["unknown device 'tpu'"]),
     (["--parameterization", "score"], ["epsilon, x0, v"]),
 ]

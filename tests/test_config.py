@@ -80,7 +80,7 @@ def test_missing_keys_take_defaults_and_strings_are_coerced():
         ({"batch_size": 2.5}, ["batch_size", "integer"]),
         ({"device": "tpu"}, ["device", "cuda"]),
         ({"guide": "learned"}, ["objective elbo", "learned"]),
-        ({"objective": "hybrid"}, ["learned_range"]),
+        ({"objective": "hybrid", "variance": "beta"}, ["learned_range"]),
         ({"model": "hvae"}, ["hvae", "learned"]),
         ({"timesteps": "importance", "objective": "trace_elbo"}, ["timesteps"]),
         ({"warmup_steps": 50, "steps": 50}, ["warmup_steps", "smaller than steps"]),
@@ -127,7 +127,9 @@ def test_build_digits_uses_a_unet_and_the_discretised_likelihood():
     assert isinstance(model.likelihood, DiscretizedGaussianLikelihood)
     assert model.likelihood.num_levels == 17
     x = digits.test[:2].to(torch.get_default_dtype())
-    assert model.denoiser(x, torch.tensor([1, 3])).shape == x.shape
+    # the default learned_range variance doubles the channels: mean part, then interpolation v
+    assert model.variance is ReverseVariance.LEARNED_RANGE
+    assert model.denoiser(x, torch.tensor([1, 3])).shape == (2, 2, 8, 8)
 
 
 def test_learned_range_doubles_the_denoiser_output():

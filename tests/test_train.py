@@ -285,7 +285,13 @@ def test_ema_is_the_exponential_average_and_swaps_back_exactly():
         thetas.append(lin.weight.detach().clone())
         ema.update()
     n = len(thetas) - 1
-    expected = d**n * thetas[0] + sum((1 - d) * d ** (n - k) * thetas[k] for k in range(1, n + 1))
+    # the warm-up decay d_k = min(d, (1 + k)/(10 + k)) telescopes: the weight of θ_k is
+    # (1 − d_k) Π_{j>k} d_j, and that of the initial θ_0 is Π_j d_j = (2·3·…·(n+1)) / (11·…·(n+10))
+    dk = [min(d, (1 + k) / (10 + k)) for k in range(n + 1)]
+    weights = [math.prod(dk[1:])] + [(1 - dk[k]) * math.prod(dk[k + 1 :]) for k in range(1, n + 1)]
+    assert math.isclose(sum(weights), 1.0, rel_tol=1e-12)
+    assert math.isclose(weights[0], math.prod(range(2, n + 2)) / math.prod(range(11, n + 11)))
+    expected = sum(w * th for w, th in zip(weights, thetas, strict=True))
     assert torch.allclose(ema.shadow["weight"], expected, rtol=1e-12)
     raw = lin.weight.detach().clone()
     with ema.applied():
