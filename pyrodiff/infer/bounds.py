@@ -27,8 +27,8 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from ..errors import ConfigError, DataError, ModelMismatchError, NotLinearGaussianError
-from ..validation import check_data, check_pair
-from .elbo import DiffusionELBO, ELBOTerms, _check_closed_form_pair, prior_kl, step_terms
+from ..validation import check_pair
+from .elbo import DiffusionELBO, ELBOTerms
 from .exact import exact_log_evidence
 
 __all__ = [
@@ -450,15 +450,8 @@ class ScheduleVarianceELBO(DiffusionELBO):
                 "ScheduleVarianceELBO trains a learned schedule: the guide needs a LearnedSchedule "
                 f"(LearnedScheduleGuide); got {type(guide).__name__}"
             )
-        x0 = self._data(args, kwargs)
-        _check_closed_form_pair(model, guide)
-        check_data(x0, model.event_shape, model.likelihood, name="x0")
-        if self.num_particles > 1:
-            x0 = x0.repeat((self.num_particles,) + (1,) * (x0.dim() - 1))
-        t, weight = self.timesteps.sample(x0.shape[0], model.num_steps, x0.device)
-        terms = step_terms(model, guide, x0, t)
-        self.timesteps.update(t, terms.detach())
-        ell = prior_kl(model, guide, x0) - weight.to(terms.dtype) * terms
+        x0 = self._prepare(model, guide, args, kwargs)
+        ell = self.per_datum_loss(model, guide, x0)
         loss = ell.sum() / self.num_particles
         shape = [p for p in schedule.parameters_of_shape() if p.requires_grad]
         if not shape or not torch.is_grad_enabled():

@@ -19,12 +19,19 @@ import torch
 from pyro.infer import ELBO
 from torch import Tensor
 
-from ..errors import DataError, ModelMismatchError
+from ..errors import ConfigError, DataError, ModelMismatchError
 from ..gaussian import gaussian_kl
 from ..validation import check_data, check_pair
 from .timesteps import TimestepSampler, UniformTimesteps
 
-__all__ = ["DiffusionELBO", "ELBOTerms", "elbo_terms", "bits_per_dim", "step_terms"]
+__all__ = [
+    "DiffusionELBO",
+    "TimestepObjective",
+    "ELBOTerms",
+    "elbo_terms",
+    "bits_per_dim",
+    "step_terms",
+]
 
 
 def _check_closed_form_pair(model, guide) -> None:
@@ -216,36 +223,49 @@ def elbo_terms(
     )
 
 
-class DiffusionELBO(ELBO):
-    """A timestep-sampled, unbiased estimator of the diffusion ELBO, as a Pyro ELBO.
+class TimestepObjective(ELBO):
+    """Base class of objectives that draw one timestep per datum from closed-form factors.
 
-    For each datum it draws t ~ π (uniform on {1…T} by default) and x_t ~ q(x_t | x_0) and
-    returns −[KL_prior + w(t) · term_t] summed over the batch, where term_t is the one-sample
-    estimate of :func:`step_terms` and w = 1/π(t). Its expectation is exactly −ELBO, the value
-    Trace_ELBO estimates on the literal chain, but one step costs one network call per datum
-    instead of T.
-
-    Correct when the guide's factors have closed form (``guide.marginal``,
-    ``guide.posterior``: :class:`~pyrodiff.ForwardGuide` and learned schedules) and the model
-    is a :class:`~pyrodiff.Diffusion`; for other guides use Trace_ELBO. Use it as ``loss=`` in
-    :class:`pyro.infer.SVI`, or ``DiffusionELBO()(model, guide)`` as an ``nn.Module``.
+    It holds what they share: the data argument, the pair and data checks (values checked
+    without a device synchronisation: on the CPU every call, on an accelerator when the loss is
+    read), particles as repeated data, a :class:`TimestepSampler`, and Pyro's ``loss`` /
+    ``loss_and_grads``. Subclasses define :meth:`per_datum_loss`; the loss is its sum over the
+    batch divided by ``num_particles``, as Pyro's ELBOs sum over a plate.
     """
 
     def __init__(self, num_particles: int = 1, timesteps: TimestepSampler | None = None) -> None:
         super().__init__(num_particles=num_particles)
+        if timesteps is not None and not isinstance(timesteps, TimestepSampler):
+            raise ConfigError(
+                f"timesteps must be a TimestepSampler, got {type(timesteps).__name__}"
+            )
         self.timesteps = timesteps if timesteps is not None else UniformTimesteps()
 
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError(
-            "DiffusionELBO evaluates closed-form factors; it records no traces"
+            f"{type(self).__name__} evaluates closed-form factors; it records no traces"
         )
 
     @staticmethod
     def _data(args, kwargs) -> Tensor:
         x0 = kwargs.get("x0", args[0] if args else None)
         if x0 is None:
-            raise DataError("DiffusionELBO needs the data: call it as loss(model, guide, x0)")
+            raise DataError("this objective needs the data: call it as loss(model, guide, x0)")
         return x0
+
+    def _prepare(self, model, guide, args, kwargs) -> Tensor:
+        """The checked data, repeated ``num_particles`` times along the batch."""
+        x0 = self._data(args, kwargs)
+        _check_closed_form_pair(model, guide)
+        on_cpu = x0.device.type == "cpu"
+        check_data(x0, model.event_shape, model.likelihood, name="x0", values=on_cpu)
+        if self.num_particles > 1:
+            x0 = x0.repeat((self.num_particles,) + (1,) * (x0.dim() - 1))
+        return x0
+
+    def per_datum_loss(self, model, guide, x0: Tensor) -> Tensor:  # pragma: no cover
+        """One estimate per (repeated) datum, shape (num_particles · N,)."""
+        raise NotImplementedError
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
         """The loss as a tensor, without reading anything back from the data's device.
@@ -256,17 +276,8 @@ class DiffusionELBO(ELBO):
         :meth:`loss_and_grads` raise :class:`~pyrodiff.errors.DataError` when a non-finite loss
         comes from bad data), and ``pyrodiff.train.fit`` checks its whole dataset once.
         """
-        x0 = self._data(args, kwargs)
-        _check_closed_form_pair(model, guide)
-        on_cpu = x0.device.type == "cpu"
-        check_data(x0, model.event_shape, model.likelihood, name="x0", values=on_cpu)
-        if self.num_particles > 1:
-            x0 = x0.repeat((self.num_particles,) + (1,) * (x0.dim() - 1))
-        t, weight = self.timesteps.sample(x0.shape[0], model.num_steps, x0.device)
-        terms = step_terms(model, guide, x0, t)
-        self.timesteps.update(t, terms.detach())
-        elbo = (weight.to(terms.dtype) * terms).sum() - prior_kl(model, guide, x0).sum()
-        return -elbo / self.num_particles
+        x0 = self._prepare(model, guide, args, kwargs)
+        return self.per_datum_loss(model, guide, x0).sum() / self.num_particles
 
     def _read(self, loss: Tensor, model, args, kwargs) -> float:
         value = loss.item()
@@ -284,3 +295,26 @@ class DiffusionELBO(ELBO):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return self._read(loss, model, args, kwargs)
+
+
+class DiffusionELBO(TimestepObjective):
+    """A timestep-sampled, unbiased estimator of the diffusion ELBO, as a Pyro ELBO.
+
+    For each datum it draws t ~ π (uniform on {1…T} by default) and x_t ~ q(x_t | x_0) and
+    returns −[KL_prior + w(t) · term_t] summed over the batch, where term_t is the one-sample
+    estimate of :func:`step_terms` and w = 1/π(t). Its expectation is exactly −ELBO, the value
+    Trace_ELBO estimates on the literal chain, but one step costs one network call per datum
+    instead of T.
+
+    Correct when the guide's factors have closed form (``guide.marginal``,
+    ``guide.posterior``: :class:`~pyrodiff.ForwardGuide` and learned schedules) and the model
+    is a :class:`~pyrodiff.Diffusion`; for other guides use Trace_ELBO. Use it as ``loss=`` in
+    :class:`pyro.infer.SVI`, or ``DiffusionELBO()(model, guide)`` as an ``nn.Module``.
+    """
+
+    def per_datum_loss(self, model, guide, x0: Tensor) -> Tensor:
+        """ℓ_n = KL_prior,n − w(t_n) · term_n, unbiased for −ELBO(x0_n)."""
+        t, weight = self.timesteps.sample(x0.shape[0], model.num_steps, x0.device)
+        terms = step_terms(model, guide, x0, t)
+        self.timesteps.update(t, terms.detach())
+        return prior_kl(model, guide, x0) - weight.to(terms.dtype) * terms

@@ -26,14 +26,12 @@ Objectives here are ``pyro.infer.ELBO`` subclasses so SVI takes them as ``loss=`
 from __future__ import annotations
 
 import torch
-from pyro.infer import ELBO
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..gaussian import coef, gaussian_kl, predict_x0, q_posterior_mean_coefs
-from ..validation import check_data
-from .elbo import DiffusionELBO, _check_closed_form_pair, _sum_event, prior_kl, step_terms
-from .timesteps import TimestepSampler, UniformTimesteps
+from .elbo import TimestepObjective, _sum_event, prior_kl, step_terms
+from .timesteps import TimestepSampler
 
 __all__ = ["HybridLoss", "SimpleLoss", "simple_weights"]
 
@@ -63,27 +61,8 @@ def _reference_variance(model, t: Tensor, x0: Tensor, var: Tensor) -> Tensor:
     return coef(model.schedule.betas, t, x0)
 
 
-class _TimestepObjective(ELBO):
-    """Shared plumbing: data from ``(model, guide, x0)``, a timestep sampler, loss/grads."""
-
-    def __init__(self, num_particles: int = 1, timesteps: TimestepSampler | None = None) -> None:
-        super().__init__(num_particles=num_particles)
-        if timesteps is not None and not isinstance(timesteps, TimestepSampler):
-            raise ConfigError(
-                f"timesteps must be a TimestepSampler, got {type(timesteps).__name__}"
-            )
-        self.timesteps = timesteps if timesteps is not None else UniformTimesteps()
-
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError(f"{type(self).__name__} evaluates closed-form factors")
-
-    def _prepare(self, model, guide, args, kwargs) -> Tensor:
-        x0 = DiffusionELBO._data(args, kwargs)
-        _check_closed_form_pair(model, guide)
-        check_data(x0, model.event_shape, model.likelihood, name="x0")
-        if self.num_particles > 1:
-            x0 = x0.repeat((self.num_particles,) + (1,) * (x0.dim() - 1))
-        return x0
+class _TimestepObjective(TimestepObjective):
+    """Shared by the reweighted objectives: the L_simple part of a draw."""
 
     def _simple(self, model, guide, x0, t, noise, mean, var) -> Tensor:
         """Per-datum ‖y − ŷ‖² as λ_t (L_{t−1} − C_t), the mean trained, the variance not."""
@@ -100,15 +79,6 @@ class _TimestepObjective(ELBO):
         # same ‖y − ŷ‖² at every t.
         rec = _sum_event(gaussian_kl(x0, ref.expand_as(x0), mean, ref.expand_as(x0)), x0.dim() - 1)
         return lam * torch.where(t == 1, rec, -neg_l - const)
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return loss.item()
 
 
 class SimpleLoss(_TimestepObjective):
@@ -128,8 +98,7 @@ class SimpleLoss(_TimestepObjective):
     a finite network trades errors across t differently under the two weightings.
     """
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
-        x0 = self._prepare(model, guide, args, kwargs)
+    def per_datum_loss(self, model, guide, x0: Tensor) -> Tensor:
         T = model.num_steps
         t, weight = self.timesteps.sample(x0.shape[0], T, x0.device)
         noise = torch.randn_like(x0)
@@ -137,7 +106,7 @@ class SimpleLoss(_TimestepObjective):
         mean, var = model.reverse_moments(q_t.loc + q_t.scale * noise, t)
         simple = self._simple(model, guide, x0, t, noise, mean, var)
         self.timesteps.update(t, simple.detach())
-        return (weight.to(simple.dtype) / T * simple).sum() / self.num_particles
+        return weight.to(simple.dtype) / T * simple
 
 
 class HybridLoss(_TimestepObjective):
@@ -166,8 +135,7 @@ class HybridLoss(_TimestepObjective):
             raise ConfigError(f"lam must be >= 0, got {lam}")
         self.lam = float(lam)
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
-        x0 = self._prepare(model, guide, args, kwargs)
+    def per_datum_loss(self, model, guide, x0: Tensor) -> Tensor:
         T = model.num_steps
         t, weight = self.timesteps.sample(x0.shape[0], T, x0.device)
         weight = weight.to(x0.dtype)
@@ -178,4 +146,4 @@ class HybridLoss(_TimestepObjective):
         bound = step_terms(model, guide, x0, t, noise, moments=(mean.detach(), var))
         self.timesteps.update(t, bound.detach())
         vlb = -(weight * bound) + prior_kl(model, guide, x0)
-        return (weight / T * simple + self.lam * vlb).sum() / self.num_particles
+        return weight / T * simple + self.lam * vlb
