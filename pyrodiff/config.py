@@ -166,7 +166,7 @@ class RunConfig:
     model: ModelKind = field(default=ModelKind.DIFFUSION, metadata=_help("the generative model"))
     guide: GuideKind = field(default=GuideKind.FIXED, metadata=_help("the guide q(x_1:T | x_0)"))
     num_steps: int = field(
-        default=1000, metadata=_help("T, the number of noising steps", flag="--T")
+        default=100, metadata=_help("T, the number of noising steps", flag="--T")
     )
     schedule: ScheduleKind = field(default=ScheduleKind.LINEAR, metadata=_help("noise schedule"))
     network: NetworkKind = field(default=NetworkKind.AUTO, metadata=_help("denoiser architecture"))
