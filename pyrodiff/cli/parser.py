@@ -101,9 +101,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=_number(int, False, "--threads"),
-        default=None,
+        default=1,
         metavar="N",
-        help="CPU threads for torch (default: torch's choice)",
+        help=(
+            "CPU threads for torch (default 1: the small default networks gain little from "
+            "more, and threads that share busy cores run several times slower)"
+        ),
     )
     parser.add_argument(
         "--debug",
