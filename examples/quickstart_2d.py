@@ -55,15 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         guide,
         data,
         loss=loss,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        lr_schedule=config.lr_schedule,
-        warmup_steps=config.warmup_steps,
-        grad_clip=config.grad_clip,
-        ema_decay=config.ema_decay,
-        seed=config.seed,
-        device=config.device,
+        **config.fit_options(),
         progress=not args.quick,
     )
     final = history.final_eval  # the EMA parameters on the test split, every per-step term

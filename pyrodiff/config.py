@@ -307,6 +307,25 @@ class RunConfig:
                 f"got {self.variance.value}"
             )
 
+    def fit_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`pyrodiff.train.fit` that this configuration fixes
+        (all but ``checkpoint_every``, which needs the caller's ``run_dir``)."""
+        return {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "lr_schedule": self.lr_schedule,
+            "warmup_steps": self.warmup_steps,
+            "weight_decay": self.weight_decay,
+            "grad_clip": self.grad_clip,
+            "ema_decay": self.ema_decay,
+            "seed": self.seed,
+            "device": self.device,
+            "precision": self.precision,
+            "eval_every": self.eval_every,
+            "eval_batch_budget": self.eval_batch_budget,
+        }
+
     # --- JSON ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
