@@ -2,7 +2,9 @@
 
 The model p_θ(x_{0:T}) is a :class:`Diffusion` (a ``PyroModule``); its guide is the fixed
 forward chain :class:`ForwardGuide`. Pyro's SVI with Trace_ELBO trains the pair, and
-:class:`pyrodiff.infer.DiffusionELBO` does the same at one network call per datum.
+:class:`pyrodiff.infer.DiffusionELBO` does the same at one network call per datum. Swap in
+:class:`LearnedGuide` or :class:`LearnedScheduleGuide` and the same model is a hierarchical
+VAE with a learned q.
 """
 
 from . import data, infer, networks
@@ -17,9 +19,17 @@ from .errors import (
     PyrodiffError,
 )
 from .gaussian import Parameterization
-from .guides import ChainOrder, ForwardGuide
+from .guides import (
+    ChainOrder,
+    ForwardGuide,
+    GuideStructure,
+    HierarchicalVAEGuide,
+    LearnedGuide,
+    LearnedSchedule,
+    LearnedScheduleGuide,
+)
 from .likelihoods import DiscretizedGaussianLikelihood, GaussianLikelihood
-from .models import Diffusion, ReverseVariance, gaussian_oracle
+from .models import Diffusion, HierarchicalVAE, ReverseVariance, gaussian_oracle
 from .schedules import NoiseSchedule, cosine_schedule, linear_schedule, schedule_from_alpha_bar
 
 __version__ = "0.1.0"
@@ -34,6 +44,12 @@ __all__ = [
     "DiscretizedGaussianLikelihood",
     "ForwardGuide",
     "GaussianLikelihood",
+    "GuideStructure",
+    "HierarchicalVAE",
+    "HierarchicalVAEGuide",
+    "LearnedGuide",
+    "LearnedSchedule",
+    "LearnedScheduleGuide",
     "ModelMismatchError",
     "NoiseSchedule",
     "NonFiniteError",

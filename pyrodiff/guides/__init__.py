@@ -1,19 +1,19 @@
 """Guides q(x_{1:T} | x_0): the fixed forward chain and learned alternatives."""
 
 from .forward import ChainOrder, ForwardGuide
-
-__all__ = ["ChainOrder", "ForwardGuide"]
-from .learned import (  # noqa: E402
+from .learned import (
     GaussianFactor,
     GuideCovariance,
     GuideStructure,
     HierarchicalVAEGuide,
     LearnedGuide,
 )
-from .schedule import Endpoints, LearnedSchedule, LearnedScheduleGuide  # noqa: E402
+from .schedule import Endpoints, LearnedSchedule, LearnedScheduleGuide
 
-__all__ += [
+__all__ = [
+    "ChainOrder",
     "Endpoints",
+    "ForwardGuide",
     "GaussianFactor",
     "GuideCovariance",
     "GuideStructure",

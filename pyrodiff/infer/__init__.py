@@ -1,23 +1,7 @@
-"""Estimators and bounds: the timestep-sampled ELBO, the per-step decomposition, exact evidence."""
+"""Estimators and bounds: the timestep-sampled ELBO and its relatives, the per-step
+decomposition, exact evidence, importance-weighted bounds and diagnostics."""
 
-from .elbo import DiffusionELBO, ELBOTerms, bits_per_dim, elbo_terms, prior_kl, step_terms
-from .exact import affine_reverse_kernels, exact_elbo_terms, exact_log_evidence
-from .timesteps import TimestepSampler, UniformTimesteps
-
-__all__ = [
-    "DiffusionELBO",
-    "ELBOTerms",
-    "TimestepSampler",
-    "UniformTimesteps",
-    "affine_reverse_kernels",
-    "bits_per_dim",
-    "elbo_terms",
-    "exact_elbo_terms",
-    "exact_log_evidence",
-    "prior_kl",
-    "step_terms",
-]
-from .bounds import (  # noqa: E402
+from .bounds import (
     BoundEstimate,
     BoundsReport,
     EstimatorSpread,
@@ -32,42 +16,63 @@ from .bounds import (  # noqa: E402
     psis_diagnostic,
     sitewise_elbo_terms,
 )
-
-__all__ += [
-    "BoundEstimate",
-    "BoundsReport",
-    "EstimatorSpread",
-    "PSISDiagnostic",
-    "ScheduleVarianceELBO",
-    "bounds_report",
-    "elbo_estimate",
-    "estimator_spread",
-    "iwae_bound",
-    "log_weights",
-    "pareto_khat",
-    "psis_diagnostic",
-    "sitewise_elbo_terms",
-]
-from .objectives import HybridLoss, SimpleLoss, simple_weights  # noqa: E402
-from .timesteps import (  # noqa: E402
+from .elbo import (
+    DiffusionELBO,
+    ELBOTerms,
+    TimestepObjective,
+    bits_per_dim,
+    elbo_terms,
+    prior_kl,
+    step_terms,
+)
+from .exact import affine_reverse_kernels, exact_elbo_terms, exact_log_evidence
+from .objectives import HybridLoss, SimpleLoss, simple_weights
+from .timesteps import (
     AntitheticTimesteps,
     ImportanceTimesteps,
     LowDiscrepancyTimesteps,
     StepBins,
     StratifiedTimesteps,
+    TimestepSampler,
+    UniformTimesteps,
     bin_steps,
     log_spaced_bins,
 )
 
-__all__ += [
+__all__ = [
     "AntitheticTimesteps",
+    "BoundEstimate",
+    "BoundsReport",
+    "DiffusionELBO",
+    "ELBOTerms",
+    "EstimatorSpread",
     "HybridLoss",
     "ImportanceTimesteps",
     "LowDiscrepancyTimesteps",
+    "PSISDiagnostic",
+    "ScheduleVarianceELBO",
     "SimpleLoss",
     "StepBins",
     "StratifiedTimesteps",
+    "TimestepObjective",
+    "TimestepSampler",
+    "UniformTimesteps",
+    "affine_reverse_kernels",
     "bin_steps",
+    "bits_per_dim",
+    "bounds_report",
+    "elbo_estimate",
+    "elbo_terms",
+    "estimator_spread",
+    "exact_elbo_terms",
+    "exact_log_evidence",
+    "iwae_bound",
     "log_spaced_bins",
+    "log_weights",
+    "pareto_khat",
+    "prior_kl",
+    "psis_diagnostic",
     "simple_weights",
+    "sitewise_elbo_terms",
+    "step_terms",
 ]
