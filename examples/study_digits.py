@@ -189,8 +189,8 @@ def _label(r: dict) -> str:
 
 
 def figure(cfg: DigitsConfig, rows: list[dict], refs: list[dict]) -> Figure:
-    fig = Figure(figsize=(12, 4.6), layout="constrained")
-    left, right = fig.subplots(1, 2, width_ratios=[1, 1])
+    fig = Figure(figsize=(13, 4.6), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1.3, 1])
     labels = [_label(r) for r in rows] + [r["name"] for r in refs]
     vals = [r["bits_per_dim"] for r in rows] + [r["bits_per_dim"] for r in refs]
     colors = [f"C{list(GuideKind).index(r['guide'])}" for r in rows] + ["0.5"] * len(refs)
@@ -214,8 +214,8 @@ def figure(cfg: DigitsConfig, rows: list[dict], refs: list[dict]) -> Figure:
         right.axhline(bits.sum() + r["prior_bits"], ls=":", lw=1, color=right.lines[-1].get_color())
     right.set_xscale("log")
     right.set_xlabel("t (log scale)")
-    right.set_ylabel("bits/dim from steps 1 … t (−log p(x_0|x_1) + Σ L_{s−1})")
-    right.set_title("where the bound is spent: cumulative over t (dotted: total)")
+    right.set_ylabel("test bits/dim from steps 1 … t")
+    right.set_title("where the bound is spent (dotted: total)")
     right.legend(fontsize=8)
     right.grid(alpha=0.3, which="both")
     return fig

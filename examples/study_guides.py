@@ -160,7 +160,9 @@ def run_T(cfg: GuidesConfig, T: int, data) -> list[dict]:
             # top-down, so the analytic per-site KL of TraceMeanField_ELBO is valid
             loss = TraceMeanField_ELBO()
             if arm is Arm.LEARNED_FROZEN:
-                model.requires_grad_(False)
+                # train(False) tells Pyro the frozen weights are meant to stay out of the param
+                # store; the MLP has no dropout or normalisation, so nothing else changes
+                model.requires_grad_(False).train(False)
         seconds = _fit(cfg, model, guide, train, loss, cfg.steps)
         rows.append(
             {
