@@ -71,3 +71,29 @@ class Stopwatch:
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self._start
         self.cpu_seconds = time.process_time() - self._cpu
+
+
+def timed_fit(
+    model, guide, train, loss, *, steps: int, batch_size: int, lr: float, seed: int
+) -> Stopwatch:
+    """Train with the study's fixed recipe (warm-up + cosine learning rate, gradient clipping at 1,
+    CPU, no bar, one training record) and return how long it took."""
+    from pyrodiff.train import LRSchedule, fit
+
+    with Stopwatch() as clock:
+        fit(
+            model,
+            guide,
+            train,
+            loss=loss,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            lr_schedule=LRSchedule.WARMUP_COSINE,
+            grad_clip=1.0,
+            seed=seed,
+            device="cpu",
+            progress=False,
+            log_every=steps,
+        )
+    return clock

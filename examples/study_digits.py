@@ -30,7 +30,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from _study_common import Stopwatch, markdown_table, mean_se, parse_args, pm, save_results
+from _study_common import (
+    Stopwatch,
+    markdown_table,
+    mean_se,
+    parse_args,
+    pm,
+    save_results,
+    timed_fit,
+)
 from matplotlib.figure import Figure
 from pyro.infer import TraceMeanField_ELBO
 
@@ -41,7 +49,6 @@ from pyrodiff.guides import GuideStructure, LearnedGuide, LearnedScheduleGuide
 from pyrodiff.infer import DiffusionELBO, elbo_estimate, elbo_terms, iwae_bound
 from pyrodiff.networks import UNetDenoiser
 from pyrodiff.plots import save_figure
-from pyrodiff.train import LRSchedule, fit
 
 
 class GuideKind(enum.Enum):
@@ -112,22 +119,17 @@ def run_arm(cfg: DigitsConfig, kind: GuideKind, T: int, data, test) -> dict:
         guide = LearnedGuide(model, GuideStructure.TOP_DOWN, hidden=cfg.guide_hidden)
         guide.to(torch.get_default_dtype())
         loss = TraceMeanField_ELBO()  # valid: the guide is top-down
-    with Stopwatch() as clock:
-        fit(
-            model,
-            guide,
-            data.train.to(torch.get_default_dtype()),
-            loss=loss,
-            steps=cfg.steps,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            lr_schedule=LRSchedule.WARMUP_COSINE,
-            grad_clip=1.0,
-            seed=cfg.seed,
-            device="cpu",
-            progress=False,
-            log_every=cfg.steps,
-        )
+    train = data.train.to(torch.get_default_dtype())
+    clock = timed_fit(
+        model,
+        guide,
+        train,
+        loss,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+    )
     D = data.num_dims
     torch.manual_seed(cfg.seed + 5)
     out = {"guide": kind, "T": T, "seconds": clock.seconds, "cpu_seconds": clock.cpu_seconds}

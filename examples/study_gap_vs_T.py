@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from _study_common import Stopwatch, markdown_table, mean_se, parse_args, pm, save_results
+from _study_common import markdown_table, mean_se, parse_args, pm, save_results, timed_fit
 from matplotlib.figure import Figure
 
 from pyrodiff import Diffusion, ForwardGuide, ReverseVariance, linear_schedule
@@ -30,7 +30,6 @@ from pyrodiff.data import Toy2D, load_toy2d
 from pyrodiff.infer import DiffusionELBO, elbo_estimate, elbo_terms, iwae_bound
 from pyrodiff.networks import MLPDenoiser
 from pyrodiff.plots import save_figure
-from pyrodiff.train import LRSchedule, fit
 
 
 @dataclass(frozen=True)
@@ -75,22 +74,16 @@ def run_one(cfg: GapConfig, T: int, data) -> dict:
     model, guide = build(cfg, T)
     train = data.train.float()
     test = data.test.float()
-    with Stopwatch() as clock:
-        fit(
-            model,
-            guide,
-            train,
-            loss=DiffusionELBO(),
-            steps=cfg.steps,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            lr_schedule=LRSchedule.WARMUP_COSINE,
-            grad_clip=1.0,
-            seed=cfg.seed,
-            device="cpu",
-            progress=False,
-            log_every=cfg.steps,
-        )
+    clock = timed_fit(
+        model,
+        guide,
+        train,
+        DiffusionELBO(),
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+    )
     log_pd = data.density.log_prob(test.double())
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     with torch.no_grad():

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from _study_common import Stopwatch, markdown_table, mean_se, parse_args, pm, save_results
+from _study_common import markdown_table, mean_se, parse_args, pm, save_results, timed_fit
 from matplotlib.figure import Figure
 from pyro.infer import TraceMeanField_ELBO
 
@@ -41,7 +41,6 @@ from pyrodiff.guides import GuideStructure, LearnedGuide, LearnedScheduleGuide
 from pyrodiff.infer import DiffusionELBO, elbo_estimate, iwae_bound, psis_diagnostic
 from pyrodiff.networks import MLPDenoiser
 from pyrodiff.plots import save_figure
-from pyrodiff.train import LRSchedule, fit
 
 
 class Arm(enum.Enum):
@@ -92,22 +91,9 @@ class GuidesConfig:
 
 
 def _fit(cfg: GuidesConfig, model, guide, train, loss, steps: int) -> float:
-    with Stopwatch() as clock:
-        fit(
-            model,
-            guide,
-            train,
-            loss=loss,
-            steps=steps,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            lr_schedule=LRSchedule.WARMUP_COSINE,
-            grad_clip=1.0,
-            seed=cfg.seed,
-            device="cpu",
-            progress=False,
-            log_every=steps,
-        )
+    clock = timed_fit(
+        model, guide, train, loss, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed
+    )
     return clock.seconds
 
 
