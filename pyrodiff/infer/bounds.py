@@ -360,7 +360,9 @@ def estimator_spread(
         if not isinstance(est, ELBO):
             raise ConfigError(f"estimators must be pyro.infer.ELBO instances, got {est!r}")
         with torch.no_grad():
-            vals = torch.tensor([-est.loss(model, guide, x0) / N for _ in range(num_repeats)])
+            vals = torch.tensor(  # float64: a zero spread must not round to float32 noise
+                [-est.loss(model, guide, x0) / N for _ in range(num_repeats)], dtype=torch.float64
+            )
         std = vals.std().item()
         out.append(
             EstimatorSpread(
