@@ -29,6 +29,8 @@ class PlainTables:
     post_c0: Tensor
     post_ct: Tensor
     post_var: Tensor
+    inv_sqrt_alpha: Tensor
+    mean_eps: Tensor
     num_steps: int
 
     @staticmethod
@@ -44,6 +46,8 @@ class PlainTables:
         c0[0], ct[0] = 0.0, 0.0
         post_var = b * om_prev / om
         post_var[0] = 0.0
+        mean_eps = b / (a.sqrt() * om.sqrt())
+        mean_eps[0] = 0.0
 
         def to(x: Tensor) -> Tensor:
             return x.to(device=device, dtype=dtype)
@@ -56,6 +60,8 @@ class PlainTables:
             to(c0),
             to(ct),
             to(post_var),
+            to(a.rsqrt()),
+            to(mean_eps),
             schedule.num_steps,
         )
 
@@ -101,10 +107,9 @@ def decoder_log_prob(x0: Tensor, mean: Tensor, var: Tensor, num_levels: int | No
 
 
 def _reverse_mean(net: nn.Module, x_t: Tensor, t: Tensor, tab: PlainTables) -> Tensor:
+    """DDPM's Algorithm 2 mean (x_t − β_t/√(1 − ᾱ_t) ε̂)/√α_t; at t = 1 it is x̂_0 itself."""
     eps = net(x_t, t)
-    x0_hat = (x_t - _col(tab.sqrt_1m_ab[t], x_t) * eps) / _col(tab.sqrt_ab[t], x_t)
-    mean = _col(tab.post_c0[t], x_t) * x0_hat + _col(tab.post_ct[t], x_t) * x_t
-    return torch.where(_col(t == 1, x_t), x0_hat, mean)
+    return _col(tab.inv_sqrt_alpha[t], x_t) * (x_t - _col(tab.mean_eps[t], x_t) * eps)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ read are derived and cast once, not per call (:func:`schedule_table`, :func:`coe
 from __future__ import annotations
 
 import enum
+import functools
 import weakref
 from collections.abc import Callable
 
@@ -30,6 +31,7 @@ __all__ = [
     "q_posterior",
     "q_posterior_mean_coefs",
     "predict_x0",
+    "reverse_mean_coefs",
     "eps_from_x0",
     "x0_from_eps",
     "v_from_x0",
@@ -228,6 +230,47 @@ def predict_x0(
     if parameterization is Parameterization.V:
         return x0_from_v(schedule, x_t, t, output)
     raise TypeError(f"parameterization must be a Parameterization, got {parameterization!r}")
+
+
+def _reverse_mean_table(s: nn.Module, parameterization: Parameterization) -> Tensor:
+    """Rows (a_t, b_t), t = 0 … T, of μ̃_t(x_t, x̂_0) = a_t x_t + b_t · output (see below)."""
+    sa, so = s.alpha_bar.sqrt(), s.one_minus_alpha_bar.sqrt()
+    # x̂_0 = g_x x_t + g_o · output for each reading of the output
+    if parameterization is Parameterization.EPSILON:
+        g_x, g_o = 1.0 / sa, -so / sa
+    elif parameterization is Parameterization.X0:
+        g_x, g_o = torch.zeros_like(sa), torch.ones_like(sa)
+    elif parameterization is Parameterization.V:
+        g_x, g_o = sa, -so
+    else:
+        raise TypeError(f"parameterization must be a Parameterization, got {parameterization!r}")
+    c0, ct = _posterior_coef_x0(s), _posterior_coef_xt(s)
+    table = torch.stack([c0 * g_x + ct, c0 * g_o])
+    # at t = 1 the posterior mean is x_0 itself; (c0, ct) = (1, 0) only up to rounding
+    table[:, 1] = torch.stack([g_x[1], g_o[1]])
+    table[:, 0] = 0.0  # t = 0 is no step
+    return table
+
+
+# one builder per parameterization, so that schedule_table caches each under a stable key
+_REVERSE_MEAN = {
+    p: functools.partial(_reverse_mean_table, parameterization=p) for p in Parameterization
+}
+
+
+def reverse_mean_coefs(
+    parameterization: Parameterization, schedule: NoiseSchedule, t: int | Tensor, like: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(a_t, b_t) with μ̃_t(x_t, x̂_0(x_t, t, output)) = a_t x_t + b_t · output.
+
+    The reverse mean of a denoiser whose ``output`` is read under ``parameterization`` is
+    affine in (x_t, output); folding the x̂_0 conversion into the posterior mean coefficients
+    gives two float64-derived coefficients instead of four cast ones, and avoids dividing by
+    √ᾱ_t ≈ 0 in the data's dtype at large t. For ε: a_t = 1/√α_t, b_t = −β_t/(√α_t √(1 − ᾱ_t)),
+    DDPM's sampling formula. At t = 1 the mean is x̂_0 itself.
+    """
+    table = schedule_table(schedule, _REVERSE_MEAN[parameterization], like)
+    return coef(table[0], t, like), coef(table[1], t, like)
 
 
 def gaussian_kl(loc_q: Tensor, var_q: Tensor, loc_p: Tensor, var_p: Tensor) -> Tensor:

@@ -125,16 +125,15 @@ def _prior_draw(model: Diffusion, z: Tensor) -> Tensor:
 
 
 def _run_chain(
-    model: Diffusion, tau: Tensor, num_samples: int, draw, return_trajectory: bool
+    model: Diffusion, tau: Tensor, draw, return_trajectory: bool
 ) -> Tensor | tuple[Tensor, Trajectory]:
     """Ancestral sampling of ``model`` along ``tau`` (the model's own timestep indices)."""
     S = tau.numel() - 1
     x = _prior_draw(model, draw(S))
     states = [x] if return_trajectory else None
-    device = x.device
+    steps = tau.tolist()
     for i in range(S, 0, -1):
-        t_vec = torch.full((num_samples,), int(tau[i]), dtype=torch.long, device=device)
-        mean, var = model.reverse_moments(x, t_vec)
+        mean, var = model.reverse_moments(x, steps[i])
         std = var.sqrt()
         if i == 1:
             x = _decode(model.likelihood, mean, std, draw(0))
@@ -165,7 +164,7 @@ def ancestral_sample(
     """
     tau = torch.arange(model.num_steps + 1)
     draw = _noise_source(model, num_samples, tau.numel(), generator, noise)
-    return _run_chain(model, tau, num_samples, draw, return_trajectory)
+    return _run_chain(model, tau, draw, return_trajectory)
 
 
 @torch.no_grad()
@@ -257,7 +256,7 @@ def strided_sample(
     tau = _check_timesteps(model, tau)
     spaced = respace(model, tau)
     draw = _noise_source(model, num_samples, tau.numel(), generator, noise)
-    out = _run_chain(spaced, torch.arange(tau.numel()), num_samples, draw, return_trajectory)
+    out = _run_chain(spaced, torch.arange(tau.numel()), draw, return_trajectory)
     if return_trajectory:
         x0, traj = out
         return x0, Trajectory(tau.clone(), traj.states)

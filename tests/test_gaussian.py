@@ -10,8 +10,10 @@ from pyrodiff.gaussian import (
     predict_x0,
     q_marginal,
     q_posterior,
+    q_posterior_mean_coefs,
     q_sample,
     q_step,
+    reverse_mean_coefs,
     v_from_x0,
     x0_from_eps,
     x0_from_v,
@@ -74,6 +76,28 @@ def test_prediction_conversions_round_trip(sched):
         (Parameterization.V, v),
     ):
         assert torch.allclose(predict_x0(p, sched, x_t, t, out), x0, atol=1e-9)
+
+
+@pytest.mark.parametrize("p", list(Parameterization))
+def test_reverse_mean_coefs_fold_the_x0_prediction_into_the_posterior_mean(sched, p):
+    """a_t x_t + b_t y = μ̃_t(x_t, x̂_0(x_t, y)) for t ≥ 2, and = x̂_0 at t = 1, per datum and
+    for one int step; for ε they are DDPM's 1/√α_t and −β_t/(√α_t √(1 − ᾱ_t))."""
+    torch.manual_seed(3)
+    x_t, y = torch.randn(2, 40, 3)
+    t = torch.arange(1, 21).repeat(2)
+    a, b = reverse_mean_coefs(p, sched, t, x_t)
+    x0_hat = predict_x0(p, sched, x_t, t, y)
+    c0, ct = q_posterior_mean_coefs(sched, t, x_t)
+    expected = torch.where((t == 1)[:, None], x0_hat, c0 * x0_hat + ct * x_t)
+    assert torch.allclose(a * x_t + b * y, expected, atol=1e-9, rtol=1e-9)
+    a7, b7 = reverse_mean_coefs(p, sched, 7, x_t)
+    at7 = t == 7
+    assert a7.dim() == 0
+    assert torch.allclose(a7 * x_t[at7] + b7 * y[at7], (a * x_t + b * y)[at7], rtol=1e-12)
+    if p is Parameterization.EPSILON:
+        al, be, om = sched.alphas[t], sched.betas[t], sched.one_minus_alpha_bar[t]
+        assert torch.allclose(a.flatten(), al.rsqrt(), rtol=1e-12)
+        assert torch.allclose(b.flatten(), -be / (al * om).sqrt(), rtol=1e-12)
 
 
 def test_posterior_at_t1_is_refused(sched):

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..gaussian import coef, gaussian_kl, predict_x0, q_posterior_mean_coefs
+from ..gaussian import coef, gaussian_kl, reverse_mean_coefs
 from .elbo import TimestepObjective, _sum_event, prior_kl, step_terms
 from .timesteps import TimestepSampler
 
@@ -37,19 +37,17 @@ __all__ = ["HybridLoss", "SimpleLoss", "simple_weights"]
 
 
 def simple_weights(model, t: Tensor, like: Tensor, variance: Tensor) -> Tensor:
-    """λ_t = 2σ_t² / (c_0(t)² g_t²), turning the mean part of L_{t−1} into ‖y − ŷ‖².
+    """λ_t = 2σ_t² / b_t², turning the mean part of L_{t−1} into ‖y − ŷ‖².
 
+    b_t is the slope of the reverse mean in the denoiser's output
+    (:func:`~pyrodiff.gaussian.reverse_mean_coefs`): against the forward posterior mean the
+    difference is b_t (ŷ − y), so the squared-error part of the KL is ‖y − ŷ‖² b_t² / (2σ_t²).
     ``variance`` is a per-step σ_t² shaped (batch, 1, …); ``like`` has the data's shape.
-    Correct when the model and the guide share the schedule (the forward chain).
-    At t = 1, c_0 = 1 and the same formula converts the Gaussian density's quadratic.
+    Correct when the model and the guide share the schedule (the forward chain); at t = 1 the
+    same formula converts the Gaussian density's quadratic.
     """
-    sched = model.schedule
-    c0, _ = q_posterior_mean_coefs(sched, t, like)
-    unit = torch.ones_like(like[:1]).expand_as(like)
-    # x̂_0 is affine in the prediction with slope g_t: read g_t off predict_x0 at x_t = 0
-    g = predict_x0(model.parameterization, sched, torch.zeros_like(like), t, unit)
-    g = g.flatten(1)[:, :1].reshape(c0.shape)
-    return 2.0 * variance / (c0**2 * g**2)
+    _, b = reverse_mean_coefs(model.parameterization, model.schedule, t, like)
+    return 2.0 * variance / b**2
 
 
 def _reference_variance(model, t: Tensor, x0: Tensor, var: Tensor) -> Tensor:

@@ -15,8 +15,7 @@ from ..errors import ConfigError
 from ..gaussian import (
     Parameterization,
     coef,
-    predict_x0,
-    q_posterior_mean_coefs,
+    reverse_mean_coefs,
     schedule_table,
 )
 from ..likelihoods import GaussianLikelihood, Likelihood
@@ -135,44 +134,53 @@ class Diffusion(PyroModule):
         return self._modules[name]
 
     @pyro_method
-    def reverse_moments(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(μ_θ(x_t, t), σ_t²) of p_θ(x_{t−1} | x_t), for a LongTensor ``t`` of shape (batch,).
+    def reverse_moments(self, x_t: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor]:
+        """(μ_θ(x_t, t), σ_t²) of p_θ(x_{t−1} | x_t), for a LongTensor ``t`` of shape (batch,)
+        or one step ``t`` (an int) for the whole batch.
 
         At t = 1 these are the decoder's location x̂_0(x_1, 1) and variance. σ_t² has shape
-        ``(batch, 1, …)`` for fixed variances and x_t's shape for LEARNED_RANGE.
+        ``(batch, 1, …)`` for fixed variances and a per-datum ``t`` (0-d for an int ``t``),
+        and x_t's shape for LEARNED_RANGE.
         """
         sched = self._child("schedule")
         batch_shape = x_t.shape[: x_t.dim() - self.event_dim]
+        at = None
+        if not isinstance(t, Tensor):
+            at = int(t)
+            t = torch.full((), at, dtype=torch.long, device=x_t.device)
         if len(batch_shape) != 1:
             # extra leading dims (vectorised particles, Predictive): the denoiser sees one batch
             t = t.expand(batch_shape).reshape(-1)
             x_t = x_t.reshape((-1,) + self.event_shape)
         elif t.shape != batch_shape:
             t = t.expand(batch_shape)
-        mean, var = self._moments(sched, x_t, t)
+        mean, var = self._moments(sched, x_t, t, at)
         if len(batch_shape) != 1:
             mean = mean.reshape(batch_shape + mean.shape[1:])
-            var = var.reshape(batch_shape + var.shape[1:])
+            if var.dim():
+                var = var.reshape(batch_shape + var.shape[1:])
         return mean, var
 
-    def _moments(self, sched: NoiseSchedule, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def _moments(
+        self, sched: NoiseSchedule, x_t: Tensor, t: Tensor, at: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(μ_θ, σ_t²) at per-datum timesteps ``t``; ``at``, when every datum is at the same
+        step, lets the samplers read each coefficient as one number instead of a gather."""
+        step = t if at is None else at
         out = self._child("denoiser")(x_t, t)
         if self.variance is ReverseVariance.LEARNED_RANGE:
             out, frac = out.chunk(2, dim=1)
-            lo = coef(schedule_table(sched, _log_posterior_variance, x_t), t, x_t)
-            hi = coef(schedule_table(sched, _log_beta, x_t), t, x_t)
+            lo = coef(schedule_table(sched, _log_posterior_variance, x_t), step, x_t)
+            hi = coef(schedule_table(sched, _log_beta, x_t), step, x_t)
             var = torch.exp(frac * hi + (1 - frac) * lo)
         elif self.variance is ReverseVariance.PER_STEP:
-            var = coef(self.log_variance, t, x_t).exp()
+            var = coef(self.log_variance, step, x_t).exp()
         elif self.variance is ReverseVariance.BETA:
-            var = coef(schedule_table(sched, _beta, x_t), t, x_t)
+            var = coef(schedule_table(sched, _beta, x_t), step, x_t)
         else:
-            var = coef(schedule_table(sched, _posterior_variance, x_t), t, x_t)
-        x0_hat = predict_x0(self.parameterization, sched, x_t, t, out)
-        c0, ct = q_posterior_mean_coefs(sched, t, x_t)
-        # at t = 1, c0 = 1 and ct = 0 up to rounding; take x̂_0 exactly there
-        mean = torch.where(_is_one(t, x_t), x0_hat, c0 * x0_hat + ct * x_t)
-        return mean, var
+            var = coef(schedule_table(sched, _posterior_variance, x_t), step, x_t)
+        a, b = reverse_mean_coefs(self.parameterization, sched, step, x_t)
+        return a * x_t + b * out, var
 
     def prior(self, batch_size: int, like: Tensor | None = None) -> dist.Distribution:
         """p(x_T) = N(prior_loc, prior_scale² I) with batch shape (batch_size,)."""
@@ -184,9 +192,8 @@ class Diffusion(PyroModule):
 
     def reverse_kernel(self, x_t: Tensor, t: int | Tensor) -> dist.Distribution:
         """p_θ(x_{t−1} | x_t) for t ≥ 2 (a Normal), or the likelihood p_θ(x_0 | x_1) at t = 1."""
-        t_vec = _as_timesteps(t, x_t)
-        mean, var = self.reverse_moments(x_t, t_vec)
-        is_one = bool((t_vec == 1).all()) if isinstance(t, Tensor) else t == 1
+        mean, var = self.reverse_moments(x_t, t)
+        is_one = bool((t == 1).all()) if isinstance(t, Tensor) else t == 1
         if is_one:
             base = self._child("likelihood").distribution(mean, var.sqrt())
         else:
@@ -244,13 +251,3 @@ def _log_beta(s: nn.Module) -> Tensor:
 
 def _log_posterior_variance(s: nn.Module) -> Tensor:
     return _posterior_variance(s).log()
-
-
-def _as_timesteps(t: int | Tensor, like: Tensor) -> Tensor:
-    if isinstance(t, Tensor):
-        return t
-    return torch.full((), int(t), dtype=torch.long, device=like.device)
-
-
-def _is_one(t: Tensor, like: Tensor) -> Tensor:
-    return (t == 1).reshape(t.shape + (1,) * (like.dim() - t.dim()))
