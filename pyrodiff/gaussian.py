@@ -24,11 +24,14 @@ from .schedules import NoiseSchedule
 __all__ = [
     "Parameterization",
     "coef",
+    "coef_rows",
     "schedule_table",
     "q_sample",
     "q_marginal",
+    "q_marginal_moments",
     "q_step",
     "q_posterior",
+    "q_posterior_moments",
     "q_posterior_mean_coefs",
     "predict_x0",
     "reverse_mean_coefs",
@@ -61,8 +64,18 @@ def coef(table: Tensor, t: int | Tensor, like: Tensor) -> Tensor:
     table = table.to(device=like.device, dtype=like.dtype)
     if isinstance(t, int):
         return table[t]
-    value = table[t]
+    # index_select is the cheaper call for the usual 1-D t; it has the same gradient
+    value = table.index_select(0, t) if t.dim() == 1 else table[t]
     return value.reshape(value.shape + (1,) * (like.dim() - value.dim()))
+
+
+def coef_rows(table: Tensor, t: int | Tensor, like: Tensor) -> tuple[Tensor, ...]:
+    """:func:`coef` for each row of a (k, T + 1) table, with one gather for all k rows."""
+    table = table.to(device=like.device, dtype=like.dtype)
+    if isinstance(t, int):
+        return table[:, t].unbind(0)
+    value = table.index_select(1, t) if t.dim() == 1 else table[:, t]
+    return value.reshape(value.shape + (1,) * (like.dim() + 1 - value.dim())).unbind(0)
 
 
 class _Tables:
@@ -111,12 +124,9 @@ def schedule_table(
     return table
 
 
-def _sqrt_alpha_bar(s: nn.Module) -> Tensor:
-    return s.alpha_bar.sqrt()
-
-
-def _sqrt_one_minus_alpha_bar(s: nn.Module) -> Tensor:
-    return s.one_minus_alpha_bar.sqrt()
+def _marginal_table(s: nn.Module) -> Tensor:
+    # rows √ᾱ_t, √(1 − ᾱ_t): the coefficients of q(x_t | x_0), read together
+    return torch.stack([s.alpha_bar.sqrt(), s.one_minus_alpha_bar.sqrt()])
 
 
 def _sqrt_alphas(s: nn.Module) -> Tensor:
@@ -125,10 +135,6 @@ def _sqrt_alphas(s: nn.Module) -> Tensor:
 
 def _sqrt_betas(s: nn.Module) -> Tensor:
     return s.betas.sqrt()
-
-
-def _posterior_std(s: nn.Module) -> Tensor:
-    return s.posterior_variance.sqrt()
 
 
 def _posterior_coef_x0(s: nn.Module) -> Tensor:
@@ -140,18 +146,29 @@ def _posterior_coef_xt(s: nn.Module) -> Tensor:
     return s.alphas.sqrt() * s.one_minus_alpha_bar.roll(1) / s.one_minus_alpha_bar
 
 
+def _posterior_table(s: nn.Module) -> Tensor:
+    # rows c_0, c_t, √β̃_t: the coefficients of q(x_{t−1} | x_t, x_0), read together
+    return torch.stack([_posterior_coef_x0(s), _posterior_coef_xt(s), s.posterior_variance.sqrt()])
+
+
 def _sqrt_coefs(schedule: nn.Module, t: int | Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     """(√ᾱ_t, √(1 − ᾱ_t)), square roots taken in float64."""
-    return (
-        coef(schedule_table(schedule, _sqrt_alpha_bar, like), t, like),
-        coef(schedule_table(schedule, _sqrt_one_minus_alpha_bar, like), t, like),
-    )
+    return coef_rows(schedule_table(schedule, _marginal_table, like), t, like)
+
+
+def q_marginal_moments(
+    schedule: NoiseSchedule, x0: Tensor, t: int | Tensor
+) -> tuple[Tensor, Tensor]:
+    """(√ᾱ_t x_0, √(1 − ᾱ_t)): the mean and standard deviation of q(x_t | x_0); the standard
+    deviation is shaped to broadcast over ``x0`` (see :func:`coef`)."""
+    sa, so = _sqrt_coefs(schedule, t, x0)
+    return sa * x0, so
 
 
 def q_marginal(schedule: NoiseSchedule, x0: Tensor, t: int | Tensor) -> dist.Normal:
     """q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), elementwise (no event dims)."""
-    sa, so = _sqrt_coefs(schedule, t, x0)
-    return dist.Normal(sa * x0, so.expand_as(x0))
+    loc, scale = q_marginal_moments(schedule, x0, t)
+    return dist.Normal(loc, scale.expand_as(x0))
 
 
 def q_sample(schedule: NoiseSchedule, x0: Tensor, t: int | Tensor, noise: Tensor) -> Tensor:
@@ -175,19 +192,25 @@ def q_posterior_mean_coefs(
     c_0 = √ᾱ_{t−1} β_t / (1 − ᾱ_t) and c_t = √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t); at t = 1 they are
     (1, 0): the posterior mean is x_0 itself.
     """
-    return (
-        coef(schedule_table(schedule, _posterior_coef_x0, like), t, like),
-        coef(schedule_table(schedule, _posterior_coef_xt, like), t, like),
-    )
+    c0, ct, _ = coef_rows(schedule_table(schedule, _posterior_table, like), t, like)
+    return c0, ct
+
+
+def q_posterior_moments(
+    schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t: int | Tensor
+) -> tuple[Tensor, Tensor]:
+    """(μ̃_t(x_t, x_0), √β̃_t): the mean and standard deviation of q(x_{t−1} | x_t, x_0), for
+    t ≥ 2; the standard deviation is shaped to broadcast over ``x0``."""
+    if isinstance(t, int) and t < 2:
+        raise ValueError(f"q(x_(t-1) | x_t, x_0) is a proper density only for t >= 2, got t = {t}")
+    c0, ct, std = coef_rows(schedule_table(schedule, _posterior_table, x0), t, x0)
+    return c0 * x0 + ct * x_t, std
 
 
 def q_posterior(schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t: int | Tensor) -> dist.Normal:
     """q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I), for t ≥ 2 (at t = 1 it is a point mass at x_0)."""
-    if isinstance(t, int) and t < 2:
-        raise ValueError(f"q(x_(t-1) | x_t, x_0) is a proper density only for t >= 2, got t = {t}")
-    c0, ct = q_posterior_mean_coefs(schedule, t, x0)
-    std = coef(schedule_table(schedule, _posterior_std, x0), t, x0)
-    return dist.Normal(c0 * x0 + ct * x_t, std.expand_as(x0))
+    loc, scale = q_posterior_moments(schedule, x0, x_t, t)
+    return dist.Normal(loc, scale.expand_as(x0))
 
 
 def x0_from_eps(schedule: NoiseSchedule, x_t: Tensor, t: int | Tensor, eps: Tensor) -> Tensor:
@@ -269,8 +292,8 @@ def reverse_mean_coefs(
     √ᾱ_t ≈ 0 in the data's dtype at large t. For ε: a_t = 1/√α_t, b_t = −β_t/(√α_t √(1 − ᾱ_t)),
     DDPM's sampling formula. At t = 1 the mean is x̂_0 itself.
     """
-    table = schedule_table(schedule, _REVERSE_MEAN[parameterization], like)
-    return coef(table[0], t, like), coef(table[1], t, like)
+    a, b = coef_rows(schedule_table(schedule, _REVERSE_MEAN[parameterization], like), t, like)
+    return a, b
 
 
 def gaussian_kl(loc_q: Tensor, var_q: Tensor, loc_p: Tensor, var_p: Tensor) -> Tensor:

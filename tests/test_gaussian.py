@@ -5,6 +5,8 @@ import torch
 
 from pyrodiff import Parameterization, linear_schedule
 from pyrodiff.gaussian import (
+    coef,
+    coef_rows,
     eps_from_x0,
     gaussian_kl,
     predict_x0,
@@ -98,6 +100,16 @@ def test_reverse_mean_coefs_fold_the_x0_prediction_into_the_posterior_mean(sched
         al, be, om = sched.alphas[t], sched.betas[t], sched.one_minus_alpha_bar[t]
         assert torch.allclose(a.flatten(), al.rsqrt(), rtol=1e-12)
         assert torch.allclose(b.flatten(), -be / (al * om).sqrt(), rtol=1e-12)
+
+
+def test_coef_rows_reads_each_row_as_coef_does():
+    table = torch.randn(3, 21)
+    like = torch.zeros(5, 2, 4)
+    for t in (torch.tensor([1, 7, 7, 20, 3]), 7):
+        rows = coef_rows(table, t, like)
+        assert len(rows) == 3
+        for row, expected in zip(rows, (coef(r, t, like) for r in table), strict=True):
+            assert row.shape == expected.shape and torch.equal(row, expected)
 
 
 def test_posterior_at_t1_is_refused(sched):

@@ -11,6 +11,7 @@ from pyrodiff import (
     DataError,
     Diffusion,
     ForwardGuide,
+    LearnedScheduleGuide,
     ModelMismatchError,
     NotLinearGaussianError,
     Parameterization,
@@ -96,6 +97,27 @@ def test_model_parameters_are_reached_by_svi_param_capture():
         DiffusionELBO().loss_and_grads(model, guide, x0)
     captured = {id(s["value"].unconstrained()) for s in capture.trace.nodes.values()}
     assert {id(p) for p in model.parameters()} <= captured
+
+
+def test_svi_sees_every_parameter_of_a_per_step_model_and_a_learned_schedule():
+    """The closed-form estimator reads the model's σ_t² and the guide's schedule outside any
+    model run; under a Pyro handler both must still be announced, or SVI would not move them."""
+    schedule = linear_schedule(5)
+    model = Diffusion(LinearDenoiser(2, 5), schedule, variance=ReverseVariance.PER_STEP)
+    guide = LearnedScheduleGuide(schedule)
+    guide.event_shape = (2,)
+    with poutine.trace(param_only=True) as capture:
+        DiffusionELBO().loss_and_grads(model, guide, torch.randn(4, 2))
+    captured = {id(s["value"].unconstrained()) for s in capture.trace.nodes.values()}
+    expected = {id(p) for p in [*model.parameters(), *guide.parameters()]}
+    assert any(p is model.log_variance for p in model.parameters())
+    assert len(list(guide.parameters())) > 0 and expected <= captured
+    # and without a handler nothing is announced, yet gradients reach the same tensors
+    pyro.clear_param_store()
+    DiffusionELBO()(model, guide)(torch.randn(4, 2)).backward()
+    assert len(pyro.get_param_store()) == 0
+    assert model.log_variance.grad is not None
+    assert all(p.grad is not None for p in guide.parameters())
 
 
 @pytest.mark.parametrize("param", list(Parameterization))

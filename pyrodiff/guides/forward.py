@@ -5,11 +5,19 @@ from __future__ import annotations
 import enum
 
 import pyro
-from pyro.nn import PyroModule, pyro_method
+import pyro.distributions as dist
+from pyro.nn import PyroModule
 from torch import Tensor
 
 from ..errors import DataError
-from ..gaussian import q_marginal, q_posterior, q_step
+from ..gaussian import (
+    q_marginal,
+    q_marginal_moments,
+    q_posterior,
+    q_posterior_moments,
+    q_step,
+)
+from ..modules import child, pyro_method
 from ..schedules import NoiseSchedule
 
 __all__ = ["ChainOrder", "ForwardGuide"]
@@ -35,7 +43,7 @@ class ForwardGuide(PyroModule):
     It has no parameters: training the pair with it moves only p_θ. Besides being a Pyro
     program it exposes the closed forms that timestep-sampled estimators
     (:class:`~pyrodiff.infer.DiffusionELBO`) use: :meth:`marginal` q(x_t | x_0) and
-    :meth:`posterior` q(x_{t−1} | x_t, x_0).
+    :meth:`posterior` q(x_{t−1} | x_t, x_0), and their moments as tensors.
     """
 
     def __init__(self, schedule: NoiseSchedule, order: ChainOrder = ChainOrder.TOP_DOWN) -> None:
@@ -47,17 +55,28 @@ class ForwardGuide(PyroModule):
 
     @property
     def num_steps(self) -> int:
-        return self.schedule.num_steps
+        return self._modules["schedule"].num_steps
 
     @pyro_method
-    def marginal(self, x0: Tensor, t: int | Tensor):
+    def marginal_moments(self, x0: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, standard deviation) of q(x_t | x_0); the standard deviation broadcasts over
+        ``x0``. The closed form the timestep-sampled estimators read (no distribution object)."""
+        return q_marginal_moments(child(self, "schedule"), x0, t)
+
+    @pyro_method
+    def posterior_moments(self, x0: Tensor, x_t: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, standard deviation) of q(x_{t−1} | x_t, x_0) (t ≥ 2), as :meth:`marginal_moments`."""
+        return q_posterior_moments(child(self, "schedule"), x0, x_t, t)
+
+    def marginal(self, x0: Tensor, t: int | Tensor) -> dist.Normal:
         """q(x_t | x_0), elementwise Normal."""
-        return q_marginal(self.schedule, x0, t)
+        loc, scale = self.marginal_moments(x0, t)
+        return dist.Normal(loc, scale.expand_as(x0))
 
-    @pyro_method
-    def posterior(self, x0: Tensor, x_t: Tensor, t: int | Tensor):
+    def posterior(self, x0: Tensor, x_t: Tensor, t: int | Tensor) -> dist.Normal:
         """q(x_{t−1} | x_t, x_0), elementwise Normal (t ≥ 2)."""
-        return q_posterior(self.schedule, x0, x_t, t)
+        loc, scale = self.posterior_moments(x0, x_t, t)
+        return dist.Normal(loc, scale.expand_as(x0))
 
     def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> None:
         if x0 is None:

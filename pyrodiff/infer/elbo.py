@@ -41,7 +41,7 @@ def _check_closed_form_pair(model, guide) -> None:
                 f"this estimator needs a pyrodiff.Diffusion model (missing .{attr}); "
                 f"got {type(model).__name__}"
             )
-    for attr in ("marginal", "posterior"):
+    for attr in ("marginal_moments", "posterior_moments"):
         if not hasattr(guide, attr):
             raise ModelMismatchError(
                 f"this estimator needs a guide with closed-form q(x_t | x_0) and q(x_(t-1) | x_t, x_0) "
@@ -75,53 +75,48 @@ def step_terms(
     """
     if moments is not None and noise is None:
         raise DataError("step_terms: precomputed moments need the noise that produced x_t")
-    with _closed_form_factors():
-        q_t = guide.marginal(x0, t)
-        eps = torch.randn_like(x0) if noise is None else noise
-        x_t = q_t.loc + q_t.scale * eps
-        mean, var = model.reverse_moments(x_t, t) if moments is None else moments
-        event_dim = x0.dim() - 1
-        var_full = var.expand_as(x0)
-        if model.num_steps < 2:
-            return _reconstruction(model, x0, mean, var_full, event_dim)
-        is_one = (t == 1).reshape(t.shape + (1,) * event_dim)
-        # the posterior is degenerate at t = 1; give those entries harmless values so neither
-        # the KL nor its gradient produces NaN in the branch that torch.where discards
-        t_safe = torch.where(t == 1, torch.full_like(t, 2), t)
-        post = guide.posterior(x0, x_t, t_safe)
-        safe_mean = torch.where(is_one, mean.detach(), post.loc)
-        safe_var = torch.where(is_one, var_full.detach(), post.scale**2)
-        kl = _sum_event(gaussian_kl(safe_mean, safe_var, mean, var_full), event_dim)
-        # with t ~ U{1…T} a training batch rarely holds t = 1; on the CPU knowing that is free,
-        # elsewhere it would cost a device sync, so there the decoder is always evaluated
-        if x0.device.type == "cpu" and not bool((t == 1).any()):
-            return -kl
-        rec = _reconstruction(model, x0, mean, var_full, event_dim)
-        return torch.where(t == 1, rec, -kl)
+    loc, scale = guide.marginal_moments(x0, t)
+    eps = torch.randn_like(x0) if noise is None else noise
+    x_t = loc + scale * eps
+    mean, var = model.reverse_moments(x_t, t) if moments is None else moments
+    event_dim = x0.dim() - 1
+    var_full = var.expand_as(x0)
+    if model.num_steps < 2:
+        return _reconstruction(model, x0, mean, var_full, event_dim)
+    is_one = (t == 1).reshape(t.shape + (1,) * event_dim)
+    # the posterior is degenerate at t = 1; give those entries harmless values so neither
+    # the KL nor its gradient produces NaN in the branch that torch.where discards
+    t_safe = torch.where(t == 1, 2, t)
+    post_loc, post_scale = guide.posterior_moments(x0, x_t, t_safe)
+    safe_mean = torch.where(is_one, mean.detach(), post_loc)
+    safe_var = torch.where(is_one, var_full.detach(), post_scale**2)
+    kl = _sum_event(gaussian_kl(safe_mean, safe_var, mean, var_full), event_dim)
+    # with t ~ U{1…T} a training batch rarely holds t = 1; on the CPU knowing that is free,
+    # elsewhere it would cost a device sync, so there the decoder is always evaluated
+    if x0.device.type == "cpu" and not bool((t == 1).any()):
+        return -kl
+    rec = _reconstruction(model, x0, mean, var_full, event_dim)
+    return torch.where(t == 1, rec, -kl)
 
 
 def _reconstruction(model, x0: Tensor, mean: Tensor, var_full: Tensor, event_dim: int) -> Tensor:
-    """log p_θ(x_0 | x_1) per datum, at the decoder's location and variance."""
-    return _sum_event(model.likelihood.distribution(mean, var_full.sqrt()).log_prob(x0), event_dim)
+    """log p_θ(x_0 | x_1) per datum, at the decoder's location and variance.
 
-
-def _closed_form_factors():
-    """No argument validation for the factors built inside the closed-form estimators.
-
-    They are built from data already checked and from schedule tables; validating each
-    Normal's arguments (a ``.all()`` per constraint) would read device values back several
-    times per step. A non-finite result still surfaces: in the loss, where it is read.
+    The decoder is built without argument validation: its arguments come from checked data
+    and schedule tables, and validating them (a ``.all()`` per constraint) would read device
+    values back every step. A non-finite result still surfaces in the loss, where it is read.
     """
-    return pyro.validation_enabled(False)
+    with pyro.validation_enabled(False):
+        dist = model.likelihood.distribution(mean, var_full.sqrt())
+        return _sum_event(dist.log_prob(x0), event_dim)
 
 
 def prior_kl(model, guide, x0: Tensor) -> Tensor:
     """KL(q(x_T | x_0) ‖ p(x_T)) per datum, in closed form (DDPM's L_T)."""
-    with _closed_form_factors():
-        q_T = guide.marginal(x0, model.num_steps)
-        p = model.prior(x0.shape[0], x0).base_dist
-        kl = gaussian_kl(q_T.loc, q_T.scale**2, p.loc, p.scale**2)
-    return _sum_event(kl, x0.dim() - 1)
+    loc, scale = guide.marginal_moments(x0, model.num_steps)
+    p_loc, p_scale = model.prior_loc.to(x0), model.prior_scale.to(x0)
+    kl = gaussian_kl(loc, scale**2, p_loc, p_scale**2)
+    return _sum_event(kl.expand_as(x0), x0.dim() - 1)
 
 
 @dataclass(frozen=True)

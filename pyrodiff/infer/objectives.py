@@ -68,10 +68,11 @@ class _TimestepObjective(TimestepObjective):
         lam = simple_weights(model, t, x0, ref).flatten()
         neg_l = step_terms(model, guide, x0, t, noise, moments=(mean, ref))
         t_safe = torch.where(t == 1, torch.full_like(t, 2), t) if model.num_steps >= 2 else t
-        q_t = guide.marginal(x0, t)
-        post = guide.posterior(x0, q_t.loc + q_t.scale * noise, t_safe)
+        loc, scale = guide.marginal_moments(x0, t)
+        _, post_scale = guide.posterior_moments(x0, loc + scale * noise, t_safe)
         zero = torch.zeros_like(x0)
-        const = _sum_event(gaussian_kl(zero, post.scale**2, zero, ref.expand_as(x0)), x0.dim() - 1)
+        post_var = (post_scale**2).expand_as(x0)
+        const = _sum_event(gaussian_kl(zero, post_var, zero, ref.expand_as(x0)), x0.dim() - 1)
         # t = 1: the decoder's NLL is not a KL. As DDPM did, use the Gaussian density in its
         # place (its quadratic ‖x_0 − μ‖²/(2σ²), the normaliser dropped), which gives the
         # same ‖y − ŷ‖² at every t.
@@ -100,8 +101,8 @@ class SimpleLoss(_TimestepObjective):
         T = model.num_steps
         t, weight = self.timesteps.sample(x0.shape[0], T, x0.device)
         noise = torch.randn_like(x0)
-        q_t = guide.marginal(x0, t)
-        mean, var = model.reverse_moments(q_t.loc + q_t.scale * noise, t)
+        loc, scale = guide.marginal_moments(x0, t)
+        mean, var = model.reverse_moments(loc + scale * noise, t)
         simple = self._simple(model, guide, x0, t, noise, mean, var)
         self.timesteps.update(t, simple.detach())
         return weight.to(simple.dtype) / T * simple
@@ -138,8 +139,8 @@ class HybridLoss(_TimestepObjective):
         t, weight = self.timesteps.sample(x0.shape[0], T, x0.device)
         weight = weight.to(x0.dtype)
         noise = torch.randn_like(x0)
-        q_t = guide.marginal(x0, t)
-        mean, var = model.reverse_moments(q_t.loc + q_t.scale * noise, t)
+        loc, scale = guide.marginal_moments(x0, t)
+        mean, var = model.reverse_moments(loc + scale * noise, t)
         simple = self._simple(model, guide, x0, t, noise, mean, var)
         bound = step_terms(model, guide, x0, t, noise, moments=(mean.detach(), var))
         self.timesteps.update(t, bound.detach())

@@ -7,8 +7,7 @@ import enum
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule, pyro_method
-from pyro.poutine.runtime import am_i_wrapped
+from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -19,6 +18,7 @@ from ..gaussian import (
     schedule_table,
 )
 from ..likelihoods import GaussianLikelihood, Likelihood
+from ..modules import child, pyro_method
 from ..schedules import NoiseSchedule
 from ..validation import check_data
 
@@ -116,23 +116,6 @@ class Diffusion(PyroModule):
 
     # --- the pieces, vectorised over a per-datum timestep tensor t --------------------------
 
-    def _child(self, name: str) -> nn.Module:
-        """The plain ``nn.Module`` attribute ``name``, announced to Pyro once per model run.
-
-        Reading such an attribute inside a Pyro context issues ``pyro.module`` (a
-        ``pyro.param`` per parameter tensor): that is how SVI and the traces see the
-        denoiser's parameters. Once per run is enough; per site it would cost T × (number of
-        tensors) param statements per literal-chain step and per sampling run. With no handler
-        listening (plain sampling, ``torch.optim`` on the ELBO module) nothing is announced.
-        """
-        ctx = self._pyro_context
-        if ctx.active and am_i_wrapped():
-            key = self._pyro_get_fullname(name) + "#announced"
-            if ctx.get(key) is None:
-                ctx.set(key, True)
-                return getattr(self, name)
-        return self._modules[name]
-
     @pyro_method
     def reverse_moments(self, x_t: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor]:
         """(μ_θ(x_t, t), σ_t²) of p_θ(x_{t−1} | x_t), for a LongTensor ``t`` of shape (batch,)
@@ -142,7 +125,7 @@ class Diffusion(PyroModule):
         ``(batch, 1, …)`` for fixed variances and a per-datum ``t`` (0-d for an int ``t``),
         and x_t's shape for LEARNED_RANGE.
         """
-        sched = self._child("schedule")
+        sched = child(self, "schedule")
         batch_shape = x_t.shape[: x_t.dim() - self.event_dim]
         at = None
         if not isinstance(t, Tensor):
@@ -167,7 +150,7 @@ class Diffusion(PyroModule):
         """(μ_θ, σ_t²) at per-datum timesteps ``t``; ``at``, when every datum is at the same
         step, lets the samplers read each coefficient as one number instead of a gather."""
         step = t if at is None else at
-        out = self._child("denoiser")(x_t, t)
+        out = child(self, "denoiser")(x_t, t)
         if self.variance is ReverseVariance.LEARNED_RANGE:
             out, frac = out.chunk(2, dim=1)
             lo = coef(schedule_table(sched, _log_posterior_variance, x_t), step, x_t)
@@ -195,7 +178,7 @@ class Diffusion(PyroModule):
         mean, var = self.reverse_moments(x_t, t)
         is_one = bool((t == 1).all()) if isinstance(t, Tensor) else t == 1
         if is_one:
-            base = self._child("likelihood").distribution(mean, var.sqrt())
+            base = child(self, "likelihood").distribution(mean, var.sqrt())
         else:
             base = dist.Normal(mean, var.sqrt().expand_as(mean))
         return base.to_event(self.event_dim)

@@ -1,0 +1,53 @@
+"""Reading a plain ``nn.Module`` held by a :class:`~pyro.nn.PyroModule` in the hot paths."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
+from pyro.nn import PyroModule
+from pyro.poutine.runtime import am_i_wrapped
+from torch import nn
+
+__all__ = ["child", "pyro_method"]
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def child(owner: PyroModule, name: str) -> nn.Module:
+    """``owner``'s submodule ``name``, announced to Pyro once per run of ``owner``.
+
+    Reading such an attribute inside a Pyro context issues ``pyro.module`` (a ``pyro.param``
+    per parameter tensor): that is how SVI and the traces see, say, a denoiser's weights or a
+    learned schedule's parameters. Once per run is enough; per site it would cost
+    T × (number of tensors) param statements per literal-chain step and per sampling run. With
+    no handler listening (plain sampling, ``torch.optim`` on an ELBO module) nothing is
+    announced and the submodule is returned directly.
+    """
+    ctx = owner._pyro_context
+    if ctx.active and am_i_wrapped():
+        key = owner._pyro_get_fullname(name) + "#announced"
+        if ctx.get(key) is None:
+            ctx.set(key, True)
+            return getattr(owner, name)
+    return owner._modules[name]
+
+
+def pyro_method(fn: _F) -> _F:
+    """:func:`pyro.nn.pyro_method` that opens the module's Pyro context only when a Pyro
+    handler is listening (SVI, a trace, Predictive).
+
+    With no handler, the context has nothing to record: parameters are read as plain tensors
+    and ``pyro.param`` statements would go nowhere. Opening it anyway costs two look-ups of
+    Pyro's settings per call, which the timestep-sampled estimators pay several times a step.
+    """
+
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        if am_i_wrapped():
+            with self._pyro_context:
+                return fn(self, *args, **kwargs)
+        return fn(self, *args, **kwargs)
+
+    return method  # type: ignore[return-value]
