@@ -46,7 +46,7 @@ class PlainTables:
         c0[0], ct[0] = 0.0, 0.0
         post_var = b * om_prev / om
         post_var[0] = 0.0
-        mean_eps = b / (a.sqrt() * om.sqrt())
+        mean_eps = b / om.sqrt()
         mean_eps[0] = 0.0
 
         def to(x: Tensor) -> Tensor:
