@@ -22,16 +22,18 @@ def child(owner: PyroModule, name: str) -> nn.Module:
     per parameter tensor): that is how SVI and the traces see, say, a denoiser's weights or a
     learned schedule's parameters. Once per run is enough; per site it would cost
     T × (number of tensors) param statements per literal-chain step and per sampling run. With
-    no handler listening (plain sampling, ``torch.optim`` on an ELBO module) nothing is
-    announced and the submodule is returned directly.
+    no handler listening (plain sampling, ``torch.optim`` on an ELBO module), or no parameter
+    to announce, the submodule is returned directly.
     """
+    module = owner._modules[name]
     ctx = owner._pyro_context
-    if ctx.active and am_i_wrapped():
+    # a module without parameters (a fixed schedule) has nothing to announce
+    if ctx.active and am_i_wrapped() and next(module.parameters(), None) is not None:
         key = owner._pyro_get_fullname(name) + "#announced"
         if ctx.get(key) is None:
             ctx.set(key, True)
             return getattr(owner, name)
-    return owner._modules[name]
+    return module
 
 
 def pyro_method(fn: _F) -> _F:
