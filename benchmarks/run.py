@@ -71,7 +71,7 @@ QUICK = Effort(
     train_calls_2d=20,
     eval_rounds=3,
     literal_calls=1,
-    sample_rounds=3,
+    sample_rounds=5,
 )
 FULL = Effort(
     rounds=11,

@@ -35,6 +35,7 @@ __all__ = [
     "q_posterior_mean_coefs",
     "predict_x0",
     "reverse_mean_coefs",
+    "reverse_mean_table",
     "eps_from_x0",
     "x0_from_eps",
     "v_from_x0",
@@ -292,8 +293,15 @@ def reverse_mean_coefs(
     √ᾱ_t ≈ 0 in the data's dtype at large t. For ε: a_t = 1/√α_t, b_t = −β_t/(√α_t √(1 − ᾱ_t)),
     DDPM's sampling formula. At t = 1 the mean is x̂_0 itself.
     """
-    a, b = coef_rows(schedule_table(schedule, _REVERSE_MEAN[parameterization], like), t, like)
+    a, b = coef_rows(reverse_mean_table(parameterization, schedule, like), t, like)
     return a, b
+
+
+def reverse_mean_table(
+    parameterization: Parameterization, schedule: NoiseSchedule, like: Tensor | None = None
+) -> Tensor:
+    """The (2, T + 1) table of :func:`reverse_mean_coefs` (rows a_t, b_t), cast to ``like``."""
+    return schedule_table(schedule, _REVERSE_MEAN[parameterization], like)
 
 
 def gaussian_kl(loc_q: Tensor, var_q: Tensor, loc_p: Tensor, var_p: Tensor) -> Tensor:

@@ -132,8 +132,9 @@ def _run_chain(
     x = _prior_draw(model, draw(S))
     states = [x] if return_trajectory else None
     steps = tau.tolist()
+    moments = model.step_moments(x)
     for i in range(S, 0, -1):
-        mean, var = model.reverse_moments(x, steps[i])
+        mean, var = moments(x, steps[i])
         std = var.sqrt()
         if i == 1:
             x = _decode(model.likelihood, mean, std, draw(0))

@@ -220,3 +220,22 @@ def test_svi_runs_on_cuda():
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), DiffusionELBO())
     assert torch.isfinite(torch.tensor(svi.step(x0)))
     assert torch.isfinite(torch.tensor(Trace_ELBO().loss(model, guide, x0)))
+
+
+@pytest.mark.parametrize("variance", list(ReverseVariance))
+@pytest.mark.parametrize("parameterization", list(Parameterization))
+def test_step_moments_are_reverse_moments_for_one_step(variance, parameterization):
+    """The samplers' loop (tables fetched once, one number per coefficient) gives exactly the
+    moments of the per-datum path, for every variance and parameterisation, t = 1 included."""
+    torch.manual_seed(0)
+    T, D = 6, 3
+    out = 2 * D if variance is ReverseVariance.LEARNED_RANGE else None
+    den = MLPDenoiser(D, hidden=8, depth=1, time_dim=4, out_dim=out)
+    model = Diffusion(den, linear_schedule(T), parameterization=parameterization, variance=variance)
+    x = torch.randn(5, D)
+    step = model.step_moments(x)
+    for t in (1, 2, T):
+        mean, var = model.reverse_moments(x, torch.full((5,), t))
+        mean_s, var_s = step(x, t)
+        torch.testing.assert_close(mean_s, mean, rtol=0, atol=0)
+        torch.testing.assert_close(var_s.expand_as(var), var, rtol=0, atol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import pyro
 import pyro.distributions as dist
@@ -14,7 +15,8 @@ from ..errors import ConfigError
 from ..gaussian import (
     Parameterization,
     coef,
-    reverse_mean_coefs,
+    coef_rows,
+    reverse_mean_table,
     schedule_table,
 )
 from ..likelihoods import GaussianLikelihood, Likelihood
@@ -137,32 +139,60 @@ class Diffusion(PyroModule):
             x_t = x_t.reshape((-1,) + self.event_shape)
         elif t.shape != batch_shape:
             t = t.expand(batch_shape)
-        mean, var = self._moments(sched, x_t, t, at)
+        mean, var = self._moments(x_t, t, at, self._reverse_tables(sched, x_t))
         if len(batch_shape) != 1:
             mean = mean.reshape(batch_shape + mean.shape[1:])
             if var.dim():
                 var = var.reshape(batch_shape + var.shape[1:])
         return mean, var
 
+    def step_moments(self, like: Tensor) -> Callable[[Tensor, int], tuple[Tensor, Tensor]]:
+        """``(x_t, t) ↦ reverse_moments(x_t, t)`` for an int step ``t``, with the coefficient
+        tables fetched once, in ``like``'s dtype and device, for a loop over t (the samplers).
+
+        Outside a Pyro handler (where the samplers run) it gives exactly what
+        :meth:`reverse_moments` gives; the model's parameters are read as plain tensors.
+        """
+        tables = self._reverse_tables(self._modules["schedule"], like)
+
+        def moments(x_t: Tensor, t: int) -> tuple[Tensor, Tensor]:
+            t_vec = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+            return self._moments(x_t, t_vec, t, tables)
+
+        return moments
+
+    def _reverse_tables(self, sched: NoiseSchedule, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(the (2, T + 1) reverse-mean table, the variance table) in ``like``'s dtype; for
+        LEARNED_RANGE the variance table has the rows (log β̃_t, log β_t), for PER_STEP it is
+        log σ_t² (the parameter itself, so gradients reach it)."""
+        mean = reverse_mean_table(self.parameterization, sched, like)
+        if self.variance is ReverseVariance.LEARNED_RANGE:
+            var = schedule_table(sched, _log_variance_range, like)
+        elif self.variance is ReverseVariance.PER_STEP:
+            var = self.log_variance
+        elif self.variance is ReverseVariance.BETA:
+            var = schedule_table(sched, _beta, like)
+        else:
+            var = schedule_table(sched, _posterior_variance, like)
+        return mean, var
+
     def _moments(
-        self, sched: NoiseSchedule, x_t: Tensor, t: Tensor, at: int | None = None
+        self, x_t: Tensor, t: Tensor, at: int | None, tables: tuple[Tensor, Tensor]
     ) -> tuple[Tensor, Tensor]:
         """(μ_θ, σ_t²) at per-datum timesteps ``t``; ``at``, when every datum is at the same
-        step, lets the samplers read each coefficient as one number instead of a gather."""
+        step, lets the coefficients be read as one number each instead of a gather."""
         step = t if at is None else at
+        mean_table, var_table = tables
         out = child(self, "denoiser")(x_t, t)
         if self.variance is ReverseVariance.LEARNED_RANGE:
             out, frac = out.chunk(2, dim=1)
-            lo = coef(schedule_table(sched, _log_posterior_variance, x_t), step, x_t)
-            hi = coef(schedule_table(sched, _log_beta, x_t), step, x_t)
+            lo, hi = coef_rows(var_table, step, x_t)
             var = torch.exp(frac * hi + (1 - frac) * lo)
         elif self.variance is ReverseVariance.PER_STEP:
-            var = coef(self.log_variance, step, x_t).exp()
-        elif self.variance is ReverseVariance.BETA:
-            var = coef(schedule_table(sched, _beta, x_t), step, x_t)
+            var = coef(var_table, step, x_t).exp()
         else:
-            var = coef(schedule_table(sched, _posterior_variance, x_t), step, x_t)
-        a, b = reverse_mean_coefs(self.parameterization, sched, step, x_t)
+            var = coef(var_table, step, x_t)
+        a, b = coef_rows(mean_table, step, x_t)
         return a * x_t + b * out, var
 
     def prior(self, batch_size: int, like: Tensor | None = None) -> dist.Distribution:
@@ -228,9 +258,6 @@ def _posterior_variance(s: nn.Module) -> Tensor:
     return post.clamp(min=1e-300)
 
 
-def _log_beta(s: nn.Module) -> Tensor:
-    return _beta(s).log()
-
-
-def _log_posterior_variance(s: nn.Module) -> Tensor:
-    return _posterior_variance(s).log()
+def _log_variance_range(s: nn.Module) -> Tensor:
+    # LEARNED_RANGE interpolates log σ_t² between these two rows: (log β̃_t, log β_t)
+    return torch.stack([_posterior_variance(s).log(), _beta(s).log()])
