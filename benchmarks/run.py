@@ -69,7 +69,7 @@ QUICK = Effort(
     rounds=5,
     train_calls_digits=3,
     train_calls_2d=20,
-    eval_rounds=3,
+    eval_rounds=5,
     literal_calls=1,
     sample_rounds=5,
 )
