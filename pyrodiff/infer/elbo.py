@@ -83,20 +83,18 @@ def step_terms(
     var_full = var.expand_as(x0)
     if model.num_steps < 2:
         return _reconstruction(model, x0, mean, var_full, event_dim)
-    is_one = (t == 1).reshape(t.shape + (1,) * event_dim)
-    # the posterior is degenerate at t = 1; give those entries harmless values so neither
-    # the KL nor its gradient produces NaN in the branch that torch.where discards
-    t_safe = torch.where(t == 1, 2, t)
-    post_loc, post_scale = guide.posterior_moments(x0, x_t, t_safe)
-    safe_mean = torch.where(is_one, mean.detach(), post_loc)
-    safe_var = torch.where(is_one, var_full.detach(), post_scale**2)
-    kl = _sum_event(gaussian_kl(safe_mean, safe_var, mean, var_full), event_dim)
+    # the posterior is degenerate at t = 1 (β̃_1 = 0); there the KL is computed against the
+    # proper posterior of t = 2 instead, a finite value (and gradient) that the final
+    # torch.where discards in favour of the decoder term
+    post_loc, post_scale = guide.posterior_moments(x0, x_t, t.clamp(min=2))
+    kl = _sum_event(gaussian_kl(post_loc, post_scale**2, mean, var_full), event_dim)
+    at_one = t == 1
     # with t ~ U{1…T} a training batch rarely holds t = 1; on the CPU knowing that is free,
     # elsewhere it would cost a device sync, so there the decoder is always evaluated
-    if x0.device.type == "cpu" and not bool((t == 1).any()):
+    if x0.device.type == "cpu" and not bool(at_one.any()):
         return -kl
     rec = _reconstruction(model, x0, mean, var_full, event_dim)
-    return torch.where(t == 1, rec, -kl)
+    return torch.where(at_one, rec, -kl)
 
 
 def _reconstruction(model, x0: Tensor, mean: Tensor, var_full: Tensor, event_dim: int) -> Tensor:
