@@ -35,7 +35,7 @@ __all__ = [
 
 
 def _check_closed_form_pair(model, guide) -> None:
-    for attr in ("reverse_moments", "prior", "likelihood", "num_steps"):
+    for attr in ("reverse_moments", "prior_loc", "prior_scale", "likelihood", "num_steps"):
         if not hasattr(model, attr):
             raise ModelMismatchError(
                 f"this estimator needs a pyrodiff.Diffusion model (missing .{attr}); "
