@@ -41,7 +41,7 @@ def simple_weights(model, t: Tensor, like: Tensor, variance: Tensor) -> Tensor:
 
     b_t is the slope of the reverse mean in the denoiser's output
     (:func:`~pyrodiff.gaussian.reverse_mean_coefs`): against the forward posterior mean the
-    difference is b_t (ŷ − y), so the squared-error part of the KL is ‖y − ŷ‖² b_t² / (2σ_t²).
+    difference is b_t (y − ŷ), so the squared-error part of the KL is ‖y − ŷ‖² b_t² / (2σ_t²).
     ``variance`` is a per-step σ_t² shaped (batch, 1, …); ``like`` has the data's shape.
     Correct when the model and the guide share the schedule (the forward chain); at t = 1 the
     same formula converts the Gaussian density's quadratic.
