@@ -56,27 +56,24 @@ class Parameterization(enum.Enum):
 
 
 def coef(table: Tensor, t: int | Tensor, like: Tensor) -> Tensor:
-    """``table[t]`` cast to ``like``'s dtype/device, shaped to broadcast over its event dims.
+    """``table[..., t]`` cast to ``like``'s dtype/device, shaped to broadcast over its event dims.
 
-    ``like`` has shape ``(batch, *event)``; with a tensor ``t`` of shape ``(batch,)`` the
-    result has shape ``(batch, 1, …, 1)``, with an int ``t`` it is a 0-d tensor. A table that
-    already has ``like``'s dtype and device (as :func:`schedule_table` gives) is not copied.
+    ``like`` has shape ``(batch, *event)``; with a tensor ``t`` of shape ``(batch,)`` a table of
+    length T + 1 gives shape ``(batch, 1, …, 1)``, with an int ``t`` a 0-d tensor (leading
+    table dimensions are kept in front). A table that already has ``like``'s dtype and device
+    (as :func:`schedule_table` gives) is not copied.
     """
     table = table.to(device=like.device, dtype=like.dtype)
     if isinstance(t, int):
-        return table[t]
+        return table[..., t]
     # index_select is the cheaper call for the usual 1-D t; it has the same gradient
-    value = table.index_select(0, t) if t.dim() == 1 else table[t]
-    return value.reshape(value.shape + (1,) * (like.dim() - value.dim()))
+    value = table.index_select(-1, t) if t.dim() == 1 else table[..., t]
+    return value.reshape(value.shape + (1,) * (like.dim() - t.dim()))
 
 
 def coef_rows(table: Tensor, t: int | Tensor, like: Tensor) -> tuple[Tensor, ...]:
     """:func:`coef` for each row of a (k, T + 1) table, with one gather for all k rows."""
-    table = table.to(device=like.device, dtype=like.dtype)
-    if isinstance(t, int):
-        return table[:, t].unbind(0)
-    value = table.index_select(1, t) if t.dim() == 1 else table[:, t]
-    return value.reshape(value.shape + (1,) * (like.dim() + 1 - value.dim())).unbind(0)
+    return coef(table, t, like).unbind(0)
 
 
 class _Tables:

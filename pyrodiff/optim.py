@@ -77,10 +77,11 @@ class JointOptim(PyroOptim):
         new = [p for p in params if p not in self._known]
         if new:
             self._add(new)
-        for p in params:
-            clip = self.grad_clip[p]
-            if clip is not None:
-                clip(p)
+        if self.pt_clip_args:
+            for p in params:
+                clip = self.grad_clip[p]
+                if clip is not None:
+                    clip(p)
         idle = self._known.difference(params) if len(self._known) != len(params) else ()
         hidden = [(p, p.grad) for p in idle if p.grad is not None]
         for p, _ in hidden:
@@ -125,11 +126,9 @@ class JointOptim(PyroOptim):
 
     def get_state(self) -> dict[str, dict[str, Any]]:
         """``{param_name: {"state": the tensor's optimizer state, "group": its hyperparameters}}``."""
-        if self.optimizer is None:
-            return dict(self._state_waiting_to_be_consumed)
         store = pyro.get_param_store()
         out: dict[str, dict[str, Any]] = dict(self._state_waiting_to_be_consumed)
-        for group in self.optimizer.param_groups:
+        for group in self.optimizer.param_groups if self.optimizer is not None else ():
             hyper = {k: v for k, v in group.items() if k != "params"}
             for p in group["params"]:
                 name = store.param_name(p)

@@ -68,15 +68,15 @@ class ForwardGuide(PyroModule):
         """(mean, standard deviation) of q(x_{t−1} | x_t, x_0) (t ≥ 2), as :meth:`marginal_moments`."""
         return q_posterior_moments(child(self, "schedule"), x0, x_t, t)
 
+    @pyro_method
     def marginal(self, x0: Tensor, t: int | Tensor) -> dist.Normal:
         """q(x_t | x_0), elementwise Normal."""
-        loc, scale = self.marginal_moments(x0, t)
-        return dist.Normal(loc, scale.expand_as(x0))
+        return q_marginal(child(self, "schedule"), x0, t)
 
+    @pyro_method
     def posterior(self, x0: Tensor, x_t: Tensor, t: int | Tensor) -> dist.Normal:
         """q(x_{t−1} | x_t, x_0), elementwise Normal (t ≥ 2)."""
-        loc, scale = self.posterior_moments(x0, x_t, t)
-        return dist.Normal(loc, scale.expand_as(x0))
+        return q_posterior(child(self, "schedule"), x0, x_t, t)
 
     def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> None:
         if x0 is None:

@@ -67,7 +67,7 @@ class _TimestepObjective(TimestepObjective):
         ref = _reference_variance(model, t, x0, var)
         lam = simple_weights(model, t, x0, ref).flatten()
         neg_l = step_terms(model, guide, x0, t, noise, moments=(mean, ref))
-        t_safe = torch.where(t == 1, torch.full_like(t, 2), t) if model.num_steps >= 2 else t
+        t_safe = t.clamp(min=2) if model.num_steps >= 2 else t
         loc, scale = guide.marginal_moments(x0, t)
         _, post_scale = guide.posterior_moments(x0, loc + scale * noise, t_safe)
         zero = torch.zeros_like(x0)
