@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     samples = strided_sample(model, 64, max(1, config.num_steps // 10),
                              generator=torch.Generator().manual_seed(0))  # fmt: skip
-    save_figure(plot_samples(samples), args.out / "samples.png")
+    save_figure(plot_samples(samples, num_levels=digits.num_levels), args.out / "samples.png")
     save_figure(plot_step_terms(final), args.out / "step_terms.png")
     print(f"figures in {args.out}")
     return {"final": final, "raw": raw, "samples": samples, "num_dims": digits.num_dims}

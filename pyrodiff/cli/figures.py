@@ -36,9 +36,13 @@ def training_figures(history: History, out: Path, dataset=None) -> list[Path]:
 
 
 def samples_figure(x: torch.Tensor, dataset, path: Path) -> Path:
-    """A digit grid for images, a scatter over the true density for 2-D points."""
+    """A digit grid for images, a scatter over the true density for 2-D points. A quantised
+    data set's grid reads in its integer levels, the scale of the ``.npy`` beside it."""
     fig = plots.plot_samples(
-        x, density=getattr(dataset, "density", None), title=f"{x.shape[0]} samples"
+        x,
+        density=getattr(dataset, "density", None),
+        num_levels=getattr(dataset, "num_levels", None),
+        title=f"{x.shape[0]} samples",
     )
     return plots.save_figure(fig, path)
 
