@@ -30,6 +30,7 @@ from .errors import ConfigError, DataError
 __all__ = [
     "Units",
     "plot_elbo",
+    "draw_elbo",
     "plot_step_terms",
     "plot_samples",
     "plot_image_grid",
@@ -131,12 +132,10 @@ def plot_elbo(
         for split, _ in _splits(rows)
     )
     fig, axes = _figure(2 if has_bpd else 1)
-    ax = axes[0]
-    colors = _colors(len(runs))
-    for (label, rows), color in zip(runs.items(), colors, strict=True):
-        prefix = f"{label}: " if label else ""
-        _draw_elbo_run(ax, rows, color, prefix)
-        if has_bpd:
+    draw_elbo(axes[0], runs, entropy=entropy, title=title)
+    if has_bpd:
+        for (label, rows), color in zip(runs.items(), _colors(len(runs)), strict=True):
+            prefix = f"{label}: " if label else ""
             for split, marker in _splits(rows):
                 ev = [r for r in _of_kind(rows, "eval", split) if r.get("bits_per_dim") is not None]
                 axes[1].plot(
@@ -146,6 +145,28 @@ def plot_elbo(
                     color=color,
                     label=f"{prefix}{split} ({ev[-1]['bits_per_dim']:.4f})" if ev else None,
                 )
+        axes[1].set_xlabel("training step")
+        axes[1].set_ylabel("negative ELBO (bits/dim)")
+        axes[1].set_title("held-out bound (lower is better; last value in legend)")
+        axes[1].legend(fontsize=8)
+        axes[1].grid(alpha=0.3)
+    return fig
+
+
+def draw_elbo(
+    ax: Axes,
+    runs: Run | Mapping[str, Run],
+    *,
+    entropy: float | None = None,
+    title: str | None = None,
+) -> Axes | None:
+    """The left panel of :func:`plot_elbo` on ``ax``: each run's training ELBO and evaluations,
+    −H when ``entropy`` is given, the axes fitted to the run and an inset with the whole run
+    when the first updates lie far below the rest. Returns the inset, or None."""
+    runs = _runs(runs)
+    colors = _colors(len(runs))
+    for (label, rows), color in zip(runs.items(), colors, strict=True):
+        _draw_elbo_run(ax, rows, color, f"{label}: " if label else "")
     if entropy is not None:
         ax.axhline(-entropy, color="k", ls=":", lw=1.2, label=f"−H = {-entropy:.3f} (data)")
     ax.set_xlabel("training step")
@@ -155,13 +176,7 @@ def plot_elbo(
     inset = _whole_run_inset(ax, runs, colors, entropy)
     ax.legend(fontsize=8, loc="best" if inset is None else "lower right")
     ax.grid(alpha=0.3)
-    if has_bpd:
-        axes[1].set_xlabel("training step")
-        axes[1].set_ylabel("negative ELBO (bits/dim)")
-        axes[1].set_title("held-out bound (lower is better; last value in legend)")
-        axes[1].legend(fontsize=8)
-        axes[1].grid(alpha=0.3)
-    return fig
+    return inset
 
 
 def _draw_elbo_run(ax: Axes, rows: list[Record], color, prefix: str, labels: bool = True) -> None:
