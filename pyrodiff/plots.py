@@ -574,8 +574,8 @@ def plot_traces(
 
     Traces may coincide (a learned schedule starts as the fixed chain it was built from), so
     each has its own colour, line style and marker, the markers sit at staggered updates, and
-    each trace is drawn thinner than the one before it and above it: where two coincide the
-    earlier shows as a wide band around the later one instead of being hidden by it.
+    each trace is drawn thinner (smaller markers) than the one before it and above it: where
+    two coincide the earlier shows as a wide band around the later one instead of being hidden.
     """
     if not isinstance(traces, Mapping) or not traces:
         raise DataError("plot_traces takes {label: values}, at least one trace")
@@ -596,7 +596,7 @@ def plot_traces(
             ls=_LINE_STYLES[i % len(_LINE_STYLES)],
             lw=max(1.0, 3.2 - 0.9 * i),
             marker=_MARKERS[i % len(_MARKERS)],
-            ms=6,
+            ms=max(4.0, 8.0 - 1.5 * i),
             markevery=(i * every // n, every),
             zorder=2 + i,
             label=str(label),

@@ -270,6 +270,8 @@ def test_traces_that_coincide_stay_distinguishable():
     # each is drawn above and thinner than the one before it, so the earlier shows around it
     widths = [ln.get_linewidth() for ln in lines]
     assert all(a > b for a, b in itertools.pairwise(widths))
+    sizes = [ln.get_markersize() for ln in lines]
+    assert all(a > b for a, b in itertools.pairwise(sizes))
     assert len({ln.get_markevery()[0] for ln in lines}) == len(lines)  # staggered markers
     # a running mean over w = n // 30 updates of 0, 1, 2, ... ends at update s with s - (w + 1)/2
     w = n // 30
