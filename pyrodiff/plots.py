@@ -117,9 +117,10 @@ def plot_elbo(
     each eval split (markers; the legend gives each split's last value). ``entropy`` H, when
     the data density is known, adds the line −H: no model's expected log-likelihood can rise
     above it, so the distance to it is the bound's gap plus the model's misfit. The first
-    updates' ELBO lies orders of magnitude below where training ends; the main axes are fitted
-    to the rest of the run (see :func:`_fit_ylim`) and, when that leaves values out, an inset
-    draws the whole run on its own scale, so no record is off every axis. Right, when some
+    updates' ELBO lies orders of magnitude below where training ends; the main axes span the
+    5th percentile of the training values to the top (always holding every evaluation and −H)
+    and, when that leaves values out, an inset draws the whole run on its own scale, so no
+    record is off every axis. Right, when some
     split was evaluated at least twice and evals carry bits/dim: those over training, per
     split. A split evaluated once (the default: at the end) is a labelled marker on the left
     instead, its bits/dim in the label; a panel holding one dot would say nothing more.
@@ -223,7 +224,7 @@ def _split_order(name: str) -> tuple[int, str]:
 
 
 def _elbo_values(runs: dict[str, list[Record]]) -> tuple[np.ndarray, np.ndarray]:
-    """(train ELBO values in step order, eval ELBO values), finite ones only, all runs."""
+    """(training ELBO values, evaluated ELBO values) of all runs, the finite ones."""
 
     def finite(vals):
         arr = np.asarray([v for v in vals if v is not None], dtype=float)
@@ -411,7 +412,9 @@ def plot_image_grid(
         arr = arr[:, None]
     if arr.ndim != 4 or arr.shape[1] not in (1, 3) or arr.shape[0] < 1:
         raise DataError(f"images must have shape (N, C, H, W) with C = 1 or 3, got {arr.shape}")
-    if num_levels is not None and (isinstance(num_levels, bool) or int(num_levels) < 2):
+    if num_levels is not None and (
+        isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2
+    ):
         raise ConfigError(f"num_levels must be an integer >= 2 or None, got {num_levels!r}")
     n, c, h, w = arr.shape
     ncols = ncols or int(math.ceil(math.sqrt(n)))
@@ -432,7 +435,7 @@ def plot_image_grid(
         image = ax.imshow(canvas[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         bar = fig.colorbar(image, ax=ax, shrink=0.8)
         if num_levels is not None:
-            top = int(num_levels) - 1
+            top = num_levels - 1
             levels = sorted({round(k * top / 4) for k in range(5)})
             bar.set_ticks([k / top for k in levels], labels=[str(k) for k in levels])
             scale = f"grey level 0 … {top} (black … white)"
