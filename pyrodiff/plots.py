@@ -197,7 +197,9 @@ def _draw_elbo_run(ax: Axes, rows: list[Record], color, prefix: str, labels: boo
         if labels and ev:
             last = ev[-1]
             bits = last.get("bits_per_dim")
-            value = f"{last['elbo']:.4f}" + (f" = {bits:.4f} bits/dim" if bits is not None else "")
+            value = f"{last['elbo']:.4f} nats"
+            if bits is not None:
+                value += f" = {bits:.4f} bits/dim"
             when = f"step {last['step']}" if len(ev) > 1 else f"once, at step {last['step']}"
             label = f"{prefix}{split} (eval): {value}, {when}"
         ax.plot(
