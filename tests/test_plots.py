@@ -12,6 +12,7 @@ from pyrodiff.data import Toy2D, load_digits, toy_density
 from pyrodiff.infer import elbo_terms
 from pyrodiff.plots import (
     Units,
+    draw_elbo,
     plot_elbo,
     plot_guide_comparison,
     plot_image_grid,
@@ -279,3 +280,15 @@ def test_traces_that_coincide_stay_distinguishable():
     assert ax.get_legend() is not None and labelled(ax)
     with pytest.raises(DataError):
         plot_traces({}, xlabel="u", ylabel="v")
+
+
+def test_draw_elbo_on_given_axes_fits_every_run():
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    slow, fast = transient_records(), records()
+    inset = draw_elbo(ax, {"slow": slow, "fast": fast})
+    every = [r.get("elbo_per_datum", r.get("elbo")) for r in slow + fast]
+    assert inset is not None and contains(inset.get_ylim(), every)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"slow: train", "fast: train"} <= set(labels)
