@@ -21,15 +21,11 @@ import math
 import time
 from pathlib import Path
 
-import matplotlib
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
-import torch  # noqa: E402
-from pyro.infer import Trace_ELBO  # noqa: E402
-
-from pyrodiff import (  # noqa: E402
+from pyrodiff import (
     Diffusion,
     ForwardGuide,
     GaussianLikelihood,
@@ -37,8 +33,8 @@ from pyrodiff import (  # noqa: E402
     ReverseVariance,
     linear_schedule,
 )
-from pyrodiff.data import load_digits  # noqa: E402
-from pyrodiff.guides import (  # noqa: E402
+from pyrodiff.data import load_digits
+from pyrodiff.guides import (
     Endpoints,
     GuideCovariance,
     GuideStructure,
@@ -46,7 +42,7 @@ from pyrodiff.guides import (  # noqa: E402
     LearnedSchedule,
     LearnedScheduleGuide,
 )
-from pyrodiff.infer import (  # noqa: E402
+from pyrodiff.infer import (
     DiffusionELBO,
     ScheduleVarianceELBO,
     elbo_estimate,
@@ -56,7 +52,8 @@ from pyrodiff.infer import (  # noqa: E402
     exact_log_evidence,
     iwae_bound,
 )
-from pyrodiff.networks import LinearDenoiser, MLPDenoiser  # noqa: E402
+from pyrodiff.networks import LinearDenoiser, MLPDenoiser
+from pyrodiff.plots import plot_traces, save_figure
 
 
 class DataKind(enum.Enum):
@@ -124,16 +121,6 @@ def train_pair(model, guide, train, steps: int, batch: int, lr: float, seed: int
     return trace
 
 
-def smooth(xs: list[float], width: int) -> list[float]:
-    out, acc = [], 0.0
-    for i, x in enumerate(xs):
-        acc += x
-        if i >= width:
-            acc -= xs[i - width]
-        out.append(acc / min(i + 1, width))
-    return out
-
-
 def run_swap(args) -> dict:
     kind = DataKind(args.data)
     train, test, lik, D = load(kind, args.quick)
@@ -163,21 +150,18 @@ def run_swap(args) -> dict:
 
 
 def plot(traces: dict[str, list[float]], kind: DataKind, D: int, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
     bits = kind is DataKind.DIGITS
-    for name, tr in traces.items():
-        ys = [(-v / (D * math.log(2))) if bits else v for v in tr]
-        ax.plot(smooth(ys, max(1, len(ys) // 30)), label=name)
-    if bits:  # the first steps start tens of bits/dim above where training ends
-        ax.set_yscale("log")
-    ax.set_xlabel("SVI step (Trace_ELBO, one batch each)")
-    ax.set_ylabel("train −ELBO (bits/dim)" if bits else "train ELBO (nats per datum)")
-    ax.set_title(f"one model, three guides ({kind.value})")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if bits:
+        traces = {name: [-v / (D * math.log(2)) for v in tr] for name, tr in traces.items()}
+    fig = plot_traces(
+        traces,
+        xlabel="SVI step (Trace_ELBO, one batch each)",
+        ylabel="train −ELBO (bits/dim)" if bits else "train ELBO (nats per datum)",
+        title=f"one model, three guides ({kind.value})",
+        # the first steps start tens of bits/dim above where training ends
+        log_y=bits,
+    )
+    save_figure(fig, path, dpi=120)
 
 
 def run_linear(args) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,13 @@ from .errors import ConfigError, DataError
 __all__ = [
     "Units",
     "plot_elbo",
+    "draw_elbo",
     "plot_step_terms",
     "plot_samples",
     "plot_image_grid",
     "plot_scatter",
     "plot_guide_comparison",
+    "plot_traces",
     "save_figure",
 ]
 
@@ -112,37 +114,29 @@ def plot_elbo(
     """The ELBO per datum (nats) over training: train estimates and held-out evaluations.
 
     Left: the training ELBO (faint: every record; solid: a running mean over 2 % of them) and
-    each eval split (markers). ``entropy`` H, when the data density is known, adds the line
-    −H: no model's expected log-likelihood can rise above it, so the distance to it is the
-    bound's gap plus the model's misfit. Right, when evals carry bits/dim: those, per split.
+    each eval split (markers; the legend gives each split's last value). ``entropy`` H, when
+    the data density is known, adds the line −H: no model's expected log-likelihood can rise
+    above it, so the distance to it is the bound's gap plus the model's misfit. The first
+    updates' ELBO lies orders of magnitude below where training ends; the main axes span the
+    5th percentile of the training values to the top (always holding every evaluation and −H)
+    and, when that leaves values out, an inset draws the whole run on its own scale, so no
+    record is off every axis. Right, when some
+    split was evaluated at least twice and evals carry bits/dim: those over training, per
+    split. A split evaluated once (the default: at the end) is a labelled marker on the left
+    instead, its bits/dim in the label; a panel holding one dot would say nothing more.
     ``runs`` is one run's records or ``{label: records}`` for several.
     """
     runs = _runs(runs)
-    has_bpd = any(r.get("bits_per_dim") is not None for rows in runs.values() for r in rows)
+    has_bpd = any(
+        len([r for r in _of_kind(rows, "eval", split) if r.get("bits_per_dim") is not None]) > 1
+        for rows in runs.values()
+        for split, _ in _splits(rows)
+    )
     fig, axes = _figure(2 if has_bpd else 1)
-    ax = axes[0]
-    colors = _colors(len(runs))
-    for (label, rows), color in zip(runs.items(), colors, strict=True):
-        prefix = f"{label}: " if label else ""
-        train = [r for r in _of_kind(rows, "train") if r.get("elbo_per_datum") is not None]
-        if train:
-            steps = np.array([r["step"] for r in train], dtype=float)
-            vals = np.array([r["elbo_per_datum"] for r in train], dtype=float)
-            window = max(1, len(vals) // 50)
-            ax.plot(steps, vals, color=color, alpha=0.2, lw=0.8)
-            smooth = _running_mean(vals, window)
-            ax.plot(steps[window - 1 :], smooth, color=color, lw=1.6, label=f"{prefix}train")
-        for split, marker in _splits(rows):
-            ev = _of_kind(rows, "eval", split)
-            ax.plot(
-                [r["step"] for r in ev],
-                [r["elbo"] for r in ev],
-                marker=marker,
-                ls="--",
-                color=color,
-                label=f"{prefix}{split} (eval)",
-            )
-        if has_bpd:
+    draw_elbo(axes[0], runs, entropy=entropy, title=title)
+    if has_bpd:
+        for (label, rows), color in zip(runs.items(), _colors(len(runs)), strict=True):
+            prefix = f"{label}: " if label else ""
             for split, marker in _splits(rows):
                 ev = [r for r in _of_kind(rows, "eval", split) if r.get("bits_per_dim") is not None]
                 axes[1].plot(
@@ -150,23 +144,75 @@ def plot_elbo(
                     [r["bits_per_dim"] for r in ev],
                     marker=marker,
                     color=color,
-                    label=f"{prefix}{split}",
+                    label=f"{prefix}{split} ({ev[-1]['bits_per_dim']:.4f})" if ev else None,
                 )
+        axes[1].set_xlabel("training step")
+        axes[1].set_ylabel("negative ELBO (bits/dim)")
+        axes[1].set_title("held-out bound (lower is better; last value in legend)")
+        axes[1].legend(fontsize=8)
+        axes[1].grid(alpha=0.3)
+    return fig
+
+
+def draw_elbo(
+    ax: Axes,
+    runs: Run | Mapping[str, Run],
+    *,
+    entropy: float | None = None,
+    title: str | None = None,
+) -> Axes | None:
+    """The left panel of :func:`plot_elbo` on ``ax``: each run's training ELBO and evaluations,
+    −H when ``entropy`` is given, the axes fitted to the run and an inset with the whole run
+    when the first updates lie far below the rest. Returns the inset, or None."""
+    runs = _runs(runs)
+    colors = _colors(len(runs))
+    for (label, rows), color in zip(runs.items(), colors, strict=True):
+        _draw_elbo_run(ax, rows, color, f"{label}: " if label else "")
     if entropy is not None:
         ax.axhline(-entropy, color="k", ls=":", lw=1.2, label=f"−H = {-entropy:.3f} (data)")
     ax.set_xlabel("training step")
     ax.set_ylabel("ELBO per datum (nats)")
     ax.set_title(title or "ELBO over training (higher is better)")
-    _clip_early_transient(ax, runs, entropy)
-    ax.legend(fontsize=8)
+    # a zoomed run rises to a plateau near the top: the inset and legend sit below it
+    inset = _whole_run_inset(ax, runs, colors, entropy)
+    ax.legend(fontsize=8, loc="best" if inset is None else "lower right")
     ax.grid(alpha=0.3)
-    if has_bpd:
-        axes[1].set_xlabel("training step")
-        axes[1].set_ylabel("negative ELBO (bits/dim)")
-        axes[1].set_title("held-out bound (lower is better)")
-        axes[1].legend(fontsize=8)
-        axes[1].grid(alpha=0.3)
-    return fig
+    return inset
+
+
+def _draw_elbo_run(ax: Axes, rows: list[Record], color, prefix: str, labels: bool = True) -> None:
+    """One run's training trace (faint raw, solid running mean) and eval markers on ``ax``."""
+    train = [r for r in _of_kind(rows, "train") if r.get("elbo_per_datum") is not None]
+    if train:
+        steps = np.array([r["step"] for r in train], dtype=float)
+        vals = np.array([r["elbo_per_datum"] for r in train], dtype=float)
+        window = max(1, len(vals) // 50)
+        ax.plot(steps, vals, color=color, alpha=0.2, lw=0.8)
+        smooth = _running_mean(vals, window)
+        label = f"{prefix}train" if labels else None
+        ax.plot(steps[window - 1 :], smooth, color=color, lw=1.6, label=label)
+    for split, marker in _splits(rows):
+        ev = _of_kind(rows, "eval", split)
+        label = None
+        if labels and ev:
+            last = ev[-1]
+            bits = last.get("bits_per_dim")
+            value = f"{last['elbo']:.4f} nats"
+            if bits is not None:
+                value += f" = {bits:.4f} bits/dim"
+            when = f"step {last['step']}" if len(ev) > 1 else f"once, at step {last['step']}"
+            label = f"{prefix}{split} (eval): {value}, {when}"
+        ax.plot(
+            [r["step"] for r in ev],
+            [r["elbo"] for r in ev],
+            marker=marker,
+            ms=7 if len(ev) == 1 else 5,
+            ls="--",
+            color=color,
+            mec="k" if len(ev) == 1 else color,
+            label=label,
+            zorder=3,
+        )
 
 
 def _splits(rows: list[Record]) -> list[tuple[str, str]]:
@@ -179,24 +225,63 @@ def _split_order(name: str) -> tuple[int, str]:
     return ({"train": 0, "test": 1}.get(name, 2), name)
 
 
-def _clip_early_transient(ax: Axes, runs: dict[str, list[Record]], entropy: float | None):
-    """Keep the first steps' very low ELBO from flattening the rest of the curve."""
-    vals = [
-        v
-        for rows in runs.values()
-        for r in rows
-        for v in (r.get("elbo_per_datum"), r.get("elbo") if r.get("kind") == "eval" else None)
-        if v is not None and math.isfinite(v)
-    ]
-    if len(vals) < 10:
-        return
-    arr = np.asarray(vals)
-    lo, hi = np.percentile(arr, 5), arr.max()
+def _elbo_values(runs: dict[str, list[Record]]) -> tuple[np.ndarray, np.ndarray]:
+    """(training ELBO values, evaluated ELBO values) of all runs, the finite ones."""
+
+    def finite(vals):
+        arr = np.asarray([v for v in vals if v is not None], dtype=float)
+        return arr[np.isfinite(arr)]
+
+    train = finite(r.get("elbo_per_datum") for rows in runs.values() for r in rows)
+    evals = finite(r.get("elbo") for rows in runs.values() for r in _of_kind(rows, "eval"))
+    return train, evals
+
+
+def _fit_ylim(
+    train: np.ndarray, evals: np.ndarray, entropy: float | None
+) -> tuple[float, float] | None:
+    """Limits for the main ELBO axes, or None when every value fits without flattening.
+
+    The first updates sit far below the rest (a digits run starts thousands of nats per datum
+    below where it ends), and on a linear axis they would flatten the part worth reading. The
+    limits span the 5th percentile of the training values to the highest value, padded by 8 %,
+    and always hold every held-out evaluation and −H: evaluations are the numbers the figure
+    reports, so they are never cut; a training record below the limits is drawn in the inset.
+    """
+    if train.size < 10:
+        return None
+    everything = np.concatenate([train, evals])
+    lo = min(np.percentile(train, 5), evals.min() if evals.size else np.inf)
+    hi = everything.max()
     if entropy is not None:
         hi = max(hi, -entropy)
     pad = 0.08 * (hi - lo) if hi > lo else 1.0
-    if arr.min() < lo - pad:
-        ax.set_ylim(lo - pad, hi + pad)
+    if everything.min() >= lo - pad:
+        return None
+    return float(lo - pad), float(hi + pad)
+
+
+def _whole_run_inset(
+    ax: Axes, runs: dict[str, list[Record]], colors: list, entropy: float | None
+) -> Axes | None:
+    """Zoom ``ax`` onto the converged part and show the whole run, early transient included,
+    in an inset (right, mid-height) with the main axes' window shaded; returns the inset, if any."""
+    train, evals = _elbo_values(runs)
+    limits = _fit_ylim(train, evals, entropy)
+    if limits is None:
+        return None
+    ax.set_ylim(*limits)
+    inset = ax.inset_axes([0.55, 0.3, 0.42, 0.34])
+    for rows, color in zip(runs.values(), colors, strict=True):
+        _draw_elbo_run(inset, rows, color, "", labels=False)
+    inset.axhspan(*limits, color="0.5", alpha=0.15, lw=0, zorder=0)
+    everything = np.concatenate([train, evals])
+    span = everything.max() - everything.min()
+    inset.set_ylim(everything.min() - 0.05 * span, everything.max() + 0.05 * span)
+    inset.set_title("whole run (shaded: main axes)", fontsize=7)
+    inset.tick_params(labelsize=6)
+    inset.grid(alpha=0.3)
+    return inset
 
 
 def _colors(n: int) -> list:
@@ -314,14 +399,25 @@ def plot_image_grid(
     *,
     ncols: int | None = None,
     value_range: tuple[float, float] = (-1.0, 1.0),
+    num_levels: int | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Images (N, C, H, W) or (N, H, W), C ∈ {1, 3}, tiled in a grid; values in ``value_range``."""
+    """Images (N, C, H, W) or (N, H, W), C ∈ {1, 3}, tiled in a grid; values in ``value_range``.
+
+    ``value_range`` is drawn black to white. With ``num_levels`` K (quantised data, whose
+    model scale maps level k to lo + k (hi − lo)/(K − 1), as ``Dataset.to_levels`` inverts),
+    the colour bar and the axis label read in levels 0 … K − 1, the scale of the ``.npy`` files
+    ``pyrodiff sample`` writes; without it they read in ``value_range``.
+    """
     arr = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.ndim == 3:
         arr = arr[:, None]
     if arr.ndim != 4 or arr.shape[1] not in (1, 3) or arr.shape[0] < 1:
         raise DataError(f"images must have shape (N, C, H, W) with C = 1 or 3, got {arr.shape}")
+    if num_levels is not None and (
+        isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2
+    ):
+        raise ConfigError(f"num_levels must be an integer >= 2 or None, got {num_levels!r}")
     n, c, h, w = arr.shape
     ncols = ncols or int(math.ceil(math.sqrt(n)))
     nrows = int(math.ceil(n / ncols))
@@ -334,15 +430,28 @@ def plot_image_grid(
         y0, x0 = pad + r * (h + pad), pad + q * (w + pad)
         canvas[y0 : y0 + h, x0 : x0 + w] = arr[i].transpose(1, 2, 0)
     side = min(8.0, max(3.0, 0.45 * max(ncols, nrows)))
-    fig, (ax,) = _figure(1, width=side, height=side * nrows / ncols + 0.5)
+    fig, (ax,) = _figure(
+        1, width=side + (1.0 if c == 1 else 0.0), height=side * nrows / ncols + 0.5
+    )
     if c == 1:
-        ax.imshow(canvas[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        image = ax.imshow(canvas[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        bar = fig.colorbar(image, ax=ax, shrink=0.8)
+        if num_levels is not None:
+            top = num_levels - 1
+            levels = sorted({round(k * top / 4) for k in range(5)})
+            bar.set_ticks([k / top for k in levels], labels=[str(k) for k in levels])
+            scale = f"grey level 0 … {top} (black … white)"
+        else:
+            bar.set_ticks([0.0, 0.5, 1.0], labels=[f"{lo:g}", f"{(lo + hi) / 2:g}", f"{hi:g}"])
+            scale = f"grey value in [{lo:g}, {hi:g}] (black … white)"
+        bar.set_label(scale)
+        ax.set_ylabel(scale)
     else:
         ax.imshow(canvas, interpolation="nearest")
+        ax.set_ylabel(f"RGB in [{lo:g}, {hi:g}]")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel(f"{n} samples, {h}×{w} pixels each ({ncols} per row)")
-    ax.set_ylabel(f"grey level in [{lo:g}, {hi:g}]" if c == 1 else f"RGB in [{lo:g}, {hi:g}]")
     ax.set_title(title or "samples")
     return fig
 
@@ -393,14 +502,16 @@ def plot_samples(
     *,
     density: Any | None = None,
     value_range: tuple[float, float] = (-1.0, 1.0),
+    num_levels: int | None = None,
     title: str | None = None,
 ) -> Figure:
-    """A scatter for (N, 2) points (over ``density`` if given), an image grid for images."""
+    """A scatter for (N, 2) points (over ``density`` if given), an image grid for images
+    (``value_range`` and ``num_levels`` as in :func:`plot_image_grid`)."""
     shape = tuple(x.shape)
     if len(shape) == 2 and shape[1] == 2:
         return plot_scatter(x, density=density, title=title)
     if len(shape) in (3, 4):
-        return plot_image_grid(x, value_range=value_range, title=title)
+        return plot_image_grid(x, value_range=value_range, num_levels=num_levels, title=title)
     raise DataError(f"cannot draw samples of shape {shape}: expected (N, 2) or (N, C, H, W)")
 
 
@@ -448,6 +559,60 @@ def plot_guide_comparison(
         right.set_axis_off()
     if title:
         fig.suptitle(title)
+    return fig
+
+
+_LINE_STYLES = ("-", "--", ":", "-.")
+_MARKERS = "osD^v"
+
+
+def plot_traces(
+    traces: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    log_y: bool = False,
+) -> Figure:
+    """Labelled training traces (one value per update) on one axes, e.g. one model under
+    several guides, each as a running mean over 1/30 of its length.
+
+    Traces may coincide (a learned schedule starts as the fixed chain it was built from), so
+    each has its own colour, line style and marker, the markers sit at staggered updates, and
+    each trace is drawn thinner (smaller markers) than the one before it and above it: where
+    two coincide the earlier shows as a wide band around the later one instead of being hidden.
+    """
+    if not isinstance(traces, Mapping) or not traces:
+        raise DataError("plot_traces takes {label: values}, at least one trace")
+    fig, (ax,) = _figure(1, width=6.4, height=4.2)
+    n = len(traces)
+    for i, ((label, values), color) in enumerate(zip(traces.items(), _colors(n), strict=True)):
+        vals = np.asarray(list(values), dtype=float)
+        if vals.ndim != 1 or vals.size < 1:
+            raise DataError(f"trace {label!r} must be a non-empty sequence of numbers")
+        window = max(1, vals.size // 30)
+        smooth = _running_mean(vals, window)
+        steps = np.arange(window, vals.size + 1)
+        every = max(1, smooth.size // 8)
+        ax.plot(
+            steps,
+            smooth,
+            color=color,
+            ls=_LINE_STYLES[i % len(_LINE_STYLES)],
+            lw=max(1.0, 3.2 - 0.9 * i),
+            marker=_MARKERS[i % len(_MARKERS)],
+            ms=max(4.0, 8.0 - 1.5 * i),
+            markevery=(i * every // n, every),
+            zorder=2 + i,
+            label=str(label),
+        )
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "training traces")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     return fig
 
 

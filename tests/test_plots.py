@@ -1,5 +1,6 @@
 """Plots: they draw the data they are given, label every axis with units, and write files."""
 
+import itertools
 import math
 
 import numpy as np
@@ -7,16 +8,18 @@ import pytest
 import torch
 
 from pyrodiff import ConfigError, DataError, ForwardGuide, gaussian_oracle, linear_schedule
-from pyrodiff.data import Toy2D, toy_density
+from pyrodiff.data import Toy2D, load_digits, toy_density
 from pyrodiff.infer import elbo_terms
 from pyrodiff.plots import (
     Units,
+    draw_elbo,
     plot_elbo,
     plot_guide_comparison,
     plot_image_grid,
     plot_samples,
     plot_scatter,
     plot_step_terms,
+    plot_traces,
     save_figure,
 )
 from pyrodiff.train import History
@@ -59,7 +62,7 @@ def test_elbo_plot_draws_train_and_eval_in_nats_and_bits(tmp_path):
     left, right = fig.axes
     assert all(labelled(ax) for ax in fig.axes)
     assert "nats" in left.get_ylabel() and "bits/dim" in right.get_ylabel()
-    test_line = next(ln for ln in left.lines if ln.get_label() == "test (eval)")
+    test_line = next(ln for ln in left.lines if ln.get_label().startswith("test (eval)"))
     assert np.allclose(test_line.get_ydata(), [-3.0 / 20, -3.0 / 40, -3.0 / 60])
     assert any(list(ln.get_ydata()) == [-1.25, -1.25] for ln in left.lines)
     path = save_figure(fig, tmp_path / "figs" / "elbo.png")
@@ -69,8 +72,10 @@ def test_elbo_plot_draws_train_and_eval_in_nats_and_bits(tmp_path):
 def test_elbo_plot_without_bits_has_one_panel_and_accepts_several_runs():
     fig = plot_elbo({"a": records(bits=False), "b": records(0.2, bits=False)})
     (ax,) = fig.axes
-    labels = {ln.get_label() for ln in ax.lines}
-    assert {"a: train", "b: train", "a: test (eval)", "b: test (eval)"} <= labels
+    labels = [ln.get_label() for ln in ax.lines]
+    assert {"a: train", "b: train"} <= set(labels)
+    for run in ("a", "b"):
+        assert any(label.startswith(f"{run}: test (eval)") for label in labels)
 
 
 def test_step_terms_plot_the_curve_on_log_axes_and_convert_to_bits():
@@ -152,3 +157,138 @@ def test_guide_comparison_side_by_side():
 def test_save_figure_needs_a_suffix(tmp_path):
     with pytest.raises(ConfigError, match="suffix"):
         save_figure(plot_step_terms([0.1, 0.2]), tmp_path / "noext")
+
+
+def transient_records(steps=1500, eval_steps=(1500,)):
+    """A digits-like run: the training ELBO starts thousands of nats below where it ends
+    (-80 - 5000/s at update s) and the test split is evaluated at ``eval_steps`` only."""
+    rows = []
+    for s in range(1, steps + 1):
+        elbo = -80.0 - 5000.0 / s
+        rows.append({"step": s, "kind": "train", "loss": -elbo, "elbo_per_datum": elbo, "lr": 1e-3})
+        if s in eval_steps:
+            rows.append(
+                {
+                    "step": s,
+                    "kind": "eval",
+                    "split": "test",
+                    "elbo": elbo - 0.5,
+                    "bits_per_dim": -(elbo - 0.5) / (64 * math.log(2)),
+                    "per_step_loss": None,
+                }
+            )
+    return rows
+
+
+def contains(limits, values):
+    lo, hi = sorted(limits)
+    return lo <= np.min(values) and np.max(values) <= hi
+
+
+def test_elbo_plot_zooms_on_the_run_and_keeps_the_early_transient_in_an_inset():
+    rows = transient_records()
+    train = np.array([r["elbo_per_datum"] for r in rows if r["kind"] == "train"])
+    evals = [r["elbo"] for r in rows if r["kind"] == "eval"]
+    fig = plot_elbo(rows)
+    (ax,) = fig.axes  # one eval only: no bits/dim panel
+    (inset,) = ax.child_axes
+    # every record is on some axes: the inset holds the whole run, first update included
+    assert contains(inset.get_ylim(), train) and contains(inset.get_ylim(), evals)
+    # the main axes hold the eval and the last 90 % of the updates, at a readable scale
+    assert contains(ax.get_ylim(), evals) and contains(ax.get_ylim(), train[150:])
+    main_span = abs(np.subtract(*ax.get_ylim()))
+    assert main_span < 0.05 * (train.max() - train.min())
+    # the inset shades exactly the main axes' window
+    (shade,) = inset.patches
+    ys = shade.get_path().transformed(shade.get_patch_transform()).vertices[:, 1]
+    assert np.allclose(sorted({ys.min(), ys.max()}), sorted(ax.get_ylim()))
+
+
+def test_elbo_plot_without_a_transient_has_no_inset():
+    rows = [
+        {"step": s, "kind": "train", "loss": 1.0, "elbo_per_datum": -1.0 - 0.01 * (s % 3), "lr": 1}
+        for s in range(1, 101)
+    ]
+    (ax,) = plot_elbo(rows).axes
+    assert not ax.child_axes
+    assert contains(ax.get_ylim(), [-1.0, -1.02])
+
+
+def test_elbo_plot_labels_a_single_final_evaluation():
+    rows = transient_records()
+    (final,) = [r for r in rows if r["kind"] == "eval"]
+    fig = plot_elbo(rows)
+    assert len(fig.axes) == 1  # a held-out panel with one dot would say nothing
+    (line,) = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("test (eval)")]
+    assert list(line.get_xdata()) == [1500] and list(line.get_ydata()) == [final["elbo"]]
+    assert line.get_marker() not in ("None", "", None)
+    label = line.get_label()
+    assert f"{final['elbo']:.4f}" in label and f"{final['bits_per_dim']:.4f} bits/dim" in label
+    assert "once, at step 1500" in label
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert label in legend
+    # evaluated twice: the bits/dim panel returns, the last value in its legend
+    twice = transient_records(eval_steps=(750, 1500))
+    left, right = plot_elbo(twice).axes
+    last = twice[-1]["bits_per_dim"]
+    assert any(f"{last:.4f}" in t.get_text() for t in right.get_legend().get_texts())
+
+
+def test_digit_grid_reads_in_the_levels_of_the_saved_array():
+    digits = load_digits(torch.float64)
+    x = digits.train[:6]
+    fig = plot_samples(x, num_levels=digits.num_levels)
+    ax, bar = fig.axes
+    top = digits.num_levels - 1
+    assert f"0 … {top}" in ax.get_ylabel() and f"0 … {top}" in bar.get_ylabel()
+    # the shade of each pixel is its level / (K - 1): the colour bar's tick k sits at k / (K - 1)
+    shown = ax.get_images()[0].get_array()
+    first = np.asarray(shown[1:9, 1:9])  # the first image, inside its 1-pixel border
+    assert np.allclose(first * top, digits.to_levels(x[:1])[0, 0].numpy())
+    ticks = [
+        (t, float(lab.get_text()))
+        for t, lab in zip(bar.get_yticks(), bar.get_yticklabels(), strict=True)
+    ]
+    assert ticks[0][1] == 0 and ticks[-1][1] == top
+    assert all(math.isclose(pos, level / top) for pos, level in ticks)
+    # without levels, the label gives the model scale it shows
+    assert "[-1, 1]" in plot_samples(x).axes[0].get_ylabel()
+    with pytest.raises(ConfigError, match="num_levels"):
+        plot_image_grid(x, num_levels=1)
+
+
+def test_traces_that_coincide_stay_distinguishable():
+    n = 300
+    same = list(np.arange(n, dtype=float))
+    fig = plot_traces({"fixed": same, "schedule": same, "learned": same}, xlabel="u", ylabel="v")
+    (ax,) = fig.axes
+    lines = sorted(ax.lines, key=lambda ln: ln.get_zorder())
+    assert [ln.get_label() for ln in lines] == ["fixed", "schedule", "learned"]
+    assert all(ln.get_visible() for ln in lines)
+    styles = {(ln.get_color(), ln.get_linestyle(), ln.get_marker()) for ln in lines}
+    assert len({s[0] for s in styles}) == len({s[1] for s in styles}) == len(lines)
+    assert len({s[2] for s in styles}) == len(lines)
+    # each is drawn above and thinner than the one before it, so the earlier shows around it
+    widths = [ln.get_linewidth() for ln in lines]
+    assert all(a > b for a, b in itertools.pairwise(widths))
+    sizes = [ln.get_markersize() for ln in lines]
+    assert all(a > b for a, b in itertools.pairwise(sizes))
+    assert len({ln.get_markevery()[0] for ln in lines}) == len(lines)  # staggered markers
+    # a running mean over w = n // 30 updates of 0, 1, 2, ... ends at update s with s - (w + 1)/2
+    w = n // 30
+    assert np.allclose(lines[0].get_ydata(), lines[0].get_xdata() - (w + 1) / 2)
+    assert ax.get_legend() is not None and labelled(ax)
+    with pytest.raises(DataError):
+        plot_traces({}, xlabel="u", ylabel="v")
+
+
+def test_draw_elbo_on_given_axes_fits_every_run():
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    slow, fast = transient_records(), records()
+    inset = draw_elbo(ax, {"slow": slow, "fast": fast})
+    every = [r.get("elbo_per_datum", r.get("elbo")) for r in slow + fast]
+    assert inset is not None and contains(inset.get_ylim(), every)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"slow: train", "fast: train"} <= set(labels)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .. import plots
@@ -30,58 +29,39 @@ def training_figures(history: History, out: Path, dataset=None) -> list[Path]:
     ]
     final = history.final_eval
     if final is not None and final.get("per_step_loss"):
-        fig = plots.plot_step_terms(final, title=f"per-step terms at step {final['step']}")
+        title = f"per-step terms at step {final['step']}: −ELBO = {-final['elbo']:.2f} nats"
+        fig = plots.plot_step_terms(final, title=title)
         written.append(plots.save_figure(fig, out / STEP_TERMS_FIGURE))
     return written
 
 
 def samples_figure(x: torch.Tensor, dataset, path: Path) -> Path:
-    """A digit grid for images, a scatter over the true density for 2-D points."""
+    """A digit grid for images, a scatter over the true density for 2-D points. A quantised
+    data set's grid reads in its integer levels, the scale of the ``.npy`` beside it."""
     fig = plots.plot_samples(
-        x, density=getattr(dataset, "density", None), title=f"{x.shape[0]} samples"
+        x,
+        density=getattr(dataset, "density", None),
+        num_levels=getattr(dataset, "num_levels", None),
+        title=f"{x.shape[0]} samples",
     )
     return plots.save_figure(fig, path)
 
 
 def comparison_figure(histories: dict[str, History], path: Path) -> Path:
-    """Left: each run's ELBO per datum over training (the training estimate as a running mean,
-    its held-out evaluations as markers); right: each run's per-step terms L_t at its last
-    held-out evaluation, on log axes (:func:`pyrodiff.plots.plot_step_terms`)."""
+    """Left: each run's ELBO per datum over training (:func:`pyrodiff.plots.draw_elbo`: the
+    training estimate as a running mean, its held-out evaluations as labelled markers, the
+    first updates in an inset); right: each run's per-step terms L_t at its last held-out
+    evaluation, on log axes (:func:`pyrodiff.plots.plot_step_terms`)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(13, 4.6), layout="constrained")
     left, right = fig.subplots(1, 2)
-    colors = [f"C{i % 10}" for i in range(len(histories))]
-    finals = {}
-    for (label, hist), color in zip(histories.items(), colors, strict=True):
-        train = [r for r in hist.train if r.get("elbo_per_datum") is not None]
-        if train:
-            steps = np.array([r["step"] for r in train], dtype=float)
-            values = np.array([r["elbo_per_datum"] for r in train], dtype=float)
-            window = max(1, len(values) // 25)
-            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-            left.plot(steps[window - 1 :], smooth, color=color, lw=1.5, label=f"{label}: train")
-        evals = hist.evals
-        if evals:
-            left.plot(
-                [r["step"] for r in evals],
-                [r["elbo"] for r in evals],
-                marker="o",
-                ls="--",
-                color=color,
-                label=f"{label}: test ({evals[-1]['elbo']:.3f})",
-            )
-            if evals[-1].get("per_step_loss"):
-                finals[label] = evals[-1]
-    low = [r["elbo"] for h in histories.values() for r in h.evals]
-    if low:  # the first updates' very low estimates would flatten every curve
-        span = max(low) - min(low)
-        left.set_ylim(bottom=min(low) - max(1.0, 2 * span))
-    left.set_xlabel("training step")
-    left.set_ylabel("ELBO per datum (nats)")
-    left.set_title("ELBO over training (higher is better)")
-    left.legend(fontsize=8)
-    left.grid(alpha=0.3)
+    plots.draw_elbo(left, {label: list(hist) for label, hist in histories.items()})
+    finals = {
+        label: hist.evals[-1]
+        for label, hist in histories.items()
+        if hist.evals and hist.evals[-1].get("per_step_loss")
+    }
     if finals:
         plots.plot_step_terms(finals, ax=right, title="per-step terms at the last evaluation")
     else:

@@ -23,6 +23,17 @@ class EMA:
     It depends only on n, which the checkpoint holds, so a resumed run averages identically.
     :meth:`applied` swaps θ̄ into the module for a block (evaluation, sampling) and puts θ back
     afterwards, bit for bit.
+
+    Why not ``torch.optim.swa_utils.AveragedModel``: it can give the same average (a
+    ``multi_avg_fn`` reading the warm-up decay from ``n_averaged``, plus one update at
+    construction so the average starts at θ_0 rather than at the first update's θ; written so,
+    it matched this class bit for bit over 50 updates and passed the resume tests), but it
+    reads its update counter across devices on every update (``n_averaged.to(device)`` or
+    ``bool(n_averaged == 0)``), a stream synchronisation per update on a GPU, where the
+    training step is built to read back once; it deep-copies the whole module, buffers
+    included; and it cost 1.8 ms per update against 0.47 ms here for the digits U-Net's 245 k
+    parameters on one CPU thread, with no code saved, since swapping the average in and out
+    and the checkpoint format stay here either way.
     """
 
     def __init__(self, module: nn.Module, decay: float) -> None:
