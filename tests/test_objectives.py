@@ -234,4 +234,9 @@ def test_sampler_variance_quick_is_consistent_with_the_exact_bound():
         rows = _example().main(["--sampler-variance", "--quick"])["sampler_variance"]
     finally:
         torch.set_num_threads(old)
-    assert len(rows) == 5 and all(r["variance"] > 0 and math.isfinite(r["z"]) for r in rows)
+    assert len(rows) == 5 and all(r["variance"] > 0 for r in rows)
+    # z = (mean − exact) / SE over R = 10 repeats (the quick setting): Student's t with 9
+    # degrees of freedom for an unbiased sampler, P(|t_9| > 6) = 2e-4 per row, 1e-3 for all
+    # five; a sampler biased by even a fraction of a nat per datum gives |z| in the hundreds
+    for r in rows:
+        assert abs(r["z"]) < 6.0, r
