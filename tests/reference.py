@@ -175,7 +175,7 @@ def elbo_terms(lg: LinearGaussian, ab_q: Tensor, x0: Tensor) -> Terms:
     M = -lg.A[1]
     r = x0 - lg.a[1]
     sq = ((m1 @ M.T + r) ** 2).sum(-1) + v1 * (M**2).sum()
-    rec = -0.5 * D * math.log(2 * math.pi * lg.var[1]) - sq / (2 * lg.var[1])
+    rec = -0.5 * D * torch.log(2 * math.pi * lg.var[1]) - sq / (2 * lg.var[1])
     cols = []
     for t in range(2, T + 1):
         c0, ct, post = posterior_coefs(ab_q, t)
@@ -183,8 +183,8 @@ def elbo_terms(lg: LinearGaussian, ab_q: Tensor, x0: Tensor) -> Terms:
         M = ct * eye - lg.A[t]
         r = c0 * x0 - lg.a[t]
         sq = ((m @ M.T + r) ** 2).sum(-1) + v * (M**2).sum()
-        s2 = float(lg.var[t])
-        cols.append(0.5 * D * (math.log(s2 / post) + post / s2 - 1) + sq / (2 * s2))
+        s2 = lg.var[t]  # a tensor: exact gradients reach a learned variance
+        cols.append(0.5 * D * (torch.log(s2 / post) + post / s2 - 1) + sq / (2 * s2))
     mT, vT = moments(T)
     prior = _kl_normal(mT, torch.full_like(mT, vT), lg.prior_loc, lg.prior_var)
     diff = torch.stack(cols, 1) if cols else x0.new_zeros(x0.shape[0], 0)
@@ -252,14 +252,16 @@ def isotropic_gaussian_oracle(
     return W, b, var, math.sqrt(aT) * mean, math.sqrt(aT * s2 + 1 - aT)
 
 
-def from_model(model) -> LinearGaussian:
+def from_model(model, detach: bool = True) -> LinearGaussian:
     """The kernels of a linear-Gaussian pyrodiff model, read from its attributes only: ᾱ, the
-    LinearDenoiser's weights, the enum *names* of its options, log σ_t² when learned, the prior."""
+    LinearDenoiser's weights, the enum *names* of its options, log σ_t² when learned, the prior.
+    With ``detach=False`` the kernels stay differentiable in the weights (for exact gradients)."""
+    keep = (lambda x: x.detach()) if detach else (lambda x: x)
     ab = model.schedule.alpha_bar.detach().double()
-    W, b = model.denoiser.weight.detach(), model.denoiser.bias.detach()
+    W, b = keep(model.denoiser.weight), keep(model.denoiser.bias)
     target = Target[model.parameterization.name]
     if model.variance.name == "PER_STEP":
-        var = model.log_variance.detach().double().exp()
+        var = keep(model.log_variance).double().exp()
     else:
         var = fixed_variances(ab, FixedVariance[model.variance.name])
     return kernels(ab, W, b, target, var, model.prior_loc.detach(), model.prior_scale.detach())

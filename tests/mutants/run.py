@@ -219,8 +219,11 @@ MUTANTS = [
         (ENUM,),
     ),
     Mutant(
-        "pareto_khat_weights_not_normalised", "unnormalised weights", "pyrodiff/infer/bounds.py",
-        "log_w.detach().double().flatten() - log_w.max()", "log_w.detach().double().flatten()",
+        "pareto_khat_weights_not_normalised",
+        "unnormalised weights",
+        "pyrodiff/infer/bounds.py",
+        "log_w.detach().double().flatten() - log_w.max()",
+        "log_w.detach().double().flatten()",
         ("tests/test_psis_known_tail.py",),
     ),
     # log-mean-exp vs mean
