@@ -256,12 +256,13 @@ def from_model(model, detach: bool = True) -> LinearGaussian:
     """The kernels of a linear-Gaussian pyrodiff model, read from its attributes only: ᾱ, the
     LinearDenoiser's weights, the enum *names* of its options, log σ_t² when learned, the prior.
     With ``detach=False`` the kernels stay differentiable in the weights (for exact gradients)."""
-    keep = (lambda x: x.detach()) if detach else (lambda x: x)
-    ab = model.schedule.alpha_bar.detach().double()
+    keep = (lambda x: x.detach().cpu()) if detach else (lambda x: x.cpu())
+    ab = model.schedule.alpha_bar.detach().double().cpu()
     W, b = keep(model.denoiser.weight), keep(model.denoiser.bias)
     target = Target[model.parameterization.name]
     if model.variance.name == "PER_STEP":
         var = keep(model.log_variance).double().exp()
     else:
         var = fixed_variances(ab, FixedVariance[model.variance.name])
-    return kernels(ab, W, b, target, var, model.prior_loc.detach(), model.prior_scale.detach())
+    loc, scale = model.prior_loc.detach().cpu(), model.prior_scale.detach().cpu()
+    return kernels(ab, W, b, target, var, loc, scale)
