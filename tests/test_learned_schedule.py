@@ -16,6 +16,7 @@ from pyrodiff.infer import (
     elbo_estimate,
     elbo_terms,
     exact_elbo_terms,
+    exact_log_evidence,
     prior_kl,
     step_terms,
 )
@@ -138,7 +139,10 @@ def test_diffusion_elbo_trains_the_schedule_and_leaves_a_fixed_model_alone():
         loss_fn(x0).backward()
         opt.step()
     after = exact_elbo_terms(model, guide, x0).elbo.mean().item()
-    assert after > first + 0.1  # a moved q tightens the bound of this (loose) model
+    # a moved q tightens the bound of this (loose) model. Both values are exact (no Monte
+    # Carlo noise), so any rise is real and no margin is needed; the evidence bounds it above
+    evidence = exact_log_evidence(model, x0).mean().item()
+    assert first < after <= evidence
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
 
