@@ -146,6 +146,7 @@ def test_mean_field_elbo_is_right_top_down_and_wrong_bottom_up():
     assert abs(wrong.mean().item() - truth) > 20 * se
 
 
+@pytest.mark.slow
 def test_diffusion_elbo_is_unbiased_for_the_elbo():
     model, guide, x0 = _near_oracle(3)
     truth = _exact(model, x0).elbo.sum().item()
@@ -154,6 +155,7 @@ def test_diffusion_elbo_is_unbiased_for_the_elbo():
     assert truth <= reference.evidence(reference.from_model(model), x0).sum().item()
 
 
+@pytest.mark.slow
 def test_diffusion_elbo_gradient_is_unbiased():
     model, guide, x0 = _near_oracle(4)
     params = list(model.parameters())
@@ -171,9 +173,12 @@ def test_diffusion_elbo_gradient_is_unbiased():
     assert torch.all(truth[~live].abs() < 1e-12)
     z = (draws.mean(0) - truth)[live] / se[live]
     assert z.abs().max() < 5.0, z.abs().max()  # ~60 coordinates; P(max |z| > 5) < 1e-4
-    assert (draws.mean(0) - truth).norm() < 0.2 * truth.norm()
+    # the whole vector at once: for an unbiased estimator ‖mean − truth‖² / Σ SE² is about
+    # χ²_k / k with k ≈ 60 (≈ 1 ± 0.18); it exceeds 4 with probability below 1e-20
+    assert (draws.mean(0) - truth).norm() < 2 * se.norm()
 
 
+@pytest.mark.slow
 def test_elbo_terms_are_unbiased_term_by_term():
     model, guide, x0 = _near_oracle(5)
     exact = _exact(model, x0)
@@ -192,6 +197,7 @@ def test_elbo_terms_chunking_does_not_change_the_terms():
     assert torch.allclose(a.elbo, b.elbo, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_iwae_rises_towards_the_evidence():
     model, guide, x0 = _near_oracle(7)
     evidence = exact_log_evidence(model, x0).sum().item()

@@ -5,6 +5,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from pyrodiff import ForwardGuide, LearnedGuide
@@ -18,6 +19,7 @@ def _example():
     return module
 
 
+@pytest.mark.slow
 def test_learned_arm_is_a_learned_guide_and_its_bound_is_not_below_the_fixed_one():
     ex = _example()
     model = ex.build_model(2, 4, ex.GaussianLikelihood(), 16, 0)
