@@ -149,7 +149,15 @@ def test_svi_sees_every_parameter_of_a_per_step_model_and_a_learned_schedule():
 def test_every_configuration_has_matching_trace_and_closed_form_elbo(param, variance):
     torch.manual_seed(1)
     schedule = linear_schedule(3)
-    model = Diffusion(LinearDenoiser(2, 3), schedule, parameterization=param, variance=variance)
+    # a prior far from N(0, I), so that L_T is far from zero and tested too
+    model = Diffusion(
+        LinearDenoiser(2, 3),
+        schedule,
+        parameterization=param,
+        variance=variance,
+        prior_loc=torch.tensor([1.0, -1.5]),
+        prior_scale=torch.tensor([2.0, 0.5]),
+    )
     with torch.no_grad():
         for p in model.denoiser.parameters():
             p.normal_(0, 0.2)
