@@ -1,8 +1,27 @@
-"""Shared test settings: float64 arithmetic, Pyro's validation on, a clean parameter store."""
+"""Shared test settings: float64 arithmetic, Pyro's validation on, a clean parameter store,
+and Hypothesis profiles.
+
+Hypothesis: with the environment variable ``CI`` set, the "ci" profile is loaded: derandomised
+(the same examples on every run, from the test's own source) and without an example database,
+so a CI failure reproduces exactly. Elsewhere the "explore" profile draws new examples each
+run and remembers failures in the local database. ``HYPOTHESIS_PROFILE`` picks one by name.
+"""
+
+import os
 
 import pyro
 import pytest
 import torch
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "explore")
+)
+
+# the mutation check plants bugs in a scratch copy and runs tests there; it is not a test
+collect_ignore = ["mutants"]
 
 
 @pytest.fixture(autouse=True)

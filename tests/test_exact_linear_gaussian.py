@@ -8,6 +8,7 @@ import math
 
 import pyro
 import pytest
+import reference
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
@@ -42,6 +43,13 @@ def _near_oracle(seed=0):
         for p in model.denoiser.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return model, ForwardGuide(schedule), mean + 0.6 * torch.randn(N, D)
+
+
+def _exact(model, x0, detach=True):
+    """The exact ELBO terms under the forward chain, from tests/reference.py (written from ᾱ_t
+    and the weights alone, not from the library's exact_elbo_terms)."""
+    lg = reference.from_model(model, detach=detach)
+    return reference.elbo_terms(lg, model.schedule.alpha_bar, x0)
 
 
 def _repeat(estimate, times: int) -> torch.Tensor:
@@ -121,14 +129,14 @@ def test_oracle_elbo_equals_evidence_with_zero_variance():
 def test_trace_elbo_matches_the_analytic_elbo_in_both_orders(order):
     model, _, x0 = _near_oracle(1)
     guide = ForwardGuide(model.schedule, order=order)
-    truth = exact_elbo_terms(model, ForwardGuide(model.schedule), x0).elbo.sum().item()
+    truth = _exact(model, x0).elbo.sum().item()
     trace = Trace_ELBO(num_particles=500, vectorize_particles=True)
     _agrees(_repeat(lambda: -trace.loss(model, guide, x0), 10), truth)
 
 
 def test_mean_field_elbo_is_right_top_down_and_wrong_bottom_up():
     model, guide, x0 = _near_oracle(2)
-    truth = exact_elbo_terms(model, guide, x0).elbo.sum().item()
+    truth = _exact(model, x0).elbo.sum().item()
     mf = TraceMeanField_ELBO(num_particles=500, vectorize_particles=True)
     _agrees(_repeat(lambda: -mf.loss(model, guide, x0), 10), truth)
     bottom_up = ForwardGuide(model.schedule, order=ChainOrder.BOTTOM_UP)
@@ -138,18 +146,20 @@ def test_mean_field_elbo_is_right_top_down_and_wrong_bottom_up():
     assert abs(wrong.mean().item() - truth) > 20 * se
 
 
+@pytest.mark.slow
 def test_diffusion_elbo_is_unbiased_for_the_elbo():
     model, guide, x0 = _near_oracle(3)
-    truth = exact_elbo_terms(model, guide, x0).elbo.sum().item()
+    truth = _exact(model, x0).elbo.sum().item()
     loss = DiffusionELBO(num_particles=20)
     _agrees(_repeat(lambda: -loss.loss(model, guide, x0), 100), truth)
-    assert truth <= exact_log_evidence(model, x0).sum().item()
+    assert truth <= reference.evidence(reference.from_model(model), x0).sum().item()
 
 
+@pytest.mark.slow
 def test_diffusion_elbo_gradient_is_unbiased():
     model, guide, x0 = _near_oracle(4)
     params = list(model.parameters())
-    exact = exact_elbo_terms(model, guide, x0).elbo.sum()
+    exact = _exact(model, x0, detach=False).elbo.sum()
     true_grads = torch.autograd.grad(-exact, params)
     loss_fn = DiffusionELBO(num_particles=10)(model, guide)
     draws = []
@@ -163,12 +173,15 @@ def test_diffusion_elbo_gradient_is_unbiased():
     assert torch.all(truth[~live].abs() < 1e-12)
     z = (draws.mean(0) - truth)[live] / se[live]
     assert z.abs().max() < 5.0, z.abs().max()  # ~60 coordinates; P(max |z| > 5) < 1e-4
-    assert (draws.mean(0) - truth).norm() < 0.2 * truth.norm()
+    # the whole vector at once: for an unbiased estimator ‖mean − truth‖² / Σ SE² is about
+    # χ²_k / k with k ≈ 60 (≈ 1 ± 0.18); it exceeds 4 with probability below 1e-20
+    assert (draws.mean(0) - truth).norm() < 2 * se.norm()
 
 
+@pytest.mark.slow
 def test_elbo_terms_are_unbiased_term_by_term():
     model, guide, x0 = _near_oracle(5)
-    exact = exact_elbo_terms(model, guide, x0)
+    exact = _exact(model, x0)
     draws = [elbo_terms(model, guide, x0) for _ in range(300)]
     for name in ("reconstruction", "diffusion", "prior"):
         got = torch.stack([getattr(d, name) for d in draws])
@@ -184,6 +197,7 @@ def test_elbo_terms_chunking_does_not_change_the_terms():
     assert torch.allclose(a.elbo, b.elbo, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_iwae_rises_towards_the_evidence():
     model, guide, x0 = _near_oracle(7)
     evidence = exact_log_evidence(model, x0).sum().item()

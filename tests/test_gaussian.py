@@ -1,6 +1,7 @@
 """Closed-form identities of the forward process, at random points."""
 
 import pytest
+import reference
 import torch
 
 from pyrodiff import Parameterization, linear_schedule
@@ -12,7 +13,6 @@ from pyrodiff.gaussian import (
     predict_x0,
     q_marginal,
     q_posterior,
-    q_posterior_mean_coefs,
     q_sample,
     q_step,
     reverse_mean_coefs,
@@ -71,6 +71,9 @@ def test_prediction_conversions_round_trip(sched):
     assert torch.allclose(eps_from_x0(sched, x_t, t, x0), eps, atol=1e-9)
     assert torch.allclose(x0_from_eps(sched, x_t, t, eps), x0, atol=1e-9)
     v = v_from_x0(sched, x_t, t, x0)
+    # v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 by definition, written here from ᾱ_t
+    ab = sched.alpha_bar[t][:, None]
+    assert torch.allclose(v, ab.sqrt() * eps - (1 - ab).sqrt() * x0, atol=1e-9)
     assert torch.allclose(x0_from_v(sched, x_t, t, v), x0, atol=1e-9)
     for p, out in (
         (Parameterization.EPSILON, eps),
@@ -88,9 +91,15 @@ def test_reverse_mean_coefs_fold_the_x0_prediction_into_the_posterior_mean(sched
     x_t, y = torch.randn(2, 40, 3)
     t = torch.arange(1, 21).repeat(2)
     a, b = reverse_mean_coefs(p, sched, t, x_t)
-    x0_hat = predict_x0(p, sched, x_t, t, y)
-    c0, ct = q_posterior_mean_coefs(sched, t, x_t)
-    expected = torch.where((t == 1)[:, None], x0_hat, c0 * x0_hat + ct * x_t)
+    # x̂_0 and the posterior-mean coefficients written from ᾱ_t alone (tests/reference.py)
+    ab = sched.alpha_bar[t][:, None]
+    x0_hat = {
+        Parameterization.EPSILON: (x_t - (1 - ab).sqrt() * y) / ab.sqrt(),
+        Parameterization.X0: y,
+        Parameterization.V: ab.sqrt() * x_t - (1 - ab).sqrt() * y,
+    }[p]
+    c0, ct, _ = torch.tensor([reference.posterior_coefs(sched.alpha_bar, s) for s in t.tolist()]).T
+    expected = torch.where((t == 1)[:, None], x0_hat, c0[:, None] * x0_hat + ct[:, None] * x_t)
     assert torch.allclose(a * x_t + b * y, expected, atol=1e-9, rtol=1e-9)
     a7, b7 = reverse_mean_coefs(p, sched, 7, x_t)
     at7 = t == 7
@@ -102,14 +111,20 @@ def test_reverse_mean_coefs_fold_the_x0_prediction_into_the_posterior_mean(sched
         assert torch.allclose(b.flatten(), -be / (al * om).sqrt(), rtol=1e-12)
 
 
-def test_coef_rows_reads_each_row_as_coef_does():
+def test_coef_and_coef_rows_read_the_table_at_t():
+    """Against plain indexing: row k at a per-datum t is table[k, t] shaped (batch, 1, 1); at an
+    int t it is the 0-d table[k, t]."""
     table = torch.randn(3, 21)
     like = torch.zeros(5, 2, 4)
-    for t in (torch.tensor([1, 7, 7, 20, 3]), 7):
-        rows = coef_rows(table, t, like)
-        assert len(rows) == 3
-        for row, expected in zip(rows, (coef(r, t, like) for r in table), strict=True):
-            assert row.shape == expected.shape and torch.equal(row, expected)
+    t = torch.tensor([1, 7, 7, 20, 3])
+    rows = coef_rows(table, t, like)
+    assert len(rows) == 3
+    for k, row in enumerate(rows):
+        assert row.shape == (5, 1, 1)
+        assert torch.equal(row.flatten(), torch.stack([table[k, s] for s in t.tolist()]))
+        assert torch.equal(coef(table[k], t, like), row)
+        assert torch.equal(coef_rows(table, 7, like)[k], table[k, 7])
+        assert coef(table[k], 7, like).dim() == 0
 
 
 def test_posterior_at_t1_is_refused(sched):

@@ -69,7 +69,10 @@ def test_bounds_below_the_exact_evidence_of_a_linear_hvae(structure):
     assert (((iwae.values - evidence) / iwae.mc_stderr) < 4).all()
     # importance weighting closes part of the gap, far beyond its noise
     lift = iwae.mean - elbo.mean
-    assert lift > 4 * math.hypot(iwae.mc_stderr_of_mean, elbo.mc_stderr_of_mean)
+    se = math.hypot(iwae.mc_stderr_of_mean, elbo.mc_stderr_of_mean)
+    assert lift > 4 * se
+    # and no more than the whole gap: IWAE-K ≤ log p, so the lift is at most log p − ELBO
+    assert lift < evidence.mean().item() - elbo.mean + 4 * se
 
 
 def test_per_layer_terms_add_up_and_start_at_zero_prior_kl():
@@ -97,6 +100,8 @@ def test_joint_training_raises_the_bound_on_quantised_data():
             loss_fn(x0).backward()
             opt.step()
     after = elbo_estimate(model, guide, x0, 50)
+    # one-sided on purpose: the claim is that joint training raises the bound beyond its
+    # noise; how far 30 steps go depends on the optimiser, and this model has no exact evidence
     assert after.mean - before.mean > 4 * math.hypot(
         before.mc_stderr_of_mean, after.mc_stderr_of_mean
     )

@@ -3,6 +3,7 @@ moved, trainable by DiffusionELBO, and its variance option routes the right grad
 
 import pyro
 import pytest
+import reference
 import torch
 from pyro import poutine
 from test_bounds import data, linear_gaussian_model
@@ -15,6 +16,7 @@ from pyrodiff.infer import (
     elbo_estimate,
     elbo_terms,
     exact_elbo_terms,
+    exact_log_evidence,
     prior_kl,
     step_terms,
 )
@@ -113,7 +115,14 @@ def test_moved_schedule_elbo_matches_the_literal_chain_in_expectation():
     # equals Trace_ELBO's average over the literal chain
     model, x0 = linear_gaussian_model(T=5), data(8)
     guide = LearnedScheduleGuide(_random_schedule(5))
-    exact = exact_elbo_terms(model, guide, x0).elbo
+    exact = exact_elbo_terms(model, guide, x0)
+    # the library's closed form against the reference written from the two ᾱ tables alone
+    ab_q = guide.schedule.alpha_bar.detach()
+    ref = reference.elbo_terms(reference.from_model(model), ab_q, x0)
+    torch.testing.assert_close(exact.per_step_loss[:, 1:], ref.diffusion, atol=1e-9, rtol=0)
+    torch.testing.assert_close(exact.reconstruction, ref.reconstruction, atol=1e-9, rtol=0)
+    torch.testing.assert_close(exact.prior, ref.prior, atol=1e-9, rtol=0)
+    exact = exact.elbo
     est = elbo_estimate(model, guide, x0, num_samples=400)  # traces of the literal chain
     assert ((est.values - exact).abs() < 4.5 * est.mc_stderr).all()
 
@@ -130,7 +139,10 @@ def test_diffusion_elbo_trains_the_schedule_and_leaves_a_fixed_model_alone():
         loss_fn(x0).backward()
         opt.step()
     after = exact_elbo_terms(model, guide, x0).elbo.mean().item()
-    assert after > first + 0.1  # a moved q tightens the bound of this (loose) model
+    # a moved q tightens the bound of this (loose) model. Both values are exact (no Monte
+    # Carlo noise), so any rise is real and no margin is needed; the evidence bounds it above
+    evidence = exact_log_evidence(model, x0).mean().item()
+    assert first < after <= evidence
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
 

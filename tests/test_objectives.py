@@ -4,6 +4,7 @@ import math
 
 import pyro
 import pytest
+import reference
 import torch
 from pyro.infer import SVI
 
@@ -17,7 +18,7 @@ from pyrodiff import (
 )
 from pyrodiff.errors import ConfigError, DataError
 from pyrodiff.gaussian import v_from_x0
-from pyrodiff.infer import DiffusionELBO, exact_elbo_terms
+from pyrodiff.infer import DiffusionELBO
 from pyrodiff.infer.objectives import HybridLoss, SimpleLoss, simple_weights
 from pyrodiff.infer.timesteps import (
     ImportanceTimesteps,
@@ -112,6 +113,13 @@ def _repeat(objective, model, guide, x0, repeats):
     return v.mean().item(), v.std().item() / math.sqrt(repeats)
 
 
+def _exact(model, x):
+    """(ELBO, log evidence), means over the data, from tests/reference.py (written from ᾱ_t)."""
+    lg, x = reference.from_model(model), x.cpu()
+    elbo = reference.elbo_terms(lg, model.schedule.alpha_bar.cpu(), x).elbo.mean().item()
+    return elbo, reference.evidence(lg, x).mean().item()
+
+
 def _linear_model(variance=ReverseVariance.BETA, T=10, D=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     sched = linear_schedule(T)
@@ -154,12 +162,14 @@ def test_every_objective_trains_through_svi_and_as_a_module(make_loss, device):
     model.to(device)
     guide.to(device)
     x = (0.5 * torch.randn(32, 2) + 1.0).to(device)
-    before = exact_elbo_terms(model, guide, x).elbo.mean().item()
+    before, _ = _exact(model, x)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), loss=make_loss())
     for _ in range(40):
         svi.step(x)
-    after_svi = exact_elbo_terms(model, guide, x).elbo.mean().item()
-    assert after_svi > before
+    after_svi, evidence = _exact(model, x)
+    # the bound rises (L_simple trains the mean, whose optimum is the bound's for t ≥ 2) and,
+    # being a bound, stays below the trained model's exact evidence
+    assert before < after_svi <= evidence + 1e-9
 
     model2, guide2 = _linear_model(ReverseVariance.PER_STEP, T=5)
     model2.to(device)
@@ -172,7 +182,8 @@ def test_every_objective_trains_through_svi_and_as_a_module(make_loss, device):
         opt.zero_grad()
         loss_fn(x).backward()
         opt.step()
-    assert exact_elbo_terms(model2, guide2, x).elbo.mean().item() > before
+    after, evidence = _exact(model2, x)
+    assert before < after <= evidence + 1e-9
 
 
 def test_hybrid_value_is_simple_plus_lambda_times_bound():
@@ -234,4 +245,9 @@ def test_sampler_variance_quick_is_consistent_with_the_exact_bound():
         rows = _example().main(["--sampler-variance", "--quick"])["sampler_variance"]
     finally:
         torch.set_num_threads(old)
-    assert len(rows) == 5 and all(r["variance"] > 0 and math.isfinite(r["z"]) for r in rows)
+    assert len(rows) == 5 and all(r["variance"] > 0 for r in rows)
+    # z = (mean − exact) / SE over R = 10 repeats (the quick setting): Student's t with 9
+    # degrees of freedom for an unbiased sampler, P(|t_9| > 6) = 2e-4 per row, 1e-3 for all
+    # five; a sampler biased by even a fraction of a nat per datum gives |z| in the hundreds
+    for r in rows:
+        assert abs(r["z"]) < 6.0, r
