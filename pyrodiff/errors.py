@@ -17,7 +17,15 @@ class DataError(PyrodiffError, ValueError):
 
 
 class ConfigError(PyrodiffError, ValueError):
-    """A schedule, network or option is invalid (T < 1, β outside (0, 1), unknown option…)."""
+    """A schedule, network or option is invalid (T < 1, β outside (0, 1), unknown option…).
+
+    ``fields`` names the configuration fields the message is about (in the words it uses), so
+    that the command line can say them as the flags the user typed (``num_steps`` → ``--T``).
+    """
+
+    def __init__(self, message: str = "", *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
 
 
 class ModelMismatchError(PyrodiffError, ValueError):

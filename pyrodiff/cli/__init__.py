@@ -8,12 +8,13 @@ traceback. See ``docs/cli.md``.
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 from collections.abc import Sequence
 
-from ..errors import PyrodiffError
-from .parser import UsageError, build_parser
+from ..errors import ConfigError, PyrodiffError
+from .parser import UsageError, build_parser, flag_for
 
 __all__ = ["main", "UsageError"]
 
@@ -22,8 +23,21 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+def _as_flags(text: str, fields: tuple[str, ...]) -> str:
+    """``text`` with the configuration fields it names said as the flags that set them."""
+    for name in fields:
+        try:
+            flag = flag_for(name)
+        except KeyError:
+            continue
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, text)
+    return text
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
+    if isinstance(exc, ConfigError) and exc.fields:
+        text = _as_flags(text, exc.fields)
     if isinstance(exc, PyrodiffError):
         return text or type(exc).__name__
     if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):

@@ -17,15 +17,17 @@ from ..validation import check_data
 from .options import LRSchedule, Precision
 from .rng import capture_rng, restore_rng
 
-__all__ = ["TrainData", "check_options", "resolve_data", "create_lazy_params", "param_dtype"]
+__all__ = ["TrainData", "check_options", "resolve_data", "create_lazy_params"]
 
 
 @dataclass(frozen=True)
 class TrainData:
-    """The tensors fit works on, on the training device and in the parameters' dtype."""
+    """The tensors fit works on, on the training device and in the parameters' dtype:
+    ``validation`` is evaluated during training, ``test`` once at the end."""
 
     train: Tensor
-    eval: Tensor | None
+    validation: Tensor | None
+    test: Tensor | None
     num_levels: int | None
 
 
@@ -42,7 +44,7 @@ def _number(value: Any) -> bool:
 
 def check_options(
     *,
-    steps: Any,
+    updates: Any,
     batch_size: Any,
     lr: Any,
     lr_schedule: Any,
@@ -62,7 +64,7 @@ def check_options(
 ) -> None:
     """Raise :class:`ConfigError` (one line: what is wrong, what was expected) for a bad option."""
     for name, value in (
-        ("steps", steps),
+        ("updates", updates),
         ("batch_size", batch_size),
         ("log_every", log_every),
         ("eval_batch_budget", eval_batch_budget),
@@ -87,10 +89,10 @@ def check_options(
     if warmup_steps is not None and (
         isinstance(warmup_steps, bool)
         or not isinstance(warmup_steps, int)
-        or not 0 <= warmup_steps <= steps
+        or not 0 <= warmup_steps <= updates
     ):
         raise ConfigError(
-            f"warmup_steps must be an integer in [0, steps={steps}], got {warmup_steps!r}"
+            f"warmup_steps must be an integer in [0, updates={updates}], got {warmup_steps!r}"
         )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
@@ -106,15 +108,6 @@ def check_options(
             raise ConfigError(f"config must be JSON-able (plain values only): {exc}") from None
 
 
-def param_dtype(*modules: nn.Module) -> torch.dtype:
-    """The floating dtype of the first parameter found (the default dtype if none)."""
-    for m in modules:
-        for p in m.parameters():
-            if p.is_floating_point():
-                return p.dtype
-    return torch.get_default_dtype()
-
-
 def resolve_data(
     model: nn.Module,
     data: Dataset | Tensor,
@@ -124,22 +117,25 @@ def resolve_data(
     dtype: torch.dtype,
     shard: Tensor | None = None,
 ) -> TrainData:
-    """Check the data against the model and move it; ``shard`` selects this rank's indices."""
+    """Check the data against the model and move it; ``shard`` selects this rank's indices.
+    ``eval_data`` replaces the validation split."""
     if isinstance(data, Dataset):
-        train, test, levels = data.train, data.test, data.num_levels
+        train, validation, test = data.train, data.validation, data.test
+        levels = data.num_levels
     elif isinstance(data, Tensor):
-        train, test, levels = data, None, None
+        train, validation, test, levels = data, None, None, None
     else:
         raise DataError(
             f"data must be a pyrodiff.data.Dataset or a torch.Tensor, got {type(data).__name__}"
         )
     if eval_data is not None:
-        test = eval_data
+        validation = eval_data
     event_shape = getattr(model, "event_shape", None) or tuple(train.shape[1:])
     likelihood = getattr(model, "likelihood", None)
     check_data(train, tuple(event_shape), likelihood, name="training data")
-    if test is not None:
-        check_data(test, tuple(event_shape), likelihood, name="evaluation data")
+    for name, held_out in (("validation data", validation), ("test data", test)):
+        if held_out is not None:
+            check_data(held_out, tuple(event_shape), likelihood, name=name)
     if shard is not None:
         train = train[shard]
     if batch_size > train.shape[0]:
@@ -149,7 +145,12 @@ def resolve_data(
             f"expected at most {train.shape[0]}"
         )
     to = {"device": device, "dtype": dtype}
-    return TrainData(train.to(**to), test.to(**to) if test is not None else None, levels)
+    return TrainData(
+        train.to(**to),
+        validation.to(**to) if validation is not None else None,
+        test.to(**to) if test is not None else None,
+        levels,
+    )
 
 
 def create_lazy_params(
