@@ -34,7 +34,7 @@ from pyrodiff.likelihoods import DiscretizedGaussianLikelihood
 from pyrodiff.networks import MLPDenoiser
 
 TINY = [
-    "--data", "eight_gaussians", "--T", "3", "--width", "8", "--depth", "1", "--steps", "2",
+    "--data", "eight_gaussians", "--T", "3", "--width", "8", "--depth", "1", "--updates", "2",
     "--batch-size", "8", "--warmup-steps", "0", "--no-progress", "--threads", "1",
 ]  # fmt: skip
 
@@ -88,19 +88,25 @@ def _npy(tmp_path: Path, array, name="data.npy") -> str:
 
 TRAIN_CASES = [
     (["--frobnicate", "1"], ["unrecognized arguments", "--frobnicate"]),
-    (["--objective", "adam"], ["unknown objective 'adam'", "trace_elbo"]),
+    (["--objective", "adam"], ["unknown --objective 'adam'", "trace_elbo"]),
     (["--schedule", "quadratic"], ["linear, cosine"]),
     (["--T", "ten"], ["--T expects an integer", "'ten'"]),
-    (["--T", "0"], ["num_steps must be an integer >= 1"]),
+    # errors name the flag the user typed, not the field behind it (num_steps)
+    (["--T", "0"], ["--T must be an integer >= 1"]),
+    (["--depth", "0"], ["--depth must be an integer >= 1"]),
+    (["--updates", "5", "--warmup-steps", "9"], ["--warmup-steps (9)", "--updates (5)"]),
+    (["--eval-every", "-1"], ["--eval-every must be an integer >= 0"]),
     (["--lr", "-1"], ["lr must be a finite number > 0"]),
     (["--lr", "nan"], ["lr must be a finite number > 0"]),
-    (["--ema-decay", "1.5"], ["ema_decay must lie in [0, 1)"]),
-    (["--batch-size", "0"], ["batch_size must be an integer >= 1"]),
+    (["--ema-decay", "1.5"], ["--ema-decay must lie in [0, 1)"]),
+    (["--batch-size", "0"], ["--batch-size must be an integer >= 1"]),
     (["--data", "mnist"], ["unknown data set 'mnist'", "digits"]),
     (["--data", "/nonexistent/x.npy"], ["x.npy"]),
-    (["--guide", "learned"], ["objective elbo needs a guide with closed-form"]),
+    (["--guide", "learned", "--objective", "elbo"], ["objective elbo needs a guide with closed"]),
+    (["--model", "hvae", "--guide", "fixed"], ["model hvae needs guide learned"]),
+    (["--model", "hvae", "--objective", "elbo"], ["model hvae trains with objective trace_elbo"]),
     (["--objective", "hybrid", "--variance", "beta"], ["learned_range"]),
-    (["--device", "tpu"], ["unknown device 'tpu'"]),
+    (["--device", "tpu"], ["unknown --device 'tpu'"]),
     (["--parameterization", "score"], ["epsilon, x0, v"]),
 ]
 
@@ -175,7 +181,7 @@ def test_failure_in_training_leaves_no_half_written_folder(tmp_path):
         [
             "train",
             *TINY,
-            *"--lr 1e30 --grad-clip off --steps 50 --checkpoint-every off".split(),
+            *"--lr 1e30 --grad-clip off --updates 50 --checkpoint-every off".split(),
             "--out",
             str(out),
         ],
@@ -282,7 +288,10 @@ def test_config_json_with_an_unknown_key(run_copy):
     "argv, words",
     [
         (["--sampler", "euler"], ["unknown sampler 'euler'", "ancestral, strided, ddim"]),
-        (["--sampler", "ddim", "--steps", "99"], ["--steps must be an integer in 1..T = 3"]),
+        (
+            ["--sampler", "ddim", "--sampler-steps", "99"],
+            ["--sampler-steps must be an integer in 1..T = 3"],
+        ),
         (["--num", "0"], ["--num must be >= 1"]),
         (["--eta", "-1"], ["--eta"]),
         (["--out", "samples.txt"], [".npy"]),
@@ -293,7 +302,7 @@ def test_bad_sampling_options(trained, argv, words):
 
 
 def test_evaluate_unknown_split(trained):
-    assert_one_line_error(["evaluate", str(trained), "--split", "validation"], "test, train")
+    assert_one_line_error(["evaluate", str(trained), "--split", "valid"], "train, validation, test")
 
 
 def test_compare_something_that_is_not_a_run(trained, tmp_path):

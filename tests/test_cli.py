@@ -23,7 +23,7 @@ from pyrodiff.train.history import History
 
 TINY = [
     "--data", "eight_gaussians", "--T", "4", "--width", "16", "--depth", "1",
-    "--steps", "12", "--batch-size", "32", "--warmup-steps", "2", "--ema-decay", "0.8",
+    "--updates", "12", "--batch-size", "32", "--warmup-steps", "2", "--ema-decay", "0.8",
     "--checkpoint-every", "6", "--no-progress", "--threads", "1",
 ]  # fmt: skip
 
@@ -60,7 +60,7 @@ def test_train_writes_a_complete_run_folder(run, capsys):
         "figures",
     }
     cfg = RunConfig.from_json(run)
-    assert (cfg.data, cfg.num_steps, cfg.width, cfg.steps, cfg.ema_decay) == (
+    assert (cfg.data, cfg.num_steps, cfg.width, cfg.updates, cfg.ema_decay) == (
         "eight_gaussians",
         4,
         16,
@@ -125,8 +125,8 @@ def test_evaluate_iwae_is_at_least_the_elbo_in_expectation(run):
     "args, name",
     [
         ([], "samples-ancestral.npy"),
-        (["--sampler", "strided", "--steps", "2"], "samples-strided2.npy"),
-        (["--sampler", "ddim", "--steps", "3", "--eta", "0"], "samples-ddim3-eta0.npy"),
+        (["--sampler", "strided", "--sampler-steps", "2"], "samples-strided2.npy"),
+        (["--sampler", "ddim", "--sampler-steps", "3", "--eta", "0"], "samples-ddim3-eta0.npy"),
     ],
 )
 def test_sample_writes_npy_and_png_and_is_reproducible(run, args, name):
@@ -144,7 +144,7 @@ def test_sample_writes_npy_and_png_and_is_reproducible(run, args, name):
 
 def test_sample_digits_writes_integer_levels(tmp_path):
     out = tmp_path / "d"
-    argv = ["train", "--T", "2", "--width", "8", "--steps", "1", "--batch-size", "4",
+    argv = ["train", "--T", "2", "--width", "8", "--updates", "1", "--batch-size", "4",
             "--warmup-steps", "0", "--no-progress", "--threads", "1", "--out", str(out),
             "--eval-batch-budget", "4096"]  # fmt: skip
     assert main(argv) == 0

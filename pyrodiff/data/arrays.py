@@ -79,9 +79,7 @@ def load_array(
     else:
         train = _check(train, f"{path}['train']", num_levels)
         test = _check(test, f"{path}['test']", num_levels)
-        if validation is None:
-            train, validation = _split(train, (validation_fraction,), gen, path)
-        else:
+        if validation is not None:
             validation = _check(validation, f"{path}['validation']", num_levels)
         for label, other in (("test", test), ("validation", validation)):
             if other is not None and train.shape[1:] != other.shape[1:]:
@@ -89,6 +87,8 @@ def load_array(
                     f"{path}: train and {label} must share a datum shape, got "
                     f"{train.shape[1:]} and {other.shape[1:]}"
                 )
+        if validation is None:
+            train, validation = _split(train, (validation_fraction,), gen, path)
     if num_levels is None:
         _hint_quantised(train, path)
     dtype = dtype or torch.get_default_dtype()
@@ -106,7 +106,7 @@ def _hint_quantised(a: np.ndarray, path: Path) -> None:
     trained as continuous values get a bound in nats of a density, not bits of the levels."""
     integral = a.dtype.kind in "iu" or bool((a == np.round(a)).all())
     lo, hi = a.min(), a.max()
-    if integral and lo >= 0 and hi >= 1:
+    if integral and lo >= 0 and hi > lo:
         levels = int(hi) + 1
         warnings.warn(
             f"{path}: every value is an integer in [{lo:g}, {hi:g}]: the data looks quantised; "
@@ -198,6 +198,8 @@ def _split(a: np.ndarray, fractions: tuple[float, ...], gen: torch.Generator, pa
             f"{path}: {n} data cannot be split by the fraction(s) {given}: expected at least "
             "one datum in training and in each held-out split"
         )
+    if not any(sizes):
+        return (a, *(None for _ in sizes))  # nothing held out: the rows keep their order
     perm = torch.randperm(n, generator=gen).numpy()
     parts, start = [], 0
     for k in sizes:
