@@ -153,6 +153,32 @@ def test_bad_data_files(tmp_path, array, extra, words):
     assert not out.exists()
 
 
+def test_a_text_file_named_npy_is_called_a_text_file(tmp_path):
+    path = tmp_path / "points.npy"
+    np.savetxt(path, np.random.default_rng(0).normal(size=(20, 2)))
+    line = assert_one_line_error(
+        ["train", *TINY, "--data", str(path), "--out", str(tmp_path / "r")], "numpy.loadtxt"
+    )
+    assert "pickl" not in line
+
+
+def test_integer_data_without_num_levels_gets_a_hint(tmp_path):
+    path = _npy(tmp_path, np.arange(600).reshape(300, 2) % 300)
+    status, _, err = run_cli(["train", *TINY, "--data", path, "--dry-run"])
+    assert status == 0 and "looks quantised" in err and "--num-levels 300" in err
+    # with --num-levels the data is what it says: no hint
+    status, _, err = run_cli(["train", *TINY, "--data", path, "--num-levels", "300", "--dry-run"])
+    assert status == 0 and "quantised" not in err
+
+
+def test_errors_name_the_flag_not_the_field_behind_it(tmp_path):
+    line = assert_one_line_error(["train", *TINY, "--T", "0", "--out", str(tmp_path / "r")])
+    assert "--T must be" in line and "num_steps" not in line
+    line = assert_one_line_error(["train", *TINY, "--num-steps", "0"], "--T must be")
+    line = assert_one_line_error(["train", "--resume", "x", "--T", "3"], "--T")
+    assert "--num-steps" not in line and "num_steps" not in line
+
+
 def test_an_object_array_is_never_unpickled(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.npy"
@@ -189,6 +215,16 @@ def test_failure_in_training_leaves_no_half_written_folder(tmp_path):
     )
     assert "learning rate" in line or "lr" in line
     assert not out.exists()
+    # --out was given: the message says why there is no checkpoint, not to pass a run_dir
+    assert "pass run_dir" not in line and f"no checkpoint was written to {out}" in line
+    assert "only at the end" in line
+
+
+def test_divergence_before_the_first_checkpoint_says_when_it_was_due(tmp_path):
+    out = tmp_path / "run"
+    flags = "--lr 1e30 --grad-clip off --updates 50 --checkpoint-every 40".split()
+    line = assert_one_line_error(["train", *TINY, *flags, "--out", str(out)], "non-finite")
+    assert "pass run_dir" not in line and "the first was due after update 40" in line
 
 
 def test_no_subcommand_with_an_unknown_flag():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from ..errors import ConfigError, PyrodiffError
@@ -56,9 +57,21 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"pyrodiff: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv`` (``sys.argv[1:]`` by default); return the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the command line ``argv`` (``sys.argv[1:]`` by default); return the exit status.
+    Warnings (data that looks quantised, a deprecated name) are one line each on stderr."""
+    with warnings.catch_warnings():
+        # pyrodiff's own deprecations are for the user to see (Python hides them by default)
+        warnings.filterwarnings("default", category=DeprecationWarning, module=r"pyrodiff\b")
+        warnings.showwarning = _show_warning
+        return _main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)

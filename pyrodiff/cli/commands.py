@@ -77,7 +77,8 @@ def _choices_line(config: RunConfig) -> str | None:
     diffusion default (whose choices are the documented defaults)."""
     if config.model is ModelKind.DIFFUSION and config.guide.value == "fixed":
         return None
-    chosen = [name for name in _SAID_CHOICES if name in config.chosen_fields]
+    said = _SAID_CHOICES if config.model is ModelKind.HVAE else ("guide", "objective")
+    chosen = [name for name in said if name in config.chosen_fields]
     if not chosen:
         return None
     values = {"guide": config.guide.value, "objective": config.objective.value}
