@@ -517,3 +517,27 @@ def test_learning_rate_stays_within_zero_and_the_base_rate(schedule, total, data
     assert 0.0 <= lr <= 0.3
     if warmup and step < warmup:
         assert lr == pytest.approx(0.3 * (step + 1) / warmup)
+
+
+# --- chunked copies of a batch (pyrodiff.infer.chunks) -------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 7),
+    copies=st.integers(1, 20),
+    budget=st.integers(1, 60),
+    dims=st.integers(1, 3),
+)
+def test_repeated_chunks_are_the_repeated_batch_within_the_budget(n, copies, budget, dims):
+    from pyrodiff.infer.chunks import repeated_chunks
+
+    x0 = torch.randn((n,) + (2,) * dims)
+    chunks = list(repeated_chunks(x0, copies, budget))
+    assert torch.equal(torch.cat([c.x for c in chunks]), x0.repeat((copies,) + (1,) * dims))
+    assert [c.start for c in chunks] == [
+        sum(c.size for c in chunks[:i]) for i in range(len(chunks))
+    ]
+    # each chunk holds at most the budget's rows, or one copy when the budget is below N
+    assert all(c.size * n <= max(budget, n) and c.x.shape[0] == c.size * n for c in chunks)
+    assert all(c.size == max(1, budget // n) for c in chunks[:-1])
