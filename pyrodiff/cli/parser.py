@@ -132,6 +132,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 type=_number(int, False, "--steps"),
                 action=_DeprecatedAlias,
                 new="--updates",
+                metavar="N",
                 help="deprecated name of --updates",
             )
 
@@ -271,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, False, "--steps"),
         action=_DeprecatedAlias,
         new="--sampler-steps",
+        metavar="S",
         help="deprecated name of --sampler-steps",
     )
     p.add_argument(
