@@ -34,7 +34,7 @@ from .data.registry import dataset_names
 from .errors import ConfigError
 from .gaussian import Parameterization
 from .models.diffusion import ReverseVariance
-from .train.options import LRSchedule, Precision
+from .train.options import LRSchedule, Precision, default_warmup
 
 __all__ = [
     "CONFIG_NAME",
@@ -296,9 +296,7 @@ class RunConfig:
         if "num_steps" in self._auto:
             chosen["num_steps"] = HVAE_NUM_STEPS if hvae else DIFFUSION_NUM_STEPS
         if "warmup_steps" in self._auto:
-            # fit's own default; at least one update is left after the warm-up
-            warm = max(1, self.updates // 20) if self.lr_schedule is LRSchedule.WARMUP_COSINE else 0
-            chosen["warmup_steps"] = min(warm, self.updates - 1)
+            chosen["warmup_steps"] = default_warmup(self.lr_schedule, self.updates)
         if "eval_every" in self._auto:
             chosen["eval_every"] = max(MIN_EVAL_EVERY, self.updates // 5)
         if "checkpoint_every" in self._auto:
@@ -586,7 +584,8 @@ def load_data(config: RunConfig, dtype=None):
     if config.num_levels is not None:
         if not config.data.lower().endswith((".npy", ".npz")):
             raise ConfigError(
-                f"num_levels applies to a .npy/.npz file, not the built-in data set {config.data!r}"
+                f"num_levels applies to a .npy/.npz file, not the built-in data set {config.data!r}",
+                fields=("num_levels",),
             )
         kwargs["num_levels"] = config.num_levels
     return get_dataset(config.data, **kwargs)
@@ -728,7 +727,8 @@ def build(config: RunConfig, dataset=None, dtype=None) -> Built:
 
         raise DataError(
             f"batch_size {config.batch_size} is larger than the {n_train} training data of "
-            f"{dataset.name!r}; expected batch_size <= {n_train}"
+            f"{dataset.name!r}; expected batch_size <= {n_train}",
+            fields=("batch_size",),
         )
     # the initial weights are a function of the configuration (its seed), so config.json is
     # enough to rerun a run; the caller's random stream is left as it was

@@ -9,15 +9,7 @@ from __future__ import annotations
 
 
 class PyrodiffError(Exception):
-    """Base class of every error pyrodiff raises on purpose."""
-
-
-class DataError(PyrodiffError, ValueError):
-    """Data has the wrong shape, dtype, range or contains non-finite values."""
-
-
-class ConfigError(PyrodiffError, ValueError):
-    """A schedule, network or option is invalid (T < 1, β outside (0, 1), unknown option…).
+    """Base class of every error pyrodiff raises on purpose.
 
     ``fields`` names the configuration fields the message is about (in the words it uses), so
     that the command line can say them as the flags the user typed (``num_steps`` → ``--T``).
@@ -26,6 +18,14 @@ class ConfigError(PyrodiffError, ValueError):
     def __init__(self, message: str = "", *, fields: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.fields = tuple(fields)
+
+
+class DataError(PyrodiffError, ValueError):
+    """Data has the wrong shape, dtype, range or contains non-finite values."""
+
+
+class ConfigError(PyrodiffError, ValueError):
+    """A schedule, network or option is invalid (T < 1, β outside (0, 1), unknown option…)."""
 
 
 class ModelMismatchError(PyrodiffError, ValueError):

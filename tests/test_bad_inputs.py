@@ -137,7 +137,7 @@ def test_cuda_where_there_is_none(tmp_path):
         (np.full((20, 2), 7), ["--num-levels", "4"], ["0", "3"]),
         (np.full((20, 2), 1.5), ["--num-levels", "4"], ["integer"]),
         (np.array([["a", "b"]] * 20), [], ["dtype"]),
-        (np.zeros((20, 2)), ["--batch-size", "64"], ["batch_size 64"]),
+        (np.zeros((20, 2)), ["--batch-size", "64"], ["--batch-size 64"]),
     ],
     ids="nan inf empty 1-d levels-out-of-range levels-not-integer strings batch-too-large".split(),
 )

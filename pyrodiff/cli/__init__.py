@@ -14,7 +14,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from ..errors import ConfigError, PyrodiffError
+from ..errors import PyrodiffError
 from .parser import UsageError, build_parser, flag_for
 
 __all__ = ["main", "UsageError"]
@@ -37,7 +37,7 @@ def _as_flags(text: str, fields: tuple[str, ...]) -> str:
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    if isinstance(exc, ConfigError) and exc.fields:
+    if isinstance(exc, PyrodiffError) and exc.fields:
         text = _as_flags(text, exc.fields)
     if isinstance(exc, PyrodiffError):
         return text or type(exc).__name__

@@ -35,7 +35,7 @@ from .ema import EMA
 from .evaluate import EVAL_SEED_OFFSET, evaluate_split
 from .guards import InterruptFlag, non_finite_error
 from .history import METRICS_NAME, History, MetricsWriter, RecordKind
-from .options import LRSchedule, Precision
+from .options import LRSchedule, Precision, default_warmup
 from .rng import capture_rng, restore_rng, seed_everything
 from .sampler import EpochSampler
 from .setup import TrainData, check_options, create_lazy_params, resolve_data
@@ -175,7 +175,7 @@ def fit(
             f"loss must be a Pyro ELBO instance (DiffusionELBO(), Trace_ELBO()…), got {loss!r}"
         )
     if warmup_steps is None:
-        warmup_steps = max(1, updates // 20) if lr_schedule is LRSchedule.WARMUP_COSINE else 0
+        warmup_steps = default_warmup(lr_schedule, updates)
     run = _set_up(
         model,
         guide,
