@@ -1,9 +1,9 @@
 """``fit``: stochastic variational inference on a (model, guide) pair, safe to interrupt.
 
-The parts a reader looks for, by name: :func:`_set_up` (options, data, state, resume),
-:func:`~pyrodiff.train.step.take_step` (one update and its guards), :class:`_Evaluations`
-(validation during training, the test split once at the end), :class:`_Checkpoints`, and the
-loop itself in :func:`_run`.
+The parts a reader looks for, by name: :func:`~pyrodiff.train.setup.set_up_run` (options,
+data, state, resume, the run folder), :func:`~pyrodiff.train.step.take_step` (one update and
+its guards), :class:`_Evaluations` (validation during training, the test split once at the
+end), :class:`_Checkpoints`, and the loop itself in :func:`_run`.
 """
 
 from __future__ import annotations
@@ -11,48 +11,27 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from pyro.infer import ELBO
 from torch import Tensor, nn
 
-from ..checkpoint import (
-    CHECKPOINT_NAME,
-    CONFIG_NAME,
-    check_model_config,
-    load_checkpoint,
-    save_checkpoint,
-)
+from ..checkpoint import CHECKPOINT_NAME, save_checkpoint
 from ..data import Dataset, Split
-from ..devices import param_dtype, resolve_device
-from ..distributed import DistributedContext, rank_seed, shard_indices, wrap_module
-from ..errors import CheckpointError, ConfigError
+from ..distributed import DistributedContext
+from ..errors import ConfigError
 from ..infer import DiffusionELBO
-from .ema import EMA
 from .evaluate import EVAL_SEED_OFFSET, evaluate_split
 from .guards import InterruptFlag, non_finite_error
-from .history import METRICS_NAME, History, MetricsWriter, RecordKind
+from .history import History, MetricsWriter, RecordKind
 from .options import LRSchedule, Precision, default_warmup
-from .rng import capture_rng, restore_rng, seed_everything
-from .sampler import EpochSampler
-from .setup import TrainData, check_options, create_lazy_params, resolve_data
-from .state import TrainState, stateful_parts
+from .rng import capture_rng, restore_rng
+from .setup import Run, RunRecord, check_options, set_up_run
 from .step import Divergence, Phase, take_step
 
 __all__ = ["RunRecord", "fit"]
-
-
-@runtime_checkable
-class RunRecord(Protocol):
-    """What ``fit(..., config=...)`` writes as ``run_dir/config.json`` so that every
-    ``pyrodiff`` command reads the folder: a :class:`pyrodiff.config.RunConfig`."""
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-    def to_json(self, path: str | Path | None = None) -> str: ...
 
 
 def fit(
@@ -176,7 +155,7 @@ def fit(
         )
     if warmup_steps is None:
         warmup_steps = default_warmup(lr_schedule, updates)
-    run = _set_up(
+    run = set_up_run(
         model,
         guide,
         data,
@@ -215,120 +194,6 @@ def fit(
             bar.close()
 
 
-# --- set-up -------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Run:
-    """What the set-up hands the loop: the state, the data and where things are written."""
-
-    ts: TrainState
-    data: TrainData
-    train_module: nn.Module
-    params: list[nn.Parameter]
-    device: torch.device
-    batch_size: int
-    is_main: bool
-    run_dir: Path | None
-    metrics_path: Path | None
-
-
-def _set_up(
-    model: nn.Module,
-    guide: nn.Module,
-    data: Dataset | Tensor,
-    loss: ELBO,
-    *,
-    updates: int,
-    batch_size: int,
-    lr: float,
-    lr_schedule: LRSchedule,
-    warmup_steps: int,
-    weight_decay: float,
-    ema_decay: float | None,
-    seed: int,
-    device: str | torch.device,
-    eval_data: Tensor | None,
-    run_dir: str | Path | None,
-    resume: bool,
-    config: RunRecord | dict[str, Any] | None,
-    record: RunRecord | None,
-    distributed: DistributedContext | None,
-) -> _Run:
-    """Place model, guide and data; build the optimizer, EMA and batch order; resume them from
-    the checkpoint when asked; prepare the run folder. Raises before anything is written."""
-    rank, is_main, run_seed, shard = 0, True, seed, None
-    if distributed is not None:
-        if not isinstance(distributed, DistributedContext):
-            raise ConfigError(
-                "distributed must be a pyrodiff.distributed.DistributedContext (from "
-                f"setup_distributed()), got {type(distributed).__name__}"
-            )
-        rank, is_main = int(distributed.rank), bool(distributed.is_main)
-        run_seed = rank_seed(seed, rank)
-        n = data.train.shape[0] if isinstance(data, Dataset) else len(data)
-        shard = shard_indices(n, rank, int(distributed.world_size))
-    dev = distributed.device if distributed is not None else resolve_device(device)
-    model.to(dev)
-    guide.to(dev)
-    d = resolve_data(model, data, eval_data, batch_size, dev, param_dtype(model, guide), shard)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
-    if run_dir is not None and not resume and ckpt_path.exists():
-        raise CheckpointError(
-            f"{run_dir} already holds a checkpoint: pass resume=True to continue that run, "
-            "or choose another run_dir"
-        )
-
-    seed_everything(run_seed)
-    loss_module = loss(model, guide)
-    stateful = stateful_parts(loss)
-    create_lazy_params(loss_module, d.train[:batch_size], stateful)
-    params = [p for p in loss_module.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("the model and guide have no trainable parameters: nothing to fit")
-    ts = TrainState(
-        model=model,
-        guide=guide,
-        optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
-        ema=EMA(loss_module, ema_decay) if ema_decay is not None else None,
-        sampler=EpochSampler(d.train.shape[0], batch_size, run_seed),
-        stateful=stateful,
-        lr_schedule={
-            "kind": lr_schedule.value,
-            "lr": float(lr),
-            "warmup_steps": int(warmup_steps),
-            "total_steps": int(updates),
-        },
-        model_config=model.config() if callable(getattr(model, "config", None)) else None,
-        config=record.to_dict() if record is not None else config,
-    )
-    train_module: nn.Module = loss_module
-    if distributed is not None:
-        train_module = wrap_module(loss_module, distributed)
-
-    if resume:
-        state = load_checkpoint(ckpt_path, map_location=dev)
-        check_model_config(state, ts.model_config, where=str(ckpt_path))
-        ts.restore(state, ckpt_path, streams=is_main)
-        if not is_main:
-            # the checkpoint holds rank 0's streams only: the others restart theirs from a seed
-            # of (seed, rank, step), distinct and reproducible but not those of an unbroken run
-            resumed_seed = rank_seed(seed + ts.step, rank)
-            seed_everything(resumed_seed)
-            ts.sampler = EpochSampler(d.train.shape[0], batch_size, resumed_seed)
-    metrics_path = None
-    if run_dir is not None and is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = run_dir / METRICS_NAME
-        if not resume:
-            metrics_path.unlink(missing_ok=True)  # a fresh run starts a fresh record
-        if record is not None and (not resume or not (run_dir / CONFIG_NAME).exists()):
-            # the folder is then the run folder every pyrodiff command reads
-            record.to_json(run_dir / CONFIG_NAME)
-    return _Run(ts, d, train_module, params, dev, batch_size, is_main, run_dir, metrics_path)
-
-
 # --- evaluation ---------------------------------------------------------------------------------
 
 
@@ -336,7 +201,7 @@ class _Evaluations:
     """Validation every ``eval_every`` updates; at the end, validation (unless it just ran) and
     the test split, once. Only the main rank evaluates; the EMA parameters are used if kept."""
 
-    def __init__(self, run: _Run, every: int | None, batch_budget: int, seed: int) -> None:
+    def __init__(self, run: Run, every: int | None, batch_budget: int, seed: int) -> None:
         self.run, self.every, self.batch_budget = run, every, batch_budget
         self.seed = seed + EVAL_SEED_OFFSET
         self.last = {Split.VALIDATION: -1, Split.TEST: -1}
@@ -383,7 +248,7 @@ class _Evaluations:
 class _Checkpoints:
     """Atomic checkpoints every ``every`` updates, at the end and on Ctrl-C (main rank only)."""
 
-    def __init__(self, run: _Run, every: int | None) -> None:
+    def __init__(self, run: Run, every: int | None) -> None:
         self.run, self.every = run, every
         self.path = run.run_dir / CHECKPOINT_NAME if run.run_dir is not None else None
 
@@ -410,7 +275,7 @@ class _Checkpoints:
 
 
 def _run(
-    run: _Run,
+    run: Run,
     options: dict[str, Any],
     evaluations: _Evaluations,
     checkpoints: _Checkpoints,
@@ -482,7 +347,7 @@ def _divergence_error(
     div: Divergence,
     step: int,
     data_range: tuple[float, float],
-    run: _Run,
+    run: Run,
     checkpoints: _Checkpoints,
 ):
     """The NonFiniteError of a diverged update: what went wrong, and which checkpoint is kept
