@@ -236,7 +236,9 @@ class RunConfig:
     )
     warmup_steps: int | None = field(
         default=None,
-        metadata=_help("linear warm-up updates (default: updates // 20, as fit's)", auto=True),
+        metadata=_help(
+            "linear warm-up updates (default: updates // 20, as fit's; 0: none)", auto=True, off=0
+        ),
     )
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
     grad_clip: float | None = field(

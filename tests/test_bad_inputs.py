@@ -93,6 +93,7 @@ TRAIN_CASES = [
     (["--T", "ten"], ["--T expects an integer", "'ten'"]),
     # errors name the flag the user typed, not the field behind it (num_steps)
     (["--T", "0"], ["--T must be an integer >= 1"]),
+    (["--T", "off"], ["--T expects an integer or 'auto', got 'off'"]),
     (["--depth", "0"], ["--depth must be an integer >= 1"]),
     (["--updates", "5", "--warmup-steps", "9"], ["--warmup-steps (9)", "--updates (5)"]),
     (["--eval-every", "-1"], ["--eval-every must be an integer >= 0"]),

@@ -264,6 +264,17 @@ def test_an_hvae_gets_its_guide_objective_and_depth_and_says_so(tmp_path, capsys
     assert "chose" not in said
 
 
+def test_auto_asks_for_the_fitting_default_and_off_means_none_or_at_the_end(tmp_path, capsys):
+    _, cfg = _dry_run(
+        capsys, "--model", "hvae", "--T", "auto", "--guide", "auto", "--warmup-steps", "off",
+        "--eval-every", "off", "--checkpoint-every", "none", "--out", str(tmp_path / "n"),
+    )  # fmt: skip
+    assert cfg == RunConfig(model="hvae", warmup_steps=0, eval_every=0, checkpoint_every=0)
+    # 0 reaches fit as "at the end only"
+    assert cfg.fit_options()["eval_every"] is None
+    assert cfg.checkpoint_options(tmp_path)["checkpoint_every"] is None
+
+
 def test_the_old_flag_names_still_work_and_warn(tmp_path, capsys, run):
     assert main(["train", "--dry-run", "--steps", "30", "--out", str(tmp_path / "n")]) == 0
     captured = capsys.readouterr()

@@ -118,7 +118,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             if auto:
                 kwargs["type"] = _auto_word
         elif hint in (int, float):
-            kwargs["type"] = _number(hint, optional, flag, auto, f.metadata.get("off"))
+            # a field whose None means "choose for me" takes off/none only where it has an
+            # "off" value of its own (eval_every 0: at the end only); T has none
+            offable = optional and (not auto or "off" in f.metadata)
+            kwargs["type"] = _number(hint, offable, flag, auto, f.metadata.get("off"))
             kwargs["metavar"] = "N" if hint is int else "X"
         names = [flag]
         if f.name == "num_steps":
