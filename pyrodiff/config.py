@@ -293,8 +293,9 @@ class RunConfig:
             chosen["guide"] = GuideKind.LEARNED if hvae else GuideKind.FIXED
         guide = chosen.get("guide", self.guide)
         if "objective" in self._auto:
-            closed = guide in _CLOSED_FORM_GUIDES and not hvae
-            chosen["objective"] = Objective.ELBO if closed else Objective.TRACE_ELBO
+            # the amortised guides have no closed forms: they need the literal chain
+            traced = hvae or guide is GuideKind.LEARNED
+            chosen["objective"] = Objective.TRACE_ELBO if traced else Objective.ELBO
         if "num_steps" in self._auto:
             chosen["num_steps"] = HVAE_NUM_STEPS if hvae else DIFFUSION_NUM_STEPS
         if "warmup_steps" in self._auto:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import CHECKPOINT_NAME
-from ..config import CONFIG_NAME, ModelKind, RunConfig, build, load_data, parse_enum
+from ..config import CONFIG_NAME, GuideKind, ModelKind, RunConfig, build, load_data, parse_enum
 from ..data import Split
 from ..devices import param_dtype, resolve_device
 from ..errors import ConfigError
@@ -75,14 +75,18 @@ _SAID_CHOICES = ("guide", "objective", "num_steps")
 def _choices_line(config: RunConfig) -> str | None:
     """One line naming the choices made to fit the flags given, when the run is not the plain
     diffusion default (whose choices are the documented defaults)."""
-    if config.model is ModelKind.DIFFUSION and config.guide.value == "fixed":
+    if config.model is ModelKind.DIFFUSION and config.guide is GuideKind.FIXED:
         return None
+    # T depends on the model, so it is worth saying for an hvae only
     said = _SAID_CHOICES if config.model is ModelKind.HVAE else ("guide", "objective")
     chosen = [name for name in said if name in config.chosen_fields]
     if not chosen:
         return None
-    values = {"guide": config.guide.value, "objective": config.objective.value}
-    values["num_steps"] = str(config.num_steps)
+    values = {
+        "guide": config.guide.value,
+        "objective": config.objective.value,
+        "num_steps": str(config.num_steps),
+    }
     given = f"--model {config.model.value}"
     if "guide" not in chosen:
         given += f" --guide {config.guide.value}"
