@@ -86,7 +86,7 @@ def timed_fit(
             guide,
             train,
             loss=loss,
-            steps=steps,
+            updates=steps,
             batch_size=batch_size,
             lr=lr,
             lr_schedule=LRSchedule.WARMUP_COSINE,

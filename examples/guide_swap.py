@@ -9,7 +9,7 @@ its IWAE-K bound.
     python examples/guide_swap.py --data digits           # 8×8 digits, bits/dim (≈ 3-4 min)
     python examples/guide_swap.py --data linear           # linear-Gaussian gaps to log p(x_0)
     python examples/guide_swap.py --quick                 # a few seconds (used by the tests)
-    python examples/guide_swap.py --schedule-objectives --T 50 --steps 1500 --hidden 64 --batch 256
+    python examples/guide_swap.py --schedule-objectives --T 50 --updates 1500 --hidden 64 --batch 256
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def run_swap(args) -> dict:
         model = build_model(D, T, lik, args.hidden, args.seed)
         guide = make_guide(gk, model, args.hidden)
         t0 = time.time()
-        trace = train_pair(model, guide, train, args.steps, args.batch, args.lr, args.seed)
+        trace = train_pair(model, guide, train, args.updates, args.batch, args.lr, args.seed)
         seconds = time.time() - t0
         with torch.no_grad():
             elbo = elbo_estimate(model, guide, test, args.eval_samples)
@@ -183,7 +183,7 @@ def run_linear(args) -> dict:
     # the model is held fixed: only the guide's parameters are given to the optimiser
     x0 = 0.8 * torch.randn(32 if not args.quick else 8, D, generator=gen) + 0.3
     evidence = exact_log_evidence(model, x0)
-    steps = 40 if args.quick else args.steps
+    steps = 40 if args.quick else args.updates
     out = {"log_evidence": evidence.mean().item()}
     fixed = exact_elbo_terms(model, ForwardGuide(model.schedule), x0).elbo
     out["forward chain gap"] = (evidence - fixed).mean().item()
@@ -220,7 +220,7 @@ def run_schedule_objectives(args) -> dict:
         loss_fn = est_cls()(model, guide)
         loss_fn(train[: args.batch])
         opt = torch.optim.Adam(loss_fn.parameters(), lr=args.lr)
-        for _ in range(args.steps):
+        for _ in range(args.updates):
             idx = torch.randint(0, train.shape[0], (args.batch,))
             opt.zero_grad()
             (loss_fn(train[idx]) / args.batch).backward()
@@ -255,7 +255,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", choices=[k.value for k in DataKind], default="moons")
     p.add_argument("--quick", action="store_true", help="tiny settings: runs in seconds")
-    p.add_argument("--steps", type=int, default=None, help="SVI steps per guide")
+    p.add_argument(
+        "--updates", "--steps", dest="updates", type=int, default=None, help="SVI updates per guide"
+    )
     p.add_argument("--T", dest="steps_T", type=int, default=None, help="diffusion steps T")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--hidden", type=int, default=128)
@@ -272,8 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     digits = args.data == DataKind.DIGITS.value
-    if args.steps is None:
-        args.steps = 15 if args.quick else (1500 if digits else 2000)
+    if args.updates is None:
+        args.updates = 15 if args.quick else (1500 if digits else 2000)
     if args.steps_T is None:
         args.steps_T = 4 if args.quick else 8
     if args.iwae_k is None:

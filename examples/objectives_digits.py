@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="default: learned_range for the hybrid, beta otherwise",
     )
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--updates", "--steps", dest="updates", type=int, default=600)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--T", type=int, default=100)
     p.add_argument("--base", type=int, default=16)
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
         parameterization=Parameterization(a.parameterization),
         variance=variance,
         num_steps=a.T,
-        train_steps=a.steps,
+        train_steps=a.updates,
         batch=a.batch,
         base=a.base,
         lr=a.lr,

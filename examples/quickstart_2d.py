@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
         variance=ReverseVariance.BETA,
         width=32 if args.quick else 128,
         depth=1 if args.quick else 3,
-        steps=30 if args.quick else 1500,
+        updates=30 if args.quick else 1500,
         batch_size=256,
         lr=2e-3,
         warmup_steps=3 if args.quick else 100,
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
         **config.fit_options(),
         progress=not args.quick,
     )
-    final = history.final_eval  # the EMA parameters on the test split, every per-step term
+    final = history.final_eval_on("test")  # EMA parameters, test split, every per-step term
     entropy = data.density.entropy
     gap = -entropy - final["elbo"]
     print(f"test ELBO       {final['elbo']:.4f} nats/datum")

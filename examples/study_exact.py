@@ -117,7 +117,7 @@ def train_one(cfg: ExactConfig, variance: ReverseVariance, train, test) -> dict:
         guide,
         train,
         loss=DiffusionELBO(),
-        steps=cfg.steps,
+        updates=cfg.steps,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         lr_schedule=LRSchedule.COSINE,

@@ -45,6 +45,7 @@ from .errors import CheckpointError
 __all__ = [
     "FORMAT_VERSION",
     "CHECKPOINT_NAME",
+    "CONFIG_NAME",
     "save_checkpoint",
     "load_checkpoint",
     "check_model_config",
@@ -56,6 +57,8 @@ FORMAT_VERSION = 1
 
 CHECKPOINT_NAME = "checkpoint.pt"
 """The checkpoint's file name inside a run folder."""
+CONFIG_NAME = "config.json"
+"""The run configuration's file name inside a run folder (:class:`pyrodiff.config.RunConfig`)."""
 
 _REQUIRED = ("format_version", "step")
 

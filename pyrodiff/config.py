@@ -21,6 +21,7 @@ import math
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,10 +29,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .checkpoint import CONFIG_NAME
+from .data.registry import dataset_names
 from .errors import ConfigError
 from .gaussian import Parameterization
 from .models.diffusion import ReverseVariance
-from .train.options import LRSchedule, Precision
+from .train.options import LRSchedule, Precision, default_warmup
 
 __all__ = [
     "CONFIG_NAME",
@@ -41,6 +44,7 @@ __all__ = [
     "ModelKind",
     "NetworkKind",
     "Objective",
+    "HVAE_NUM_STEPS",
     "RunConfig",
     "ScheduleKind",
     "TimestepKind",
@@ -53,8 +57,6 @@ __all__ = [
     "parse_enum",
 ]
 
-CONFIG_NAME = "config.json"
-"""The configuration's file name inside a run folder."""
 
 CONFIG_VERSION = 1
 """The version of the JSON layout this code writes; newer files are refused."""
@@ -136,6 +138,17 @@ _TIMESTEP_OBJECTIVES = (Objective.ELBO, Objective.SIMPLE, Objective.HYBRID)
 _CLOSED_FORM_GUIDES = (GuideKind.FIXED, GuideKind.LEARNED_SCHEDULE)
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
+DIFFUSION_NUM_STEPS = 100
+"""T of a diffusion model when none is given (the digits default, docs/cli.md)."""
+HVAE_NUM_STEPS = 8
+"""Latent layers of an hvae when none is given. Its guide is read through the literal chain
+(T network calls per datum): at 8 layers an update costs about what one of the diffusion
+default does, where 100 layers cost about 3.5 s each on one core."""
+MIN_EVAL_EVERY = 100
+"""The default evaluation interval is never shorter: one evaluation of the digits' validation
+split at T = 100 costs about as much as 50 updates, so a short run evaluates only at its end."""
+_AUTO_FIELDS = ("guide", "objective", "num_steps", "warmup_steps", "eval_every", "checkpoint_every")
+
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
@@ -154,9 +167,7 @@ class RunConfig:
     # --- data ---
     data: str = field(
         default="digits",
-        metadata=_help(
-            "a built-in data set (see `pyrodiff.data.dataset_names()`) or a .npy/.npz path"
-        ),
+        metadata=_help(f"a built-in data set ({', '.join(dataset_names())}) or a .npy/.npz path"),
     )
     num_levels: int | None = field(
         default=None,
@@ -164,9 +175,21 @@ class RunConfig:
     )
     # --- model and guide ---
     model: ModelKind = field(default=ModelKind.DIFFUSION, metadata=_help("the generative model"))
-    guide: GuideKind = field(default=GuideKind.FIXED, metadata=_help("the guide q(x_1:T | x_0)"))
-    num_steps: int = field(
-        default=100, metadata=_help("T, the number of noising steps", flag="--T")
+    guide: GuideKind | None = field(
+        default=None,
+        metadata=_help(
+            "the guide q(x_1:T | x_0) (default: fixed for a diffusion model, learned for an hvae)",
+            auto=True,
+        ),
+    )
+    num_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            f"T, the number of noising steps or latent layers (default: {DIFFUSION_NUM_STEPS} "
+            f"for a diffusion model, {HVAE_NUM_STEPS} for an hvae)",
+            flag="--T",
+            auto=True,
+        ),
     )
     schedule: ScheduleKind = field(default=ScheduleKind.LINEAR, metadata=_help("noise schedule"))
     network: NetworkKind = field(default=NetworkKind.AUTO, metadata=_help("denoiser architecture"))
@@ -190,7 +213,14 @@ class RunConfig:
         metadata=_help("the reverse kernels' variance (learned_range: improved DDPM's)"),
     )
     # --- objective ---
-    objective: Objective = field(default=Objective.ELBO, metadata=_help("training objective"))
+    objective: Objective | None = field(
+        default=None,
+        metadata=_help(
+            "training objective (default: elbo for a guide with closed forms, trace_elbo for "
+            "a learned guide)",
+            auto=True,
+        ),
+    )
     timesteps: TimestepKind | None = field(
         default=None,
         metadata=_help(
@@ -198,13 +228,18 @@ class RunConfig:
         ),
     )
     # --- optimisation ---
-    steps: int = field(default=1500, metadata=_help("optimizer updates"))
+    updates: int = field(default=1500, metadata=_help("optimizer updates"))
     batch_size: int = field(default=128, metadata=_help("data per update"))
     lr: float = field(default=2e-3, metadata=_help("peak learning rate"))
     lr_schedule: LRSchedule = field(
         default=LRSchedule.WARMUP_COSINE, metadata=_help("learning-rate schedule")
     )
-    warmup_steps: int = field(default=100, metadata=_help("linear warm-up updates"))
+    warmup_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            "linear warm-up updates (default: updates // 20, as fit's; 0: none)", auto=True, off=0
+        ),
+    )
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
     grad_clip: float | None = field(
         default=1.0, metadata=_help("clip the gradient norm at this value (None: no clipping)")
@@ -218,13 +253,23 @@ class RunConfig:
     precision: Precision = field(default=Precision.FP32, metadata=_help("loss arithmetic"))
     eval_every: int | None = field(
         default=None,
-        metadata=_help("test-split evaluation every N updates (None: only at the end)"),
+        metadata=_help(
+            f"validation-split evaluation every N updates (default: updates // 5, at least "
+            f"{MIN_EVAL_EVERY}; 0: only at the end); the test split is evaluated once, at the end",
+            auto=True,
+            off=0,
+        ),
     )
     eval_batch_budget: int = field(
         default=4096, metadata=_help("network inputs alive at once during evaluation")
     )
     checkpoint_every: int | None = field(
-        default=200, metadata=_help("checkpoint every N updates (None: only at the end)")
+        default=None,
+        metadata=_help(
+            "checkpoint every N updates (default: updates // 10; 0: only at the end)",
+            auto=True,
+            off=0,
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -232,37 +277,81 @@ class RunConfig:
         for f in dataclasses.fields(self):
             value = _coerce(f.name, getattr(self, f.name), hints[f.name])
             object.__setattr__(self, f.name, value)
+        # fields left unset take values that fit the rest; which ones did is remembered so that
+        # replace() can choose them again and the command line can say what it chose
+        auto = tuple(name for name in _AUTO_FIELDS if getattr(self, name) is None)
+        object.__setattr__(self, "_auto", auto)
+        for name, value in self._chosen().items():
+            object.__setattr__(self, name, value)
         self._validate()
+
+    def _chosen(self) -> dict[str, Any]:
+        """The values of the unset fields, in an order where each sees the ones it depends on."""
+        chosen: dict[str, Any] = {}
+        hvae = self.model is ModelKind.HVAE
+        if "guide" in self._auto:
+            chosen["guide"] = GuideKind.LEARNED if hvae else GuideKind.FIXED
+        guide = chosen.get("guide", self.guide)
+        if "objective" in self._auto:
+            # the amortised guides have no closed forms: they need the literal chain
+            traced = hvae or guide is GuideKind.LEARNED
+            chosen["objective"] = Objective.TRACE_ELBO if traced else Objective.ELBO
+        if "num_steps" in self._auto:
+            chosen["num_steps"] = HVAE_NUM_STEPS if hvae else DIFFUSION_NUM_STEPS
+        if "warmup_steps" in self._auto:
+            chosen["warmup_steps"] = default_warmup(self.lr_schedule, self.updates)
+        if "eval_every" in self._auto:
+            chosen["eval_every"] = max(MIN_EVAL_EVERY, self.updates // 5)
+        if "checkpoint_every" in self._auto:
+            chosen["checkpoint_every"] = max(1, self.updates // 10)
+        return chosen
+
+    @property
+    def chosen_fields(self) -> tuple[str, ...]:
+        """The fields that were not given and took a value fitting the others (``guide``,
+        ``objective``, ``num_steps``, ``warmup_steps``, ``eval_every``, ``checkpoint_every``)."""
+        return self._auto
 
     def _validate(self) -> None:
         if not self.data.strip():
-            raise ConfigError("data is empty; expected a data set name or a .npy/.npz path")
+            raise ConfigError(
+                "data is empty; expected a data set name or a .npy/.npz path", fields=("data",)
+            )
         _at_least("num_steps", self.num_steps, 1)
-        for name in ("depth", "guide_hidden", "steps", "batch_size", "eval_batch_budget"):
+        for name in ("depth", "guide_hidden", "updates", "batch_size", "eval_batch_budget"):
             _at_least(name, getattr(self, name), 1)
         _at_least("warmup_steps", self.warmup_steps, 0)
-        for name in ("width", "latent_dim", "eval_every", "checkpoint_every"):
+        for name in ("width", "latent_dim"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1)
+        for name in ("eval_every", "checkpoint_every"):
+            _at_least(name, getattr(self, name), 0)
         if self.num_levels is not None:
             _at_least("num_levels", self.num_levels, 2)
         _positive("lr", self.lr)
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(
-                f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}",
+                fields=("weight_decay",),
             )
         if self.grad_clip is not None:
             _positive("grad_clip", self.grad_clip)
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if not _DEVICE_RE.match(self.device):
-            raise ConfigError(f"unknown device {self.device!r}; expected auto, cpu, cuda or cuda:N")
-        if self.warmup_steps >= self.steps and self.lr_schedule is LRSchedule.WARMUP_COSINE:
             raise ConfigError(
-                f"warmup_steps ({self.warmup_steps}) must be smaller than steps ({self.steps}) "
-                "for the warmup_cosine schedule"
+                f"ema_decay must lie in [0, 1), got {self.ema_decay!r}", fields=("ema_decay",)
+            )
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}", fields=("seed",))
+        if not _DEVICE_RE.match(self.device):
+            raise ConfigError(
+                f"unknown device {self.device!r}; expected auto, cpu, cuda or cuda:N",
+                fields=("device",),
+            )
+        if self.warmup_steps >= self.updates and self.lr_schedule is LRSchedule.WARMUP_COSINE:
+            raise ConfigError(
+                f"warmup_steps ({self.warmup_steps}) must be smaller than updates "
+                f"({self.updates}) for the warmup_cosine schedule",
+                fields=("warmup_steps", "updates"),
             )
         self._validate_combination()
 
@@ -309,9 +398,10 @@ class RunConfig:
 
     def fit_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`pyrodiff.train.fit` that this configuration fixes
-        (all but ``checkpoint_every``, which needs the caller's ``run_dir``)."""
+        (all but ``checkpoint_every``, which needs the caller's ``run_dir``: see
+        :meth:`checkpoint_options`)."""
         return {
-            "steps": self.steps,
+            "updates": self.updates,
             "batch_size": self.batch_size,
             "lr": self.lr,
             "lr_schedule": self.lr_schedule,
@@ -322,9 +412,13 @@ class RunConfig:
             "seed": self.seed,
             "device": self.device,
             "precision": self.precision,
-            "eval_every": self.eval_every,
+            "eval_every": self.eval_every or None,
             "eval_batch_budget": self.eval_batch_budget,
         }
+
+    def checkpoint_options(self, run_dir: str | Path) -> dict[str, Any]:
+        """``run_dir`` and ``checkpoint_every`` for :func:`pyrodiff.train.fit` (0: at the end only)."""
+        return {"run_dir": run_dir, "checkpoint_every": self.checkpoint_every or None}
 
     # --- JSON ---------------------------------------------------------------------------------
 
@@ -358,6 +452,18 @@ class RunConfig:
                 f"the configuration has config_version {version}, newer than the "
                 f"{CONFIG_VERSION} this pyrodiff reads: upgrade pyrodiff"
             )
+        if "steps" in values:
+            if "updates" in values:
+                raise ConfigError(
+                    "the configuration gives both 'steps' and 'updates'; keep 'updates' "
+                    "('steps' is its old name)"
+                )
+            warnings.warn(
+                "the configuration key 'steps' is deprecated; it is now 'updates'",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            values["updates"] = values.pop("steps")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -385,8 +491,15 @@ class RunConfig:
         return cls.from_dict(values)
 
     def replace(self, **changes: Any) -> RunConfig:
-        """A copy with some fields changed (validated like a new one)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (validated like a new one). Fields that were not
+        given are chosen again to fit the changes: ``RunConfig().replace(model="hvae")``
+        has a learned guide, and ``replace(updates=20)`` a warm-up of one update."""
+        kept = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in self._auto
+        }
+        return type(self)(**{**kept, **changes})
 
 
 # --- coercion and checks ------------------------------------------------------------------------
@@ -415,38 +528,41 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"{name} must be set (it cannot be null)")
+        raise ConfigError(f"{name} must be set (it cannot be null)", fields=(name,))
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return parse_enum(hint, value, name)
+        try:
+            return parse_enum(hint, value, name)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), fields=(name,)) from None
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}")
+            raise ConfigError(f"{name} must be true or false, got {value!r}", fields=(name,))
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
+            raise ConfigError(f"{name} must be an integer, got {value!r}", fields=(name,))
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
+            raise ConfigError(f"{name} must be a number, got {value!r}", fields=(name,))
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
+            raise ConfigError(f"{name} must be a string, got {value!r}", fields=(name,))
         return value
     return value  # pragma: no cover - every field's type is handled above
 
 
 def _at_least(name: str, value: int, low: int) -> None:
     if value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value}")
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value}", fields=(name,))
 
 
 def _positive(name: str, value: float) -> None:
     if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}", fields=(name,))
 
 
 # --- builders -----------------------------------------------------------------------------------
@@ -471,7 +587,8 @@ def load_data(config: RunConfig, dtype=None):
     if config.num_levels is not None:
         if not config.data.lower().endswith((".npy", ".npz")):
             raise ConfigError(
-                f"num_levels applies to a .npy/.npz file, not the built-in data set {config.data!r}"
+                f"num_levels applies to a .npy/.npz file, not the built-in data set {config.data!r}",
+                fields=("num_levels",),
             )
         kwargs["num_levels"] = config.num_levels
     return get_dataset(config.data, **kwargs)
@@ -613,7 +730,8 @@ def build(config: RunConfig, dataset=None, dtype=None) -> Built:
 
         raise DataError(
             f"batch_size {config.batch_size} is larger than the {n_train} training data of "
-            f"{dataset.name!r}; expected batch_size <= {n_train}"
+            f"{dataset.name!r}; expected batch_size <= {n_train}",
+            fields=("batch_size",),
         )
     # the initial weights are a function of the configuration (its seed), so config.json is
     # enough to rerun a run; the caller's random stream is left as it was

@@ -6,7 +6,17 @@ import torch
 
 from .errors import ConfigError, DeviceError
 
-__all__ = ["resolve_device"]
+__all__ = ["param_dtype", "resolve_device"]
+
+
+def param_dtype(*modules: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of the first floating parameter of ``modules`` (the default dtype if
+    there is none): the dtype data and noise must have to meet the model's weights."""
+    for module in modules:
+        for p in module.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return torch.get_default_dtype()
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

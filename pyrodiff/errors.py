@@ -9,7 +9,15 @@ from __future__ import annotations
 
 
 class PyrodiffError(Exception):
-    """Base class of every error pyrodiff raises on purpose."""
+    """Base class of every error pyrodiff raises on purpose.
+
+    ``fields`` names the configuration fields the message is about (in the words it uses), so
+    that the command line can say them as the flags the user typed (``num_steps`` → ``--T``).
+    """
+
+    def __init__(self, message: str = "", *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
 
 
 class DataError(PyrodiffError, ValueError):

@@ -19,6 +19,7 @@ import torch
 from pyro.infer import Predictive
 from torch import Tensor, nn
 
+from .devices import param_dtype
 from .errors import ConfigError
 from .gaussian import eps_from_x0, predict_x0
 from .likelihoods import DiscretizedGaussianLikelihood, GaussianLikelihood, Likelihood
@@ -70,11 +71,7 @@ def _check_timesteps(model: Diffusion, timesteps: Tensor) -> Tensor:
 
 
 def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    device = model.schedule.alpha_bar.device
-    for p in model.parameters():
-        if p.is_floating_point():
-            return device, p.dtype
-    return device, torch.get_default_dtype()
+    return model.schedule.alpha_bar.device, param_dtype(model)
 
 
 def _noise_source(

@@ -34,7 +34,7 @@ from pyrodiff.likelihoods import DiscretizedGaussianLikelihood
 from pyrodiff.networks import MLPDenoiser
 
 TINY = [
-    "--data", "eight_gaussians", "--T", "3", "--width", "8", "--depth", "1", "--steps", "2",
+    "--data", "eight_gaussians", "--T", "3", "--width", "8", "--depth", "1", "--updates", "2",
     "--batch-size", "8", "--warmup-steps", "0", "--no-progress", "--threads", "1",
 ]  # fmt: skip
 
@@ -88,19 +88,26 @@ def _npy(tmp_path: Path, array, name="data.npy") -> str:
 
 TRAIN_CASES = [
     (["--frobnicate", "1"], ["unrecognized arguments", "--frobnicate"]),
-    (["--objective", "adam"], ["unknown objective 'adam'", "trace_elbo"]),
+    (["--objective", "adam"], ["unknown --objective 'adam'", "trace_elbo"]),
     (["--schedule", "quadratic"], ["linear, cosine"]),
     (["--T", "ten"], ["--T expects an integer", "'ten'"]),
-    (["--T", "0"], ["num_steps must be an integer >= 1"]),
+    # errors name the flag the user typed, not the field behind it (num_steps)
+    (["--T", "0"], ["--T must be an integer >= 1"]),
+    (["--T", "off"], ["--T expects an integer or 'auto', got 'off'"]),
+    (["--depth", "0"], ["--depth must be an integer >= 1"]),
+    (["--updates", "5", "--warmup-steps", "9"], ["--warmup-steps (9)", "--updates (5)"]),
+    (["--eval-every", "-1"], ["--eval-every must be an integer >= 0"]),
     (["--lr", "-1"], ["lr must be a finite number > 0"]),
     (["--lr", "nan"], ["lr must be a finite number > 0"]),
-    (["--ema-decay", "1.5"], ["ema_decay must lie in [0, 1)"]),
-    (["--batch-size", "0"], ["batch_size must be an integer >= 1"]),
+    (["--ema-decay", "1.5"], ["--ema-decay must lie in [0, 1)"]),
+    (["--batch-size", "0"], ["--batch-size must be an integer >= 1"]),
     (["--data", "mnist"], ["unknown data set 'mnist'", "digits"]),
     (["--data", "/nonexistent/x.npy"], ["x.npy"]),
-    (["--guide", "learned"], ["objective elbo needs a guide with closed-form"]),
+    (["--guide", "learned", "--objective", "elbo"], ["objective elbo needs a guide with closed"]),
+    (["--model", "hvae", "--guide", "fixed"], ["model hvae needs guide learned"]),
+    (["--model", "hvae", "--objective", "elbo"], ["model hvae trains with objective trace_elbo"]),
     (["--objective", "hybrid", "--variance", "beta"], ["learned_range"]),
-    (["--device", "tpu"], ["unknown device 'tpu'"]),
+    (["--device", "tpu"], ["unknown --device 'tpu'"]),
     (["--parameterization", "score"], ["epsilon, x0, v"]),
 ]
 
@@ -131,7 +138,7 @@ def test_cuda_where_there_is_none(tmp_path):
         (np.full((20, 2), 7), ["--num-levels", "4"], ["0", "3"]),
         (np.full((20, 2), 1.5), ["--num-levels", "4"], ["integer"]),
         (np.array([["a", "b"]] * 20), [], ["dtype"]),
-        (np.zeros((20, 2)), ["--batch-size", "64"], ["batch_size 64"]),
+        (np.zeros((20, 2)), ["--batch-size", "64"], ["--batch-size 64"]),
     ],
     ids="nan inf empty 1-d levels-out-of-range levels-not-integer strings batch-too-large".split(),
 )
@@ -145,6 +152,32 @@ def test_bad_data_files(tmp_path, array, extra, words):
         del flags[j : j + 2]
     assert_one_line_error(["train", *flags, *extra, "--out", str(out)], *words)
     assert not out.exists()
+
+
+def test_a_text_file_named_npy_is_called_a_text_file(tmp_path):
+    path = tmp_path / "points.npy"
+    np.savetxt(path, np.random.default_rng(0).normal(size=(20, 2)))
+    line = assert_one_line_error(
+        ["train", *TINY, "--data", str(path), "--out", str(tmp_path / "r")], "numpy.loadtxt"
+    )
+    assert "pickl" not in line
+
+
+def test_integer_data_without_num_levels_gets_a_hint(tmp_path):
+    path = _npy(tmp_path, np.arange(600).reshape(300, 2) % 300)
+    status, _, err = run_cli(["train", *TINY, "--data", path, "--dry-run"])
+    assert status == 0 and "looks quantised" in err and "--num-levels 300" in err
+    # with --num-levels the data is what it says: no hint
+    status, _, err = run_cli(["train", *TINY, "--data", path, "--num-levels", "300", "--dry-run"])
+    assert status == 0 and "quantised" not in err
+
+
+def test_errors_name_the_flag_not_the_field_behind_it(tmp_path):
+    line = assert_one_line_error(["train", *TINY, "--T", "0", "--out", str(tmp_path / "r")])
+    assert "--T must be" in line and "num_steps" not in line
+    line = assert_one_line_error(["train", *TINY, "--num-steps", "0"], "--T must be")
+    line = assert_one_line_error(["train", "--resume", "x", "--T", "3"], "--T")
+    assert "--num-steps" not in line and "num_steps" not in line
 
 
 def test_an_object_array_is_never_unpickled(tmp_path):
@@ -175,7 +208,7 @@ def test_failure_in_training_leaves_no_half_written_folder(tmp_path):
         [
             "train",
             *TINY,
-            *"--lr 1e30 --grad-clip off --steps 50 --checkpoint-every off".split(),
+            *"--lr 1e30 --grad-clip off --updates 50 --checkpoint-every off".split(),
             "--out",
             str(out),
         ],
@@ -183,6 +216,16 @@ def test_failure_in_training_leaves_no_half_written_folder(tmp_path):
     )
     assert "learning rate" in line or "lr" in line
     assert not out.exists()
+    # --out was given: the message says why there is no checkpoint, not to pass a run_dir
+    assert "pass run_dir" not in line and f"no checkpoint was written to {out}" in line
+    assert "only at the end" in line
+
+
+def test_divergence_before_the_first_checkpoint_says_when_it_was_due(tmp_path):
+    out = tmp_path / "run"
+    flags = "--lr 1e30 --grad-clip off --updates 50 --checkpoint-every 40".split()
+    line = assert_one_line_error(["train", *TINY, *flags, "--out", str(out)], "non-finite")
+    assert "pass run_dir" not in line and "the first was due after update 40" in line
 
 
 def test_no_subcommand_with_an_unknown_flag():
@@ -282,7 +325,10 @@ def test_config_json_with_an_unknown_key(run_copy):
     "argv, words",
     [
         (["--sampler", "euler"], ["unknown sampler 'euler'", "ancestral, strided, ddim"]),
-        (["--sampler", "ddim", "--steps", "99"], ["--steps must be an integer in 1..T = 3"]),
+        (
+            ["--sampler", "ddim", "--sampler-steps", "99"],
+            ["--sampler-steps must be an integer in 1..T = 3"],
+        ),
         (["--num", "0"], ["--num must be >= 1"]),
         (["--eta", "-1"], ["--eta"]),
         (["--out", "samples.txt"], [".npy"]),
@@ -293,7 +339,7 @@ def test_bad_sampling_options(trained, argv, words):
 
 
 def test_evaluate_unknown_split(trained):
-    assert_one_line_error(["evaluate", str(trained), "--split", "validation"], "test, train")
+    assert_one_line_error(["evaluate", str(trained), "--split", "valid"], "train, validation, test")
 
 
 def test_compare_something_that_is_not_a_run(trained, tmp_path):

@@ -23,7 +23,7 @@ from pyrodiff.train.history import History
 
 TINY = [
     "--data", "eight_gaussians", "--T", "4", "--width", "16", "--depth", "1",
-    "--steps", "12", "--batch-size", "32", "--warmup-steps", "2", "--ema-decay", "0.8",
+    "--updates", "12", "--batch-size", "32", "--warmup-steps", "2", "--ema-decay", "0.8",
     "--checkpoint-every", "6", "--no-progress", "--threads", "1",
 ]  # fmt: skip
 
@@ -60,7 +60,7 @@ def test_train_writes_a_complete_run_folder(run, capsys):
         "figures",
     }
     cfg = RunConfig.from_json(run)
-    assert (cfg.data, cfg.num_steps, cfg.width, cfg.steps, cfg.ema_decay) == (
+    assert (cfg.data, cfg.num_steps, cfg.width, cfg.updates, cfg.ema_decay) == (
         "eight_gaussians",
         4,
         16,
@@ -75,22 +75,30 @@ def test_train_writes_a_complete_run_folder(run, capsys):
     assert (run / "figures" / "step_terms.png").stat().st_size > 0
 
 
-def test_train_prints_the_final_test_elbo(trained):
+def test_train_prints_the_final_validation_and_test_elbo(trained):
     run, printed = trained
-    final = History.load(run / "metrics.jsonl").final_eval
-    assert f"test ELBO {final['elbo']:.4f} nats/datum" in printed
+    history = History.load(run / "metrics.jsonl")
+    # the test split is evaluated once, at the end; validation is what training looks at
+    assert [r["split"] for r in history.evals].count("test") == 1
+    for split in ("validation", "test"):
+        final = history.final_eval_on(split)
+        assert final["step"] == 12
+        assert f"{split} ELBO {final['elbo']:.4f} nats/datum" in printed
     assert f"run folder: {run}" in printed
 
 
-def test_evaluate_reproduces_the_training_evaluation(run, capsys):
+@pytest.mark.parametrize("split", [[], ["--split", "test"], ["--split", "validation"]])
+def test_evaluate_reproduces_the_training_evaluation(run, capsys, split):
     """Same parameters (the EMA ones, from the checkpoint) and the same evaluation noise as
-    fit's last evaluation: the ELBO must agree to rounding. A checkpoint or EMA loaded wrongly
-    would not."""
+    fit's last evaluation of the split: the ELBO must agree to rounding. A checkpoint or EMA
+    loaded wrongly would not. The default split is test."""
     seed = RunConfig.from_json(run).seed + EVAL_SEED_OFFSET
-    assert main(["evaluate", str(run), "--seed", str(seed), "--threads", "1"]) == 0
+    assert main(["evaluate", str(run), "--seed", str(seed), "--threads", "1", *split]) == 0
     result = json.loads((run / "evaluation.json").read_text())
-    final = History.load(run / "metrics.jsonl").final_eval
+    name = split[-1] if split else "test"
+    final = History.load(run / "metrics.jsonl").final_eval_on(name)
     assert result["ema"] is True and result["step"] == 12 and result["num_data"] == 2000
+    assert result["split"] == name
     assert result["elbo"] == pytest.approx(final["elbo"], rel=1e-5)
     assert np.allclose(result["per_step_loss"], final["per_step_loss"], rtol=1e-4, atol=1e-6)
     assert "ELBO" in capsys.readouterr().out
@@ -125,8 +133,8 @@ def test_evaluate_iwae_is_at_least_the_elbo_in_expectation(run):
     "args, name",
     [
         ([], "samples-ancestral.npy"),
-        (["--sampler", "strided", "--steps", "2"], "samples-strided2.npy"),
-        (["--sampler", "ddim", "--steps", "3", "--eta", "0"], "samples-ddim3-eta0.npy"),
+        (["--sampler", "strided", "--sampler-steps", "2"], "samples-strided2.npy"),
+        (["--sampler", "ddim", "--sampler-steps", "3", "--eta", "0"], "samples-ddim3-eta0.npy"),
     ],
 )
 def test_sample_writes_npy_and_png_and_is_reproducible(run, args, name):
@@ -144,7 +152,7 @@ def test_sample_writes_npy_and_png_and_is_reproducible(run, args, name):
 
 def test_sample_digits_writes_integer_levels(tmp_path):
     out = tmp_path / "d"
-    argv = ["train", "--T", "2", "--width", "8", "--steps", "1", "--batch-size", "4",
+    argv = ["train", "--T", "2", "--width", "8", "--updates", "1", "--batch-size", "4",
             "--warmup-steps", "0", "--no-progress", "--threads", "1", "--out", str(out),
             "--eval-batch-budget", "4096"]  # fmt: skip
     assert main(argv) == 0
@@ -209,6 +217,92 @@ def test_config_file_with_overrides(run, tmp_path, capsys):
     printed = capsys.readouterr().out
     cfg = RunConfig.from_json(printed[: printed.rindex("}") + 1])
     assert cfg == RunConfig.from_json(run).replace(seed=5)
+
+
+def _dry_run(capsys, *flags: str) -> tuple[str, RunConfig]:
+    assert main(["train", "--dry-run", *flags]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    start = printed.index("{")
+    return printed[:start], RunConfig.from_json(printed[start : printed.rindex("}") + 1])
+
+
+def test_twenty_updates_with_every_other_flag_at_its_default(tmp_path, capsys):
+    """The defaults that depend on the run's length (warm-up, evaluation and checkpoint
+    intervals) follow --updates: the digits default is a valid run at 20 updates, and a 20-update
+    run with every other flag at its default trains (on 2-D data, to keep the suite fast)."""
+    _, cfg = _dry_run(capsys, "--updates", "20", "--out", str(tmp_path / "never"))
+    assert cfg == RunConfig(updates=20) and cfg.warmup_steps == 1
+    out = tmp_path / "run"
+    assert main(["train", "--updates", "20", "--data", "eight_gaussians", "--no-progress",
+                 "--out", str(out)]) == 0  # fmt: skip
+    history = History.load(out / "metrics.jsonl")
+    assert history.final_step == 20 and history.final_eval_on("test") is not None
+
+
+def test_a_learned_guide_gets_the_objective_that_fits_and_says_so(tmp_path, capsys):
+    said, cfg = _dry_run(capsys, "--guide", "learned", "--out", str(tmp_path / "n"))
+    assert cfg.objective.value == "trace_elbo"
+    assert said.strip().splitlines() == [
+        "chose --objective trace_elbo: what fits --model diffusion --guide learned "
+        "(give the flag to choose otherwise)"
+    ]
+
+
+def test_an_hvae_gets_its_guide_objective_and_depth_and_says_so(tmp_path, capsys):
+    from pyrodiff.config import HVAE_NUM_STEPS
+
+    said, cfg = _dry_run(capsys, "--model", "hvae", "--out", str(tmp_path / "n"))
+    assert (cfg.guide.value, cfg.objective.value, cfg.num_steps) == (
+        "learned", "trace_elbo", HVAE_NUM_STEPS
+    )  # fmt: skip
+    assert said.strip().splitlines() == [
+        f"chose --guide learned, --objective trace_elbo, --T {HVAE_NUM_STEPS}: what fits "
+        "--model hvae (give the flag to choose otherwise)"
+    ]
+    # the plain default says nothing: its choices are the documented defaults
+    said, _ = _dry_run(capsys, "--out", str(tmp_path / "n"))
+    assert "chose" not in said
+
+
+def test_auto_asks_for_the_fitting_default_and_off_means_none_or_at_the_end(tmp_path, capsys):
+    _, cfg = _dry_run(
+        capsys, "--model", "hvae", "--T", "auto", "--guide", "auto", "--warmup-steps", "off",
+        "--eval-every", "off", "--checkpoint-every", "none", "--out", str(tmp_path / "n"),
+    )  # fmt: skip
+    assert cfg == RunConfig(model="hvae", warmup_steps=0, eval_every=0, checkpoint_every=0)
+    # 0 reaches fit as "at the end only"
+    assert cfg.fit_options()["eval_every"] is None
+    assert cfg.checkpoint_options(tmp_path)["checkpoint_every"] is None
+
+
+def test_the_old_flag_names_still_work_and_warn(tmp_path, capsys, run):
+    assert main(["train", "--dry-run", "--steps", "30", "--out", str(tmp_path / "n")]) == 0
+    captured = capsys.readouterr()
+    assert "--steps is deprecated; use --updates" in captured.err
+    start = captured.out.index("{")
+    assert RunConfig.from_json(captured.out[start : captured.out.rindex("}") + 1]).updates == 30
+    out = tmp_path / "s.npy"
+    argv = ["sample", str(run), "--sampler", "strided", "--steps", "2", "--num", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "--steps is deprecated; use --sampler-steps" in captured.err
+    assert "2 sampler steps" in captured.out
+
+
+def test_help_names_the_data_sets_the_seeds_and_what_plot_does(capsys):
+    from pyrodiff.data import dataset_names
+
+    def help_of(*argv: str) -> str:
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    train = help_of("train")
+    assert all(name in train for name in dataset_names())
+    for command in ("evaluate", "sample"):
+        text = help_of(command)
+        assert "--seed N seed of" in text
+    assert "Redraw a run's training figures" in help_of("plot")
 
 
 def test_python_dash_m_runs_the_command():

@@ -9,6 +9,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyrodiff import ConfigError, DataError, Parameterization, ReverseVariance
 from pyrodiff.config import (
     CONFIG_VERSION,
+    HVAE_NUM_STEPS,
     GuideKind,
     ModelKind,
     Objective,
@@ -26,7 +27,7 @@ from pyrodiff.networks import MLPDenoiser, UNetDenoiser
 from pyrodiff.schedules import cosine_schedule, linear_schedule
 from pyrodiff.train import LRSchedule, Precision
 
-TINY_2D = dict(data="eight_gaussians", num_steps=4, width=8, depth=1, steps=3, warmup_steps=0)
+TINY_2D = dict(data="eight_gaussians", num_steps=4, width=8, depth=1, updates=3, warmup_steps=0)
 
 
 def test_defaults_are_the_documented_digits_run():
@@ -39,6 +40,45 @@ def test_defaults_are_the_documented_digits_run():
     # the best configuration of docs/objectives.md: the full bound, importance-sampled t
     # (None resolves to it), improved DDPM's learned variance
     assert cfg.variance is ReverseVariance.LEARNED_RANGE and cfg.timesteps is None
+    # what depends on the run's length scales with it
+    assert (cfg.updates, cfg.warmup_steps, cfg.eval_every, cfg.checkpoint_every) == (
+        1500,
+        1500 // 20,
+        1500 // 5,
+        1500 // 10,
+    )
+
+
+@pytest.mark.parametrize("updates", [1, 2, 5, 20, 50, 99, 101, 1000, 100_000])
+def test_every_number_of_updates_is_a_valid_run_with_the_other_defaults(updates):
+    cfg = RunConfig(updates=updates)
+    # fit's warm-up rule (updates // 20, at least 1), leaving at least one update after it
+    assert cfg.warmup_steps == min(max(1, updates // 20), updates - 1) < updates
+    assert 1 <= cfg.checkpoint_every <= max(1, updates) and cfg.eval_every >= 1
+    assert RunConfig().replace(updates=updates) == cfg
+
+
+def test_unset_guide_objective_and_T_are_chosen_to_fit_the_model_and_guide():
+    hvae = RunConfig(model="hvae")
+    assert hvae.guide is GuideKind.LEARNED and hvae.objective is Objective.TRACE_ELBO
+    assert hvae.num_steps == HVAE_NUM_STEPS
+    assert {"guide", "objective", "num_steps"} <= set(hvae.chosen_fields)
+    assert RunConfig(guide="learned").objective is Objective.TRACE_ELBO
+    assert RunConfig(guide="learned_schedule").objective is Objective.ELBO
+    # replace chooses again what was not given, but keeps what was
+    assert RunConfig().replace(model="hvae") == hvae
+    with pytest.raises(ConfigError, match="needs guide learned"):
+        RunConfig(guide="fixed").replace(model="hvae")
+    # config.json holds the chosen values: reading it back chooses nothing
+    again = RunConfig.from_json(hvae.to_json())
+    assert again == hvae and again.chosen_fields == ()
+
+
+def test_the_old_key_steps_is_read_as_updates_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="'updates'"):
+        assert RunConfig.from_dict({"steps": 7, "warmup_steps": 1}).updates == 7
+    with pytest.raises(ConfigError, match="both 'steps' and 'updates'"):
+        RunConfig.from_dict({"steps": 7, "updates": 7})
 
 
 def test_json_round_trip_preserves_every_field_and_type(tmp_path):
@@ -82,11 +122,12 @@ def test_missing_keys_take_defaults_and_strings_are_coerced():
         ({"ema_decay": 1.0}, ["ema_decay", "[0, 1)"]),
         ({"batch_size": 2.5}, ["batch_size", "integer"]),
         ({"device": "tpu"}, ["device", "cuda"]),
-        ({"guide": "learned"}, ["objective elbo", "learned"]),
+        ({"guide": "learned", "objective": "elbo"}, ["objective elbo", "learned"]),
         ({"objective": "hybrid", "variance": "beta"}, ["learned_range"]),
-        ({"model": "hvae"}, ["hvae", "learned"]),
+        ({"model": "hvae", "guide": "fixed"}, ["hvae", "learned"]),
+        ({"model": "hvae", "objective": "elbo"}, ["hvae", "trace_elbo"]),
         ({"timesteps": "importance", "objective": "trace_elbo"}, ["timesteps"]),
-        ({"warmup_steps": 50, "steps": 50}, ["warmup_steps", "smaller than steps"]),
+        ({"warmup_steps": 50, "updates": 50}, ["warmup_steps", "smaller than updates"]),
     ],
 )
 def test_invalid_configurations_name_the_field_and_what_is_expected(changes, words):
@@ -124,7 +165,7 @@ def test_build_2d_gives_the_matching_model_guide_and_estimator():
 
 def test_build_digits_uses_a_unet_and_the_discretised_likelihood():
     digits = load_digits()
-    cfg = RunConfig(num_steps=3, width=8, steps=2, warmup_steps=0)
+    cfg = RunConfig(num_steps=3, width=8, updates=2, warmup_steps=0)
     model, guide, data, _ = build(cfg, dataset=digits)
     assert isinstance(model.denoiser, UNetDenoiser) and data is digits
     assert isinstance(model.likelihood, DiscretizedGaussianLikelihood)
@@ -200,8 +241,8 @@ def test_initial_weights_are_a_function_of_the_seed_only():
 
 def test_build_refuses_a_batch_larger_than_the_training_set():
     digits = load_digits()
-    with pytest.raises(DataError, match="batch_size 2000 is larger than the 1500"):
-        build(RunConfig(batch_size=2000, num_steps=2, steps=2, warmup_steps=0), dataset=digits)
+    with pytest.raises(DataError, match="batch_size 2000 is larger than the 1300"):
+        build(RunConfig(batch_size=2000, num_steps=2, updates=2), dataset=digits)
 
 
 def test_num_levels_applies_only_to_files():
@@ -213,7 +254,7 @@ def test_replace_validates_like_a_new_config():
     cfg = RunConfig(**TINY_2D)
     assert cfg.replace(seed=4).seed == 4
     with pytest.raises(ConfigError):
-        cfg.replace(steps=-1)
+        cfg.replace(updates=-1)
 
 
 def test_hvae_builds_with_its_own_guide_and_a_trace_objective():

@@ -156,7 +156,7 @@ def test_fit_on_cuda_with_and_without_bf16(tmp_path):
             model,
             guide,
             x,
-            steps=3,
+            updates=3,
             batch_size=16,
             device="cuda",
             precision=precision,

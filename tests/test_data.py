@@ -1,6 +1,7 @@
 """Data: exact 2-D densities (normalisation, Jacobian, entropy), user arrays, the registry."""
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,13 @@ from pyrodiff.data import (
     DatasetName,
     Density,
     GaussianMixture2D,
+    Split,
     Standardized,
     Toy2D,
     dataset_names,
     get_dataset,
     load_array,
+    load_digits,
     load_toy2d,
     toy_density,
 )
@@ -121,6 +124,47 @@ def test_toy_datasets_are_reproducible_and_carry_their_density():
     assert a.num_dims == 2 and a.name == "two_moons"
 
 
+def test_toy_validation_is_a_third_independent_draw_and_leaves_train_and_test_as_they_were():
+    a = load_toy2d("eight_gaussians", num_train=100, num_test=30, seed=1, num_validation=40)
+    b = load_toy2d("eight_gaussians", num_train=100, num_test=30, seed=1, num_validation=7)
+    assert a.validation.shape == (40, 2) and b.validation.shape == (7, 2)
+    assert torch.equal(a.train, b.train) and torch.equal(a.test, b.test)
+    # the draws are distinct points of a continuous density: no datum is in two splits
+    every = torch.cat([a.train, a.test, a.validation])
+    assert torch.unique(every, dim=0).shape[0] == every.shape[0]
+    assert get_dataset("two_moons").validation.shape == (2000, 2)  # the documented default
+
+
+def test_digits_splits_train_validation_test_in_order_and_test_is_the_last_297():
+    from sklearn.datasets import load_digits as sk_digits
+
+    images = torch.as_tensor(sk_digits().images, dtype=torch.float64)
+    ds = load_digits()
+    assert (ds.train.shape[0], ds.validation.shape[0], ds.test.shape[0]) == (1300, 200, 297)
+    levels = torch.cat([ds.to_levels(s) for s in (ds.train, ds.validation, ds.test)])
+    assert torch.equal(levels.squeeze(1), images.long())
+    assert torch.equal(ds.to_levels(ds.test).squeeze(1), images[-297:].long())
+    assert ds.split(Split.VALIDATION) is ds.validation and ds.split(Split.TEST) is ds.test
+
+
+def test_a_dataset_without_validation_says_so():
+    ds = Dataset("g", train=torch.zeros(3, 2), test=torch.zeros(2, 2))
+    with pytest.raises(DataError, match="no validation split"):
+        ds.split(Split.VALIDATION)
+
+
+def test_integer_data_without_num_levels_gets_a_quantised_hint(tmp_path):
+    np.save(tmp_path / "counts.npy", np.arange(300).reshape(150, 2))
+    with pytest.warns(UserWarning, match=r"looks quantised.*--num-levels 300"):
+        ds = load_array(tmp_path / "counts.npy")
+    assert ds.num_levels is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_array(tmp_path / "counts.npy", num_levels=300)
+        np.save(tmp_path / "real.npy", np.linspace(-1, 1, 40).reshape(20, 2))
+        load_array(tmp_path / "real.npy")
+
+
 def test_toy_arguments_are_checked():
     with pytest.raises(ConfigError, match="expected one of"):
         load_toy2d("spirals")
@@ -136,22 +180,39 @@ def test_toy_arguments_are_checked():
 
 
 def test_npy_is_split_reproducibly_and_completely(tmp_path):
-    a = np.arange(40, dtype=np.float32).reshape(20, 2)
+    a = np.arange(40, dtype=np.float32).reshape(20, 2) + 0.5
     np.save(tmp_path / "x.npy", a)
-    ds = load_array(tmp_path / "x.npy", test_fraction=0.25, seed=3)
-    again = load_array(tmp_path / "x.npy", test_fraction=0.25, seed=3)
-    assert ds.train.shape == (15, 2) and ds.test.shape == (5, 2)
-    assert torch.equal(ds.train, again.train)
-    rows = torch.cat([ds.train, ds.test])
+    ds = load_array(tmp_path / "x.npy", test_fraction=0.25, seed=3, validation_fraction=0.1)
+    again = load_array(tmp_path / "x.npy", test_fraction=0.25, seed=3, validation_fraction=0.1)
+    assert ds.train.shape == (13, 2) and ds.validation.shape == (2, 2) and ds.test.shape == (5, 2)
+    assert torch.equal(ds.train, again.train) and torch.equal(ds.validation, again.validation)
+    # the three splits are a partition of the rows
+    rows = torch.cat([ds.train, ds.validation, ds.test])
     assert torch.equal(rows[rows[:, 0].argsort()], torch.from_numpy(a).double())
     assert ds.train.dtype == torch.get_default_dtype() and ds.name == "x"
+    # the test set of a seed does not depend on the validation fraction
+    none = load_array(tmp_path / "x.npy", test_fraction=0.25, seed=3, validation_fraction=0.0)
+    assert torch.equal(none.test, ds.test) and none.validation is None
+    assert none.train.shape == (15, 2)
 
 
 def test_npz_pair_is_kept_and_single_array_split(tmp_path):
     train, test = np.random.rand(7, 3, 2, 2), np.random.rand(4, 3, 2, 2)
     np.savez(tmp_path / "pair.npz", train=train, test=test)
-    ds = load_array(tmp_path / "pair.npz")
+    ds = load_array(tmp_path / "pair.npz", validation_fraction=0)
     assert torch.equal(ds.train, torch.from_numpy(train)) and ds.event_shape == (3, 2, 2)
+    assert torch.equal(ds.test, torch.from_numpy(test)) and ds.validation is None
+    # a validation array is used as given; without one, a fraction of train is held out
+    validation = np.random.rand(2, 3, 2, 2)
+    np.savez(tmp_path / "three.npz", train=train, test=test, validation=validation)
+    three = load_array(tmp_path / "three.npz")
+    assert torch.equal(three.validation, torch.from_numpy(validation))
+    assert torch.equal(three.train, torch.from_numpy(train))
+    carved = load_array(tmp_path / "pair.npz", validation_fraction=0.3)
+    assert carved.validation.shape[0] == round(7 * 0.3) and carved.train.shape[0] == 7 - 2
+    rows = torch.cat([carved.train, carved.validation]).flatten(1)
+    assert torch.equal(rows[rows[:, 0].argsort()], torch.from_numpy(train).flatten(1)[
+        torch.from_numpy(train).flatten(1)[:, 0].argsort()])  # fmt: skip
     np.savez(tmp_path / "one.npz", data=np.random.rand(10, 2))
     assert load_array(tmp_path / "one.npz", test_fraction=0.2).test.shape == (2, 2)
 
@@ -160,7 +221,7 @@ def test_quantised_levels_are_rescaled_to_the_discretised_grid(tmp_path):
     K = 4
     a = np.array([[0, 1], [2, 3], [3, 0], [1, 1]], dtype=np.uint8)
     np.savez(tmp_path / "q.npz", train=a, test=a[:2])
-    ds = load_array(tmp_path / "q.npz", num_levels=K)
+    ds = load_array(tmp_path / "q.npz", num_levels=K, validation_fraction=0)
     assert torch.allclose(ds.train, torch.from_numpy(a).double() * 2 / 3 - 1)
     assert isinstance(ds.likelihood(), DiscretizedGaussianLikelihood)
     ds.likelihood().validate(ds.train)
@@ -196,8 +257,17 @@ def test_bad_files_raise_data_errors(tmp_path):
     with pytest.raises(DataError, match=".npy or .npz"):
         load_array(tmp_path / "x.csv")
     (tmp_path / "junk.npy").write_bytes(b"not numpy at all")
-    with pytest.raises(DataError, match="not a plain numeric NumPy file"):
+    with pytest.raises(DataError, match="not a .npy file") as info:
         load_array(tmp_path / "junk.npy")
+    assert "unpickl" not in str(info.value)
+    # a text file given a .npy name is called what it is, not a pickle
+    np.savetxt(tmp_path / "text.npy", np.ones((4, 2)))
+    with pytest.raises(DataError, match="numpy.loadtxt") as info:
+        load_array(tmp_path / "text.npy")
+    assert "unpickl" not in str(info.value)
+    (tmp_path / "text.npz").write_text("1 2\n")
+    with pytest.raises(DataError, match="not a .npz archive"):
+        load_array(tmp_path / "text.npz")
     np.savez(tmp_path / "keys.npz", a=np.ones((3, 2)), b=np.ones((3, 2)))
     with pytest.raises(DataError, match="'train' and 'test'"):
         load_array(tmp_path / "keys.npz")
@@ -207,6 +277,8 @@ def test_bad_files_raise_data_errors(tmp_path):
     np.save(tmp_path / "ok.npy", np.ones((10, 2)))
     with pytest.raises(ConfigError, match="test_fraction"):
         load_array(tmp_path / "ok.npy", test_fraction=1.0)
+    with pytest.raises(ConfigError, match="validation_fraction"):
+        load_array(tmp_path / "ok.npy", test_fraction=0.5, validation_fraction=0.5)
     with pytest.raises(ConfigError, match="num_levels"):
         load_array(tmp_path / "ok.npy", num_levels=1)
 

@@ -109,7 +109,7 @@ def _fit_worker(ctx: DistributedContext, out: Path) -> None:
         model,
         ForwardGuide(sched),
         x,
-        steps=2,
+        updates=2,
         batch_size=4,
         device="cpu",
         run_dir=out / f"run{ctx.rank}",

@@ -31,7 +31,7 @@ def make_run():
 
 def _fit(run, **kw):
     model, guide, x = make_run()
-    options = {"steps": STEPS, "batch_size": 16, "seed": 3, "progress": False}
+    options = {"updates": STEPS, "batch_size": 16, "seed": 3, "progress": False}
     options.update(kw)
     return model, fit(model, guide, x, run_dir=run, **options)
 

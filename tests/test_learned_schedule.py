@@ -38,6 +38,25 @@ def test_frozen_schedule_has_the_tables_of_the_fixed_one(schedule):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12, msg=name)
 
 
+def test_frozen_copy_holds_the_current_tables_and_no_parameters():
+    """LearnedSchedule.frozen() is what a LearnedGuide starts its factors from when the model's
+    schedule is learned: the tables of the moved schedule, as buffers the guide cannot train."""
+    from pyrodiff.guides.learned import LearnedGuide
+    from pyrodiff.schedules import NoiseSchedule
+
+    learned = LearnedSchedule.from_schedule(linear_schedule(7))
+    with torch.no_grad():
+        learned.shape_logits.add_(0.3 * torch.randn_like(learned.shape_logits))
+    frozen = learned.frozen()
+    assert isinstance(frozen, NoiseSchedule) and not list(frozen.parameters())
+    for name in TABLES:
+        torch.testing.assert_close(getattr(frozen, name), getattr(learned, name), msg=name)
+    model = Diffusion(MLPDenoiser(2, 8, 1), learned, event_shape=(2,))
+    guide = LearnedGuide(model, hidden=4)
+    assert isinstance(guide.schedule, NoiseSchedule)
+    torch.testing.assert_close(guide.schedule.alpha_bar, learned.alpha_bar)
+
+
 def test_frozen_guide_equals_forward_guide_trace_by_trace():
     model, x0 = linear_gaussian_model(T=6), data(5)
     fixed = ForwardGuide(model.schedule)

@@ -37,16 +37,18 @@ SETTINGS = settings(
 INT_FLAGS = [
     ("--T", "num_steps", 1, (-3, 40)),
     ("--depth", "depth", 1, (-3, 4)),
-    ("--steps", "steps", 1, (-3, 300)),
+    ("--updates", "updates", 1, (-3, 300)),
     ("--batch-size", "batch_size", 1, (-3, 64)),
     ("--warmup-steps", "warmup_steps", 0, (-3, 300)),
     ("--seed", "seed", 0, (-3, 10**6)),
 ]
 OPTIONAL_INT_FLAGS = [
     ("--width", "width", 1, (-3, 48)),
-    ("--eval-every", "eval_every", 1, (-3, 100)),
-    ("--checkpoint-every", "checkpoint_every", 1, (-3, 100)),
+    ("--eval-every", "eval_every", 0, (-3, 100)),
+    ("--checkpoint-every", "checkpoint_every", 0, (-3, 100)),
 ]
+OFF_VALUE = {"width": None, "eval_every": 0, "checkpoint_every": 0}
+"""What 'off' means: no width given (the default), or evaluating/checkpointing at the end only."""
 ENUM_FLAGS = {
     "--schedule": ("schedule", ["linear", "cosine"]),
     "--parameterization": ("parameterization", ["epsilon", "x0", "v"]),
@@ -81,7 +83,7 @@ def flag_values(draw):
             expected[name] = value
         elif choice == "off":
             flags += [flag, draw(st.sampled_from(["off", "none", "OFF"]))]
-            expected[name] = None
+            expected[name] = OFF_VALUE[name]
         else:
             flags += [flag, draw(JUNK)]
             valid = False
@@ -108,10 +110,11 @@ def flag_values(draw):
             valid &= good
             expected[name] = text
     if valid:
-        steps = expected.get("steps", RunConfig.steps)
-        warmup = expected.get("warmup_steps", RunConfig.warmup_steps)
+        # an unset warm-up follows the number of updates and always fits it
+        updates = expected.get("updates", RunConfig().updates)
+        warmup = expected.get("warmup_steps", 0)
         schedule = expected.get("lr_schedule", "warmup_cosine")
-        valid &= not (schedule == "warmup_cosine" and warmup >= steps)
+        valid &= not (schedule == "warmup_cosine" and warmup >= updates)
     return flags, (expected if valid else None)
 
 
@@ -156,7 +159,7 @@ def test_train_flags_give_the_expected_config_or_one_clean_error(drawn, tmp_path
     grad_clip=st.none() | st.floats(1e-3, 1e3),
     ema_decay=st.none() | st.floats(0.0, 0.9999),
     seed=st.integers(0, 2**31),
-    steps=st.integers(1000, 5000),
+    updates=st.integers(1, 5000),
 ))  # fmt: skip
 def test_config_json_round_trip(config):
     assert RunConfig.from_json(config.to_json()) == config

@@ -44,7 +44,7 @@ OPTIONS = {
 
 def _fit(run, init_seed=0, **kw):
     model, guide = _pair(init_seed=init_seed)
-    options = {"steps": STEPS, "batch_size": 16, "eval_every": 5, "checkpoint_every": 4}
+    options = {"updates": STEPS, "batch_size": 16, "eval_every": 5, "checkpoint_every": 4}
     options.update(kw)
     h = fit(model, guide, _data(), run_dir=run, progress=False, seed=11, **options)
     return model, guide, h
@@ -143,19 +143,19 @@ def test_resume_refuses_what_does_not_fit(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         _fit(run, resume=True)
-    _fit(run, steps=4)
+    _fit(run, updates=4)
     with pytest.raises(CheckpointError, match="already holds a checkpoint: pass resume=True"):
         _fit(run)
     other_T, other_guide = _pair(T=5)
     with pytest.raises(CheckpointError, match="num_steps is 4 in the checkpoint but 5 now"):
-        fit(other_T, other_guide, _data(), steps=8, batch_size=16, run_dir=run, resume=True,
+        fit(other_T, other_guide, _data(), updates=8, batch_size=16, run_dir=run, resume=True,
             progress=False)  # fmt: skip
     with pytest.raises(CheckpointError, match="no EMA, but ema_decay is set"):
         _fit(run, resume=True, ema_decay=0.9)
     model, guide = _pair()
     bigger = Dataset("g", train=torch.randn(70, 2), test=torch.randn(4, 2))
     with pytest.raises(CheckpointError, match="trained on 64 data, but 70 are given"):
-        fit(model, guide, bigger, steps=8, batch_size=16, run_dir=run, resume=True,
+        fit(model, guide, bigger, updates=8, batch_size=16, run_dir=run, resume=True,
             progress=False)  # fmt: skip
     # the refused attempts left the checkpoint as it was
     assert load_checkpoint(run)["step"] == 4
@@ -187,7 +187,7 @@ def test_an_adaptive_timestep_sampler_resumes_exactly(tmp_path):
 def test_the_first_call_does_not_feed_the_sampler():
     sampler = ImportanceTimesteps(history=2)
     model, guide = _pair()
-    fit(model, guide, _data(), loss=DiffusionELBO(timesteps=sampler), steps=1, batch_size=16,
+    fit(model, guide, _data(), loss=DiffusionELBO(timesteps=sampler), updates=1, batch_size=16,
         progress=False)  # fmt: skip
     # one update of 16 data: the counts total 16, not 32
     assert int(sampler.state_dict()["counts"].sum()) == 16

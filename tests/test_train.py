@@ -25,7 +25,7 @@ from pyrodiff import (
     linear_schedule,
 )
 from pyrodiff.checkpoint import load_checkpoint, restore_weights
-from pyrodiff.data import Dataset
+from pyrodiff.data import Dataset, get_dataset
 from pyrodiff.infer import DiffusionELBO, elbo_terms, exact_elbo_terms, exact_log_evidence
 from pyrodiff.networks import LinearDenoiser, MLPDenoiser
 from pyrodiff.train import (
@@ -35,7 +35,6 @@ from pyrodiff.train import (
     History,
     LRSchedule,
     Precision,
-    RecordKind,
     evaluate_split,
     fit,
     learning_rate,
@@ -92,7 +91,7 @@ def test_fit_applies_the_schedule_it_records():
         model,
         guide,
         x,
-        steps=12,
+        updates=12,
         batch_size=16,
         lr=0.01,
         lr_schedule=LRSchedule.WARMUP_COSINE,
@@ -114,7 +113,7 @@ def test_fit_closes_most_of_the_gap_to_the_exact_evidence():
     log_p = exact_log_evidence(oracle, x).mean().item()
     model, guide = _linear_pair()
     before = exact_elbo_terms(model, guide, x).elbo.mean().item()
-    h = fit(model, guide, x, steps=80, batch_size=128, lr=3e-2, progress=False)
+    h = fit(model, guide, x, updates=80, batch_size=128, lr=3e-2, progress=False)
     after = exact_elbo_terms(model, guide, x).elbo.mean().item()
     assert after <= exact_log_evidence(model, x).mean().item() + 1e-9
     assert log_p - after < 0.05 * (log_p - before)
@@ -126,7 +125,7 @@ def test_fit_takes_any_pyro_elbo(loss):
     x = _gaussian_data(64)
     model, guide = _mlp_pair()
     start = _params(model)
-    h = fit(model, guide, x, loss=loss, steps=3, batch_size=8, progress=False)
+    h = fit(model, guide, x, loss=loss, updates=3, batch_size=8, progress=False)
     assert [r["step"] for r in h.train] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) for r in h.train)
     assert any(not torch.equal(a, b) for a, b in zip(start, _params(model), strict=True))
@@ -138,7 +137,7 @@ def test_lazily_created_guide_parameters_are_trained():
     model, _ = _mlp_pair(T=2)
     guide = AutoNormal(model)
     assert not list(guide.parameters())
-    fit(model, guide, x, loss=Trace_ELBO(), steps=3, batch_size=16, progress=False)
+    fit(model, guide, x, loss=Trace_ELBO(), updates=3, batch_size=16, progress=False)
     names = [n for n, _ in guide.named_parameters()]
     assert names, "the autoguide's parameters were never created"
     locs = dict(guide.named_parameters())
@@ -152,7 +151,7 @@ def test_same_seed_same_run_other_seed_other_run():
     runs = []
     for seed in (3, 3, 4):
         model, guide = _mlp_pair(seed=0)
-        fit(model, guide, x, steps=5, batch_size=16, seed=seed, progress=False)
+        fit(model, guide, x, updates=5, batch_size=16, seed=seed, progress=False)
         runs.append(_params(model))
     assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2], strict=True))
@@ -160,8 +159,8 @@ def test_same_seed_same_run_other_seed_other_run():
 
 def test_log_every_records_the_mean_of_its_updates():
     x = _gaussian_data(64)
-    every = fit(*_mlp_pair(), x, steps=6, batch_size=16, seed=1, progress=False)
-    grouped = fit(*_mlp_pair(), x, steps=6, batch_size=16, seed=1, log_every=4, progress=False)
+    every = fit(*_mlp_pair(), x, updates=6, batch_size=16, seed=1, progress=False)
+    grouped = fit(*_mlp_pair(), x, updates=6, batch_size=16, seed=1, log_every=4, progress=False)
     losses = [r["loss"] for r in every.train]
     assert [r["step"] for r in grouped.train] == [4, 6]
     assert grouped.train[0]["loss"] == pytest.approx(sum(losses[:4]) / 4, rel=1e-12)
@@ -175,7 +174,7 @@ def test_bf16_autocast_changes_the_arithmetic_but_not_the_answer():
     for precision in Precision:
         model, guide = _mlp_pair(seed=0)
         model.float()
-        h = fit(model, guide, x, steps=2, batch_size=32, precision=precision, progress=False)
+        h = fit(model, guide, x, updates=2, batch_size=32, precision=precision, progress=False)
         first[precision] = h.train[0]["loss"]
     fp32, bf16 = first[Precision.FP32], first[Precision.BF16]
     assert fp32 != bf16  # autocast really ran the matmuls in bfloat16
@@ -250,25 +249,65 @@ def test_closed_form_evaluation_is_elbo_terms_with_its_own_noise():
     assert out["bits_per_dim"] == pytest.approx(-ref["elbo"] / (2 * math.log(2)))
 
 
-def test_fit_evaluates_on_schedule_and_at_the_end_with_the_ema(tmp_path):
+def test_fit_evaluates_validation_on_schedule_and_test_once_at_the_end_with_the_ema(tmp_path):
     x = _gaussian_data(64)
-    ds = Dataset("g", train=x, test=x[:20])
+    ds = Dataset("g", train=x[:40], validation=x[40:52], test=x[52:])
     model, guide = _mlp_pair()
     run = tmp_path / "run"
-    h = fit(model, guide, ds, steps=7, batch_size=16, eval_every=3, ema_decay=0.5, seed=2,
+    h = fit(model, guide, ds, updates=7, batch_size=16, eval_every=3, ema_decay=0.5, seed=2,
             run_dir=run, progress=False)  # fmt: skip
-    assert [r["step"] for r in h.evals] == [3, 6, 7]
-    assert all(r["ema"] and r["split"] == "test" and r["bits_per_dim"] is None for r in h.evals)
-    assert h.final_eval == h.evals[-1]
-    steps, values = h.series("elbo", RecordKind.EVAL)
-    assert steps == [3, 6, 7] and values == [r["elbo"] for r in h.evals]
-    # the end evaluation used the averaged parameters, and fit left the raw ones in place
+    assert [(r["step"], r["split"]) for r in h.evals] == [
+        (3, "validation"), (6, "validation"), (7, "validation"), (7, "test")
+    ]  # fmt: skip
+    assert all(r["ema"] and r["bits_per_dim"] is None for r in h.evals)
+    assert h.final_eval == h.evals[-1] == h.final_eval_on("test")
+    assert h.final_eval_on("validation") == h.evals[-2]
+    # each record is the evaluation of its own split, with the averaged parameters; fit left
+    # the raw ones in place
     seed = 2 + EVAL_SEED_OFFSET
-    raw = evaluate_split(model, guide, x[:20], num_levels=None, seed=seed)
     avg_model, avg_guide = _mlp_pair(seed=9)
     restore_weights(avg_model, avg_guide, run)
-    avg = evaluate_split(avg_model, avg_guide, x[:20], num_levels=None, seed=seed)
-    assert avg["elbo"] == h.final_eval["elbo"] != raw["elbo"]
+    for split, data in (("validation", x[40:52]), ("test", x[52:])):
+        raw = evaluate_split(model, guide, data, num_levels=None, seed=seed)
+        avg = evaluate_split(avg_model, avg_guide, data, num_levels=None, seed=seed)
+        assert avg["elbo"] == h.final_eval_on(split)["elbo"] != raw["elbo"]
+
+
+def test_fit_with_a_run_config_writes_the_run_folder_the_cli_reads(tmp_path, capsys):
+    from pyrodiff.cli import main
+    from pyrodiff.config import RunConfig, build
+
+    config = RunConfig(data="eight_gaussians", num_steps=3, width=8, depth=1, updates=4,
+                       batch_size=16, variance="beta")  # fmt: skip
+    built = build(config, dataset=get_dataset("eight_gaussians", num_train=64, num_test=16,
+                                               num_validation=16))  # fmt: skip
+    run = tmp_path / "run"
+    fit(built.model, built.guide, built.dataset, loss=built.loss, **config.fit_options(),
+        **config.checkpoint_options(run), config=config, progress=False)  # fmt: skip
+    assert RunConfig.from_json(run) == config
+    for argv in (["plot", str(run)], ["compare", str(run), "--out", str(tmp_path / "c.png")],
+                 ["evaluate", str(run), "--num", "8"]):  # fmt: skip
+        assert main(argv) == 0, capsys.readouterr().err
+
+
+def test_a_run_folder_without_config_is_plotted_and_its_evaluation_says_what_is_missing(
+    tmp_path, capsys
+):
+    from pyrodiff.cli import main
+
+    run = tmp_path / "run"
+    fit(*_mlp_pair(), _gaussian_data(32), updates=2, batch_size=8, run_dir=run, progress=False)
+    assert main(["plot", str(run)]) == 0
+    assert main(["evaluate", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "no config.json" in err and "config=RunConfig" in err
+
+
+def test_fit_steps_is_a_deprecated_alias_of_updates():
+    x = _gaussian_data(32)
+    with pytest.warns(DeprecationWarning, match="updates="):
+        h = fit(*_mlp_pair(), x, steps=3, batch_size=8, progress=False)
+    assert h.final_step == 3
 
 
 # --- EMA -----------------------------------------------------------------------------------
@@ -323,7 +362,7 @@ def test_non_finite_loss_stops_with_the_step_and_a_hint(tmp_path, validation, lo
 
     run = tmp_path / "run"
     with pytest.raises(NonFiniteError, match=rf"non-finite {what}.* at step 4.*learning rate"):
-        fit(model, guide, x, loss=loss, steps=10, batch_size=16, run_dir=run,
+        fit(model, guide, x, loss=loss, updates=10, batch_size=16, run_dir=run,
             checkpoint_every=2, callback=poison, progress=False)  # fmt: skip
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
@@ -348,13 +387,13 @@ def test_non_finite_gradient_stops_before_the_update():
     model, guide = _mlp_pair()
     start = _params(model)
     with pytest.raises(NonFiniteError, match=r"gradient norm \(nan\) at step 1.*data range"):
-        fit(model, guide, x, loss=_NaNGradELBO(), steps=3, batch_size=8, progress=False)
+        fit(model, guide, x, loss=_NaNGradELBO(), updates=3, batch_size=8, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(start, _params(model), strict=True))
 
 
 BAD_OPTIONS = [
-    ({"steps": 0}, ConfigError, "steps must be a positive integer"),
-    ({"steps": 2.5}, ConfigError, "steps must be a positive integer"),
+    ({"updates": 0}, ConfigError, "updates must be a positive integer"),
+    ({"updates": 2.5}, ConfigError, "updates must be a positive integer"),
     ({"batch_size": 0}, ConfigError, "batch_size must be a positive integer"),
     ({"batch_size": 65}, DataError, "batch_size 65 is larger than the 64 training data"),
     ({"lr": 0.0}, ConfigError, "lr must be a positive"),
@@ -373,7 +412,7 @@ BAD_OPTIONS = [
     ({"loss": "elbo"}, ConfigError, "loss must be a Pyro ELBO"),
     ({"device": "tpu"}, ConfigError, "device"),
     ({"distributed": 2}, ConfigError, "distributed must be a pyrodiff.distributed"),
-    ({"eval_data": torch.zeros(4, 3)}, DataError, r"evaluation data must have shape \(batch, 2\)"),
+    ({"eval_data": torch.zeros(4, 3)}, DataError, r"validation data must have shape \(batch, 2\)"),
 ]
 if not torch.cuda.is_available():
     BAD_OPTIONS.append(({"device": "cuda"}, DeviceError, "CUDA is not available"))
@@ -383,7 +422,7 @@ if not torch.cuda.is_available():
 def test_bad_options_fail_with_one_clear_line_and_write_nothing(tmp_path, options, error, message):
     x = _gaussian_data(64)
     run = tmp_path / "run"
-    kwargs = {"steps": 10, "batch_size": 16, "progress": False}
+    kwargs = {"updates": 10, "batch_size": 16, "progress": False}
     kwargs.update(options)
     if "checkpoint_every" not in options and "resume" not in options:
         kwargs["run_dir"] = run
@@ -406,19 +445,19 @@ def test_bad_options_fail_with_one_clear_line_and_write_nothing(tmp_path, option
 )
 def test_bad_data_is_refused(data, error, message):
     with pytest.raises(error, match=message):
-        fit(*_mlp_pair(), data, steps=2, batch_size=1, progress=False)
+        fit(*_mlp_pair(), data, updates=2, batch_size=1, progress=False)
 
 
 def test_mismatched_guide_is_refused():
     model, _ = _mlp_pair(T=4)
     with pytest.raises(ModelMismatchError, match="T = 5"):
-        fit(model, ForwardGuide(linear_schedule(5)), _gaussian_data(8), steps=1, batch_size=4,
+        fit(model, ForwardGuide(linear_schedule(5)), _gaussian_data(8), updates=1, batch_size=4,
             progress=False)  # fmt: skip
 
 
 def test_history_round_trips_and_tolerates_a_cut_last_line(tmp_path):
     x = _gaussian_data(32)
-    h = fit(*_mlp_pair(), Dataset("g", x, x[:8]), steps=3, batch_size=8, progress=False)
+    h = fit(*_mlp_pair(), Dataset("g", x, x[:8]), updates=3, batch_size=8, progress=False)
     path = h.save(tmp_path / "m.jsonl")
     loaded = History.load(path)
     assert loaded.records == h.records and loaded.final_step == 3
@@ -432,7 +471,7 @@ def test_history_round_trips_and_tolerates_a_cut_last_line(tmp_path):
 
 def test_pyro_param_store_is_not_used():
     x = _gaussian_data(16)
-    fit(*_mlp_pair(), x, steps=2, batch_size=8, progress=False)
+    fit(*_mlp_pair(), x, updates=2, batch_size=8, progress=False)
     assert len(pyro.get_param_store()) == 0
 
 
@@ -478,3 +517,27 @@ def test_learning_rate_stays_within_zero_and_the_base_rate(schedule, total, data
     assert 0.0 <= lr <= 0.3
     if warmup and step < warmup:
         assert lr == pytest.approx(0.3 * (step + 1) / warmup)
+
+
+# --- chunked copies of a batch (pyrodiff.infer.chunks) -------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 7),
+    copies=st.integers(1, 20),
+    budget=st.integers(1, 60),
+    dims=st.integers(1, 3),
+)
+def test_repeated_chunks_are_the_repeated_batch_within_the_budget(n, copies, budget, dims):
+    from pyrodiff.infer.chunks import repeated_chunks
+
+    x0 = torch.randn((n,) + (2,) * dims)
+    chunks = list(repeated_chunks(x0, copies, budget))
+    assert torch.equal(torch.cat([c.x for c in chunks]), x0.repeat((copies,) + (1,) * dims))
+    assert [c.start for c in chunks] == [
+        sum(c.size for c in chunks[:i]) for i in range(len(chunks))
+    ]
+    # each chunk holds at most the budget's rows, or one copy when the budget is below N
+    assert all(c.size * n <= max(budget, n) and c.x.shape[0] == c.size * n for c in chunks)
+    assert all(c.size == max(1, budget // n) for c in chunks[:-1])

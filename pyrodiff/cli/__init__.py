@@ -8,12 +8,14 @@ traceback. See ``docs/cli.md``.
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from ..errors import PyrodiffError
-from .parser import UsageError, build_parser
+from .parser import UsageError, build_parser, flag_for
 
 __all__ = ["main", "UsageError"]
 
@@ -22,8 +24,21 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+def _as_flags(text: str, fields: tuple[str, ...]) -> str:
+    """``text`` with the configuration fields it names said as the flags that set them."""
+    for name in fields:
+        try:
+            flag = flag_for(name)
+        except KeyError:
+            continue
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, text)
+    return text
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
+    if isinstance(exc, PyrodiffError) and exc.fields:
+        text = _as_flags(text, exc.fields)
     if isinstance(exc, PyrodiffError):
         return text or type(exc).__name__
     if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
@@ -42,9 +57,21 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"pyrodiff: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv`` (``sys.argv[1:]`` by default); return the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the command line ``argv`` (``sys.argv[1:]`` by default); return the exit status.
+    Warnings (data that looks quantised, a deprecated name) are one line each on stderr."""
+    with warnings.catch_warnings():
+        # pyrodiff's own deprecations are for the user to see (Python hides them by default)
+        warnings.filterwarnings("default", category=DeprecationWarning, module=r"pyrodiff\b")
+        warnings.showwarning = _show_warning
+        return _main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from ..checkpoint import CHECKPOINT_NAME
-from ..config import CONFIG_NAME, RunConfig, build, load_data, parse_enum
-from ..devices import resolve_device
+from ..config import CONFIG_NAME, GuideKind, ModelKind, RunConfig, build, load_data, parse_enum
+from ..data import Split
+from ..devices import param_dtype, resolve_device
 from ..errors import ConfigError
 from ..train.history import History
 from . import figures
-from .parser import config_overrides
+from .parser import config_overrides, flag_for
 from .runs import (
     EVALUATION_NAME,
     check_run_dir,
@@ -31,13 +32,6 @@ from .runs import (
 )
 
 __all__ = ["SamplerKind", "Split", "train", "evaluate", "sample", "compare", "plot"]
-
-
-class Split(enum.Enum):
-    """Which part of the data set to evaluate on."""
-
-    TEST = "test"
-    TRAIN = "train"
 
 
 class SamplerKind(enum.Enum):
@@ -62,14 +56,42 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     overrides = config_overrides(args)
     if args.resume:
         if overrides or args.config:
-            given = ", ".join("--" + k.replace("_", "-") for k in overrides) or "--config"
+            given = ", ".join(flag_for(k) for k in overrides) or "--config"
             raise ConfigError(
                 f"--resume continues a run with its own {CONFIG_NAME}; drop {given} "
                 "(start a new run to change the configuration)"
             )
         return RunConfig.from_json(check_run_dir(args.resume) / CONFIG_NAME)
-    base = RunConfig.from_json(args.config) if args.config else RunConfig()
-    return base.replace(**overrides) if overrides else base
+    if args.config:
+        return RunConfig.from_json(args.config).replace(**overrides)
+    # fields not given take the values that fit the given ones (an hvae's guide, say)
+    return RunConfig(**overrides)
+
+
+_SAID_CHOICES = ("guide", "objective", "num_steps")
+"""Choices made for the user that are worth a line: they follow from other flags."""
+
+
+def _choices_line(config: RunConfig) -> str | None:
+    """One line naming the choices made to fit the flags given, when the run is not the plain
+    diffusion default (whose choices are the documented defaults)."""
+    if config.model is ModelKind.DIFFUSION and config.guide is GuideKind.FIXED:
+        return None
+    # T depends on the model, so it is worth saying for an hvae only
+    said = _SAID_CHOICES if config.model is ModelKind.HVAE else ("guide", "objective")
+    chosen = [name for name in said if name in config.chosen_fields]
+    if not chosen:
+        return None
+    values = {
+        "guide": config.guide.value,
+        "objective": config.objective.value,
+        "num_steps": str(config.num_steps),
+    }
+    given = f"--model {config.model.value}"
+    if "guide" not in chosen:
+        given += f" --guide {config.guide.value}"
+    picks = ", ".join(f"{flag_for(name)} {values[name]}" for name in chosen)
+    return f"chose {picks}: what fits {given} (give the flag to choose otherwise)"
 
 
 def _new_run_dir(args: argparse.Namespace, distributed) -> Path:
@@ -109,6 +131,9 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
     from ..train import fit
 
     is_main = distributed is None or distributed.is_main
+    line = _choices_line(config) if not args.resume else None
+    if line is not None and is_main:
+        _say(line)
     if distributed is None:
         resolve_device(config.device)  # CUDA asked for where there is none: stop here
     built = build(config)
@@ -123,6 +148,7 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
         _say(config.to_json().rstrip())
         _say(
             f"data {built.dataset.name}: train {tuple(built.dataset.train.shape)}, "
+            f"validation {_shape(built.dataset.validation)}, "
             f"test {tuple(built.dataset.test.shape)}; would write {run_dir}"
         )
         return 0
@@ -139,7 +165,7 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
         _say(
             f"{'resuming' if args.resume else 'training'} {config.model.value} with a "
             f"{config.guide.value} guide on {built.dataset.name} (T = {config.num_steps}, "
-            f"{n_params:,} parameters, {config.steps} steps) -> {run_dir}"
+            f"{n_params:,} parameters, {config.updates} updates) -> {run_dir}"
         )
     started = time.perf_counter()
     try:
@@ -149,10 +175,9 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
             built.dataset,
             loss=built.loss,
             **config.fit_options(),
-            run_dir=run_dir,
-            checkpoint_every=config.checkpoint_every,
+            **config.checkpoint_options(run_dir),
             resume=bool(args.resume),
-            config=config.to_dict(),
+            config=config,
             progress=not args.no_progress and is_main,
             distributed=distributed,
         )
@@ -165,23 +190,28 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
     seconds = time.perf_counter() - started
     if history.interrupted:
         _say(
-            f"interrupted at step {history.final_step}; checkpoint saved. "
+            f"interrupted at update {history.final_step}; checkpoint saved. "
             f"Continue with: pyrodiff train --resume {run_dir}"
         )
         return 130
     figures.training_figures(history, figures_dir(run_dir), built.dataset)
-    _say(f"done in {seconds:.0f} s: {history.final_step} steps")
-    final = history.final_eval
-    if final is not None:
-        _say(_eval_line(final, built.dataset.num_levels is not None))
+    _say(f"done in {seconds:.0f} s: {history.final_step} updates")
+    for split in (Split.VALIDATION, Split.TEST):
+        record = history.final_eval_on(split.value)
+        if record is not None:
+            _say(_eval_line(record, split, built.dataset.num_levels is not None))
     _say(f"run folder: {run_dir}")
     return 0
 
 
-def _eval_line(record: dict[str, Any], quantised: bool) -> str:
-    line = f"test ELBO {record['elbo']:.4f} nats/datum"
+def _shape(x) -> tuple[int, ...] | None:
+    return None if x is None else tuple(x.shape)
+
+
+def _eval_line(record: dict[str, Any], split: Split, quantised: bool) -> str:
+    line = f"{split.value} ELBO {record['elbo']:.4f} nats/datum"
     if quantised and record.get("bits_per_dim") is not None:
-        line += f", test bits/dim {record['bits_per_dim']:.4f}"
+        line += f", {split.value} bits/dim {record['bits_per_dim']:.4f}"
     return line
 
 
@@ -199,14 +229,10 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--iwae needs K >= 1 samples, got {args.iwae}")
     loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema)
     dataset = loaded.built.dataset
-    x = dataset.test if split is Split.TEST else dataset.train
+    x = dataset.split(split)
     if args.num is not None:
         x = x[: args.num]
-    param = next(iter(loaded.model.parameters()), None)
-    x = x.to(
-        device=loaded.model.schedule.alpha_bar.device if param is None else param.device,
-        dtype=x.dtype if param is None else param.dtype,
-    )
+    x = x.to(device=loaded.model.schedule.alpha_bar.device, dtype=param_dtype(loaded.model))
     quantised = dataset.num_levels is not None
     with torch.no_grad():
         result = evaluate_split(
@@ -313,9 +339,9 @@ def sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--eta must be a finite number >= 0, got {args.eta}")
     loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema)
     model, T = loaded.model, loaded.model.num_steps
-    steps = args.steps if args.steps is not None else max(1, T // 10)
+    steps = args.sampler_steps if args.sampler_steps is not None else max(1, T // 10)
     if kind is not SamplerKind.ANCESTRAL and not 1 <= steps <= T:
-        raise ConfigError(f"--steps must be an integer in 1..T = {T}, got {steps}")
+        raise ConfigError(f"--sampler-steps must be an integer in 1..T = {T}, got {steps}")
     gen = torch.Generator(device=model.schedule.alpha_bar.device).manual_seed(args.seed)
     if kind is SamplerKind.ANCESTRAL:
         x = sampling.ancestral_sample(model, args.num, generator=gen)
@@ -338,7 +364,7 @@ def sample(args: argparse.Namespace) -> int:
     tmp.replace(npy)
     png = figures.samples_figure(x, dataset, figures_dir(loaded.path) / f"samples-{tag}.png")
     _say(
-        f"{args.num} samples ({kind.value}{'' if kind is SamplerKind.ANCESTRAL else f', {steps} steps'}) "
+        f"{args.num} samples ({kind.value}{'' if kind is SamplerKind.ANCESTRAL else f', {steps} sampler steps'}) "
         f"from step {loaded.step}{' (EMA)' if loaded.used_ema else ''}"
     )
     _say(f"wrote {npy}")
@@ -351,7 +377,7 @@ def sample(args: argparse.Namespace) -> int:
 
 def compare(args: argparse.Namespace) -> int:
     """``pyrodiff compare RUN RUN...``: one figure and one table for several runs."""
-    runs = [check_run_dir(r) for r in args.runs]
+    runs = [check_run_dir(r, need_config=False) for r in args.runs]
     if len(set(map(lambda p: p.resolve(), runs))) != len(runs):
         raise ConfigError("the same run folder is given twice")
     histories = {_label(r, runs): read_history(r) for r in runs}
@@ -370,11 +396,11 @@ def _label(run: Path, runs: list[Path]) -> str:
 
 
 def _comparison_table(histories: dict[str, History]) -> str:
-    header = ("run", "steps", "train ELBO/datum", "test ELBO", "bits/dim")
+    header = ("run", "updates", "train ELBO/datum", "test ELBO", "bits/dim")
     rows = [header]
     for label, hist in histories.items():
         train_rec = hist.train[-1] if hist.train else None
-        final = hist.final_eval
+        final = hist.final_eval_on(Split.TEST.value)
         bpd = final.get("bits_per_dim") if final else None
         rows.append(
             (
@@ -393,13 +419,15 @@ def _comparison_table(histories: dict[str, History]) -> str:
 
 def plot(args: argparse.Namespace) -> int:
     """``pyrodiff plot RUN``: redraw the training figures, and sample figures from saved .npy."""
-    run = check_run_dir(args.run)
+    run = check_run_dir(args.run, need_config=False)
     history = read_history(run)
     out = figures_dir(run)
-    config = RunConfig.from_json(run / CONFIG_NAME)
-    dataset = load_data(config)
+    # without a config.json (fit given no RunConfig) the figures lack only the data's entropy
+    has_config = (run / CONFIG_NAME).is_file()
+    dataset = load_data(RunConfig.from_json(run / CONFIG_NAME)) if has_config else None
     written = figures.training_figures(history, out, dataset)
-    for npy in sorted(run.glob("samples-*.npy")):
+    samples = sorted(run.glob("samples-*.npy")) if dataset is not None else []
+    for npy in samples:
         x = _load_samples(npy, dataset)
         written.append(figures.samples_figure(x, dataset, out / f"{npy.stem}.png"))
     for path in written:

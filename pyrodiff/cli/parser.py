@@ -14,12 +14,15 @@ import typing
 from typing import Any
 
 from ..config import RunConfig
+from ..data import Split, dataset_names
 from ..errors import PyrodiffError
 
-__all__ = ["UsageError", "build_parser", "config_overrides", "NONE_WORDS"]
+__all__ = ["UsageError", "build_parser", "config_overrides", "flag_for", "NONE_WORDS"]
 
 NONE_WORDS = ("none", "off")
 """What an optional numeric flag accepts to mean "not set" (``--ema-decay off``)."""
+AUTO_WORD = "auto"
+"""What a flag whose default fits the rest of the run accepts to ask for that default."""
 
 
 class UsageError(PyrodiffError, ValueError):
@@ -36,6 +39,32 @@ def _flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def flag_for(name: str) -> str:
+    """The ``train`` flag that sets the RunConfig field ``name`` (``num_steps`` → ``--T``)."""
+    for f in dataclasses.fields(RunConfig):
+        if f.name == name:
+            return _flag_name(f)
+    raise KeyError(name)
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old flag name: stores into the new flag's destination and warns once on stderr."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        import sys
+
+        print(
+            f"pyrodiff: warning: {option_string} is deprecated; use {self.new}",
+            file=sys.stderr,
+            flush=True,
+        )
+        setattr(namespace, self.dest, values)
+
+
 def _unwrap(hint: Any) -> tuple[Any, bool]:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -43,18 +72,23 @@ def _unwrap(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def _number(kind: type, optional: bool, name: str):
-    """An argparse ``type`` that reads int/float (and none/off when optional); its errors name
-    the flag and what was expected."""
+def _number(kind: type, optional: bool, name: str, auto: bool = False, off: Any = None):
+    """An argparse ``type`` that reads int/float (and none/off when optional: ``off``'s value;
+    ``auto`` for a default that fits the run: None); its errors name the flag and what was
+    expected."""
 
     def convert(text: str):
-        if optional and text.strip().lower() in NONE_WORDS:
+        word = text.strip().lower()
+        if auto and word == AUTO_WORD:
             return None
+        if optional and word in NONE_WORDS:
+            return off
         try:
             return kind(text)
         except ValueError:
             expected = "an integer" if kind is int else "a number"
-            also = " or 'off'" if optional else ""
+            also = " or 'off'" if optional and (off is not None or not auto) else ""
+            also += " or 'auto'" if auto else ""
             raise argparse.ArgumentTypeError(
                 f"{name} expects {expected}{also}, got {text!r}"
             ) from None
@@ -72,20 +106,42 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(RunConfig):
         hint, optional = _unwrap(hints[f.name])
         flag = _flag_name(f)
+        auto = bool(f.metadata.get("auto"))
         value = getattr(default, f.name)
         shown = value.value if isinstance(value, enum.Enum) else value
-        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
+        # a default that fits the rest of the run is described in the help text itself
+        help_text = f.metadata.get("help", "") + ("" if auto else f" (default: {shown})")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if isinstance(hint, type) and issubclass(hint, enum.Enum):
             # values are checked by RunConfig, whose error lists the valid ones
             kwargs["metavar"] = "{" + ",".join(str(m.value) for m in hint) + "}"
+            if auto:
+                kwargs["type"] = _auto_word
         elif hint in (int, float):
-            kwargs["type"] = _number(hint, optional, flag)
+            # a field whose None means "choose for me" takes off/none only where it has an
+            # "off" value of its own (eval_every 0: at the end only); T has none
+            offable = optional and (not auto or "off" in f.metadata)
+            kwargs["type"] = _number(hint, offable, flag, auto, f.metadata.get("off"))
             kwargs["metavar"] = "N" if hint is int else "X"
         names = [flag]
         if f.name == "num_steps":
             names.append("--num-steps")
         group.add_argument(*names, **kwargs)
+        if f.name == "updates":
+            group.add_argument(
+                "--steps",
+                dest="updates",
+                default=argparse.SUPPRESS,
+                type=_number(int, False, "--steps"),
+                action=_DeprecatedAlias,
+                new="--updates",
+                metavar="N",
+                help="deprecated name of --updates",
+            )
+
+
+def _auto_word(text: str) -> str | None:
+    return None if text.strip().lower() == AUTO_WORD else text
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a model (no arguments: the digits default)",
         description="Train a model and write a run folder (config.json, metrics.jsonl, "
-        "checkpoint.pt, figures/). Flags override the defaults, or the file given by --config.",
+        "checkpoint.pt, figures/). Flags override the defaults, or the file given by --config. "
+        "Built-in data sets: " + ", ".join(dataset_names()) + "; or a .npy/.npz file.",
     )
     p.add_argument(
         "--out", metavar="RUN_DIR", help="the run folder to create (default: runs/<time>)"
@@ -154,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", metavar="RUN")
     p.add_argument(
-        "--split", default="test", metavar="{test,train}", help="which split (default: test)"
+        "--split",
+        default=Split.TEST.value,
+        metavar="{" + ",".join(s.value for s in Split) + "}",
+        help="which split (default: test, the one a run reports; choose on validation)",
     )
     p.add_argument(
         "--num",
@@ -171,7 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also the importance-weighted bound with K samples",
     )
     p.add_argument("--psis", action="store_true", help="also the PSIS k-hat diagnostic")
-    p.add_argument("--seed", type=_number(int, False, "--seed"), default=0, metavar="N")
+    p.add_argument(
+        "--seed",
+        type=_number(int, False, "--seed"),
+        default=0,
+        metavar="N",
+        help="seed of the evaluation noise: the same seed prints the same numbers (default: 0)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-ema", action="store_true", help="use the raw parameters, not the EMA")
     _common(p)
@@ -197,11 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="sampler (default: ancestral)",
     )
     p.add_argument(
-        "--steps",
-        type=_number(int, False, "--steps"),
+        "--sampler-steps",
+        type=_number(int, False, "--sampler-steps"),
         default=None,
         metavar="S",
         help="network calls for strided/ddim (default: T/10)",
+    )
+    p.add_argument(
+        "--steps",
+        dest="sampler_steps",
+        type=_number(int, False, "--steps"),
+        action=_DeprecatedAlias,
+        new="--sampler-steps",
+        metavar="S",
+        help="deprecated name of --sampler-steps",
     )
     p.add_argument(
         "--eta",
@@ -210,7 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="E",
         help="DDIM's eta (0: deterministic, 1: ancestral-like)",
     )
-    p.add_argument("--seed", type=_number(int, False, "--seed"), default=0, metavar="N")
+    p.add_argument(
+        "--seed",
+        type=_number(int, False, "--seed"),
+        default=0,
+        metavar="N",
+        help="seed of the sampler's noise: the same seed draws the same samples (default: 0)",
+    )
     p.add_argument("--out", metavar="FILE", help="the .npy file to write (default: in RUN)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-ema", action="store_true", help="use the raw parameters, not the EMA")
@@ -231,7 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
 
-    p = sub.add_parser("plot", help="redraw a run's figures into RUN/figures/")
+    p = sub.add_parser(
+        "plot",
+        help="redraw a run's figures into RUN/figures/",
+        description="Redraw a run's training figures (elbo.png, step_terms.png) and the figures "
+        "of its saved samples (samples-*.npy) into RUN/figures/, from metrics.jsonl alone.",
+    )
     p.add_argument("run", metavar="RUN")
     _common(p)
     return parser

@@ -3,6 +3,9 @@
 A run folder holds ``config.json`` (:class:`~pyrodiff.config.RunConfig`), ``metrics.jsonl``
 (:class:`~pyrodiff.train.History`), ``checkpoint.pt`` (:mod:`pyrodiff.checkpoint`) and
 ``figures/``; ``evaluate`` adds ``evaluation.json`` and ``sample`` adds ``samples-*.npy``.
+``pyrodiff train`` and ``fit(..., run_dir=..., config=RunConfig(...))`` write the same folder.
+``plot`` and ``compare`` need only ``metrics.jsonl``; ``evaluate`` and ``sample`` rebuild the
+model from ``config.json``.
 """
 
 from __future__ import annotations
@@ -28,16 +31,26 @@ FIGURES = "figures"
 EVALUATION_NAME = "evaluation.json"
 
 
-def check_run_dir(run: str | os.PathLike) -> Path:
-    """``run`` as a Path, or ConfigError if it is not a folder holding a config.json."""
+def check_run_dir(run: str | os.PathLike, need_config: bool = True) -> Path:
+    """``run`` as a Path, or ConfigError if it is not a run folder: one holding a config.json
+    (``need_config``), else one holding a config.json or a metrics.jsonl."""
     path = Path(run)
     if not path.exists():
         raise ConfigError(f"run folder {path} does not exist")
+    wanted = CONFIG_NAME if need_config else f"{CONFIG_NAME} or {METRICS_NAME}"
     if not path.is_dir():
-        raise ConfigError(f"{path} is not a run folder (expected a folder holding {CONFIG_NAME})")
-    if not (path / CONFIG_NAME).is_file():
-        raise ConfigError(f"{path} is not a run folder: it has no {CONFIG_NAME}")
-    return path
+        raise ConfigError(f"{path} is not a run folder (expected a folder holding {wanted})")
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if not need_config and (path / METRICS_NAME).is_file():
+        return path
+    if (path / METRICS_NAME).is_file():
+        raise ConfigError(
+            f"{path} has no {CONFIG_NAME}, which this command rebuilds the model from: "
+            "fit writes it when given config=RunConfig(...) (build the model with "
+            "pyrodiff.config.build)"
+        )
+    raise ConfigError(f"{path} is not a run folder: it has no {wanted}")
 
 
 def read_history(run: Path) -> History:
@@ -138,10 +151,3 @@ def figures_dir(run: Path) -> Path:
     out = run / FIGURES
     out.mkdir(exist_ok=True)
     return out
-
-
-def model_dtype(module: nn.Module) -> torch.dtype:
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.get_default_dtype()

@@ -2,14 +2,17 @@
 the user's own arrays, and a registry naming them all."""
 
 from .arrays import load_array
-from .base import Dataset, Density
-from .digits import DIGITS_TRAIN_SIZE, load_digits
+from .base import Dataset, Density, Split
+from .digits import DIGITS_TEST_START, DIGITS_TRAIN_SIZE, DIGITS_VALIDATION_SIZE, load_digits
 from .registry import DatasetName, dataset_names, get_dataset
 from .toy2d import Checkerboard, GaussianMixture2D, Standardized, Toy2D, load_toy2d, toy_density
 
 __all__ = [
     "Checkerboard",
+    "DIGITS_TEST_START",
     "DIGITS_TRAIN_SIZE",
+    "DIGITS_VALIDATION_SIZE",
+    "Split",
     "Dataset",
     "DatasetName",
     "Density",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -10,7 +11,16 @@ from torch import Tensor
 
 from ..likelihoods import DiscretizedGaussianLikelihood, GaussianLikelihood, Likelihood
 
-__all__ = ["Dataset", "Density"]
+__all__ = ["Dataset", "Density", "Split"]
+
+
+class Split(enum.Enum):
+    """A part of a :class:`Dataset`. Choices (configurations, early stopping) are made on
+    VALIDATION; TEST is read once, for the number a run reports."""
+
+    TRAIN = "train"
+    VALIDATION = "validation"
+    TEST = "test"
 
 
 @runtime_checkable
@@ -34,7 +44,11 @@ class Density(Protocol):
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test split in the model's space.
+    """Train, validation and test splits in the model's space.
+
+    ``validation`` is held out from training like ``test``, and is what training looks at
+    (``fit``'s evaluations every ``eval_every`` updates); ``test`` is for the reported number.
+    Every built-in set has one; a Dataset built by hand may leave it ``None``.
 
     Quantised data (``num_levels`` set) is stored rescaled to [−1, 1]: integer level k becomes
     −1 + 2k/(K − 1), and :meth:`likelihood` returns the matching discretised decoder.
@@ -46,6 +60,20 @@ class Dataset:
     num_levels: int | None = None
     density: Density | None = None
     """the exact data density, when known (the 2-D toy sets); ``None`` otherwise."""
+    validation: Tensor | None = None
+    """the validation split (same datum shape as ``train``), or ``None`` when there is none."""
+
+    def split(self, which: Split) -> Tensor:
+        """The tensor of one split; DataError when the data set has no validation split."""
+        if which is Split.TRAIN:
+            return self.train
+        if which is Split.TEST:
+            return self.test
+        if self.validation is None:
+            from ..errors import DataError
+
+            raise DataError(f"data set {self.name!r} has no validation split")
+        return self.validation
 
     @property
     def event_shape(self) -> tuple[int, ...]:

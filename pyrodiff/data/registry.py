@@ -27,8 +27,21 @@ class DatasetName(enum.Enum):
 
 
 def _toy(kind: Toy2D) -> Callable[..., Dataset]:
-    def load(num_train: int = 10_000, num_test: int = 2_000, seed: int = 0, dtype=None):
-        return load_toy2d(kind, num_train=num_train, num_test=num_test, seed=seed, dtype=dtype)
+    def load(
+        num_train: int = 10_000,
+        num_test: int = 2_000,
+        seed: int = 0,
+        dtype=None,
+        num_validation: int = 2_000,
+    ):
+        return load_toy2d(
+            kind,
+            num_train=num_train,
+            num_test=num_test,
+            seed=seed,
+            dtype=dtype,
+            num_validation=num_validation,
+        )
 
     return load
 
@@ -49,8 +62,8 @@ def dataset_names() -> list[str]:
 def get_dataset(name_or_path: DatasetName | str | Path, **kwargs) -> Dataset:
     """Load a built-in data set by :class:`DatasetName` (or its value), or a .npy/.npz file.
 
-    ``kwargs`` go to the loader: ``num_train``, ``num_test``, ``seed``, ``dtype`` for the 2-D
-    sets; ``dtype`` for digits; those of :func:`~pyrodiff.data.load_array` for a file.
+    ``kwargs`` go to the loader: ``num_train``, ``num_validation``, ``num_test``, ``seed``,
+    ``dtype`` for the 2-D sets; ``dtype`` for digits; those of :func:`~pyrodiff.data.load_array` for a file.
     An unknown name or keyword raises :class:`~pyrodiff.errors.ConfigError` listing the valid
     ones.
     """

@@ -287,19 +287,34 @@ def load_toy2d(
     num_test: int = 2_000,
     seed: int = 0,
     dtype: torch.dtype | None = None,
+    num_validation: int = 2_000,
 ) -> Dataset:
-    """Independent train and test draws from a :class:`Toy2D` density, shape (N, 2).
+    """Independent train, test and validation draws from a :class:`Toy2D` density, (N, 2).
+
+    Train and test are drawn first and validation after them from the same stream, so adding
+    the validation split left the train and test draws of a seed as they were.
 
     The same ``seed`` gives the same data; ``dataset.density`` holds the exact density
     (``log_prob``, ``entropy``, ``entropy_se``) in the same standardised coordinates.
     """
     kind = _as_kind(kind)
-    for label, n in (("num_train", num_train), ("num_test", num_test)):
+    for label, n in (
+        ("num_train", num_train),
+        ("num_test", num_test),
+        ("num_validation", num_validation),
+    ):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"{label} must be an integer >= 1, got {n!r}")
     density = toy_density(kind)
     gen = torch.Generator().manual_seed(int(seed))
-    x = density.sample(num_train + num_test, gen).to(dtype or torch.get_default_dtype())
+    dtype = dtype or torch.get_default_dtype()
+    x = density.sample(num_train + num_test, gen).to(dtype)
+    validation = density.sample(num_validation, gen).to(dtype)
     return Dataset(
-        name=kind.value, train=x[:num_train], test=x[num_train:], num_levels=None, density=density
+        name=kind.value,
+        train=x[:num_train],
+        test=x[num_train:],
+        validation=validation,
+        num_levels=None,
+        density=density,
     )

@@ -194,7 +194,8 @@ class LearnedGuide(PyroModule):
             )
         # the schedule only fixes where the factors start; as a buffer-only copy it adds no
         # parameters, so a learned model schedule is not trained through the guide
-        self.schedule = _frozen_copy(model.schedule)
+        schedule = model.schedule
+        self.schedule = schedule if isinstance(schedule, NoiseSchedule) else schedule.frozen()
         D = math.prod(self.event_shape)
         ins = (D, D) if structure is GuideStructure.TOP_DOWN else (D,)
         self.factor = GaussianFactor(ins, D, self.num_steps, hidden, time_dim, covariance)
@@ -327,10 +328,3 @@ def _as_event(q: dist.Distribution, event_shape: tuple[int, ...]) -> dist.Distri
     return dist.Normal(base.loc.reshape(shape), base.scale.reshape(shape)).to_event(
         len(event_shape)
     )
-
-
-def _frozen_copy(schedule) -> nn.Module:
-    if isinstance(schedule, NoiseSchedule):
-        return schedule
-    with torch.no_grad():
-        return NoiseSchedule(schedule.betas[1:].detach().cpu(), name="frozen")

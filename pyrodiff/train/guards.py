@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 from ..errors import NonFiniteError
@@ -50,13 +51,23 @@ def non_finite_error(
     lr: float,
     data_range: tuple[float, float],
     checkpoint: str | None,
+    run_dir: Path | None = None,
+    next_checkpoint: int | None = None,
 ) -> NonFiniteError:
-    """The error for a NaN/inf ``what`` (loss, gradient norm) during update number ``step``."""
-    kept = (
-        f"the last good checkpoint {checkpoint} is kept"
-        if checkpoint
-        else "no checkpoint was written (pass run_dir and checkpoint_every to keep one)"
-    )
+    """The error for a NaN/inf ``what`` (loss, gradient norm) during update number ``step``;
+    it says which checkpoint is kept, or why there is none."""
+    if checkpoint:
+        kept = f"the last good checkpoint {checkpoint} is kept"
+    elif run_dir is None:
+        kept = "no checkpoint was written (pass run_dir and checkpoint_every to keep one)"
+    elif next_checkpoint is not None:
+        kept = (
+            f"no checkpoint was written to {run_dir}: the first was due after update "
+            f"{next_checkpoint}"
+        )
+    else:
+        kept = f"no checkpoint was written to {run_dir}: one is written only at the end"
+
     shown = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return NonFiniteError(
         f"non-finite {what} ({shown}) at step {step}: the parameters or the data hold NaN/inf "

@@ -59,8 +59,15 @@ class History:
 
     @property
     def final_eval(self) -> dict[str, Any] | None:
-        """The last evaluation record, or ``None`` if there was none."""
+        """The last evaluation record, or ``None`` if there was none: after a finished run on
+        a Dataset, its test split."""
         evals = self.evals
+        return evals[-1] if evals else None
+
+    def final_eval_on(self, split: str) -> dict[str, Any] | None:
+        """The last evaluation record of ``split`` ("validation", "test"), or ``None``. Records
+        written before splits were named count as "test"."""
+        evals = [r for r in self.evals if r.get("split", "test") == split]
         return evals[-1] if evals else None
 
     def series(self, key: str, kind: RecordKind = RecordKind.TRAIN) -> tuple[list[int], list[Any]]:

@@ -1,10 +1,15 @@
-"""``fit``: stochastic variational inference on a (model, guide) pair, safe to interrupt."""
+"""``fit``: stochastic variational inference on a (model, guide) pair, safe to interrupt.
+
+The parts a reader looks for, by name: :func:`~pyrodiff.train.setup.set_up_run` (options,
+data, state, resume, the run folder), :func:`~pyrodiff.train.step.take_step` (one update and
+its guards), :class:`_Evaluations` (validation during training, the test split once at the
+end), :class:`_Checkpoints`, and the loop itself in :func:`_run`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,34 +18,20 @@ import torch
 from pyro.infer import ELBO
 from torch import Tensor, nn
 
-from ..checkpoint import CHECKPOINT_NAME, check_model_config, load_checkpoint, save_checkpoint
-from ..data import Dataset
-from ..devices import resolve_device
-from ..distributed import DistributedContext, rank_seed, shard_indices, wrap_module
-from ..errors import CheckpointError, ConfigError
+from ..checkpoint import CHECKPOINT_NAME, save_checkpoint
+from ..data import Dataset, Split
+from ..distributed import DistributedContext
+from ..errors import ConfigError
 from ..infer import DiffusionELBO
-from .ema import EMA
 from .evaluate import EVAL_SEED_OFFSET, evaluate_split
-from .guards import InterruptFlag, is_refused_non_finite, non_finite_error
-from .history import METRICS_NAME, History, MetricsWriter, RecordKind
-from .options import LRSchedule, Precision, learning_rate
-from .rng import capture_rng, restore_rng, seed_everything
-from .sampler import EpochSampler
-from .setup import check_options, create_lazy_params, param_dtype, resolve_data
-from .state import TrainState, stateful_parts
+from .guards import InterruptFlag, non_finite_error
+from .history import History, MetricsWriter, RecordKind
+from .options import LRSchedule, Precision, default_warmup
+from .rng import capture_rng, restore_rng
+from .setup import Run, RunRecord, check_options, set_up_run
+from .step import Divergence, Phase, take_step
 
-__all__ = ["fit"]
-
-
-class _Phase(enum.Enum):
-    """Where an update stands, which decides what a KeyboardInterrupt may checkpoint."""
-
-    BEFORE = "before"
-    """Parameters untouched: roll the random streams back to the update's start and save."""
-    DURING = "during"
-    """The optimizer may have changed some parameters: save nothing, keep the last checkpoint."""
-    AFTER = "after"
-    """Everything is consistent with the step count: save as is."""
+__all__ = ["RunRecord", "fit"]
 
 
 def fit(
@@ -49,7 +40,7 @@ def fit(
     data: Dataset | Tensor,
     *,
     loss: ELBO | None = None,
-    steps: int = 1000,
+    updates: int = 1000,
     batch_size: int = 128,
     lr: float = 1e-3,
     lr_schedule: LRSchedule = LRSchedule.CONSTANT,
@@ -67,10 +58,11 @@ def fit(
     run_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
-    config: dict[str, Any] | None = None,
+    config: RunRecord | dict[str, Any] | None = None,
     progress: bool = True,
     distributed: DistributedContext | None = None,
     callback: Callable[[int, float], None] | None = None,
+    steps: int | None = None,
 ) -> History:
     """Maximise the ELBO of ``model`` with ``guide`` on ``data`` by stochastic gradients.
 
@@ -82,12 +74,14 @@ def fit(
 
     Args:
         model, guide: ``nn.Module`` s (``PyroModule`` s) taking the data batch as first argument.
-        data: a :class:`~pyrodiff.data.Dataset` (trains on ``.train``; evaluates on ``.test``
-            and reports bits/dim when it is quantised) or a tensor of training data.
+        data: a :class:`~pyrodiff.data.Dataset` (trains on ``.train``, evaluates on
+            ``.validation`` during training and on ``.test`` once at the end; bits/dim when it
+            is quantised) or a tensor of training data.
         loss: the ELBO estimator; ``DiffusionELBO()`` if omitted.
-        steps: total number of updates of the run (a resumed run continues up to it).
+        updates: total number of optimizer updates of the run (a resumed run continues up to
+            it). ``steps`` is its deprecated old name.
         lr, lr_schedule, warmup_steps: base learning rate and its schedule (see
-            :class:`LRSchedule`); ``warmup_steps`` defaults to 0, or to steps // 20 for
+            :class:`LRSchedule`); ``warmup_steps`` defaults to 0, or to updates // 20 for
             WARMUP_COSINE.
         weight_decay: AdamW's decoupled weight decay (0: Adam).
         grad_clip: clip the global gradient norm to this value.
@@ -96,16 +90,21 @@ def fit(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``…; model, guide and data are moved there (data
             also to the parameters' floating dtype).
         precision: FP32, or BF16 autocast of the loss computation.
-        eval_every: evaluate every this many updates; an evaluation also runs at the end when
-            there is evaluation data. ``eval_data`` defaults to ``data.test`` for a Dataset.
+        eval_every: evaluate on the validation data every this many updates (records with
+            ``"split": "validation"``); ``eval_data`` replaces ``data.validation``. At the end
+            the validation data is evaluated once more (unless it just was) and a Dataset's
+            test split once (``"split": "test"``): the only time fit reads the test split.
         eval_batch_budget: at most this many network inputs per call during evaluation.
         log_every: write a training record every this many updates, holding the mean loss of
             those updates.
-        run_dir: folder for ``metrics.jsonl`` and ``checkpoint.pt`` (nothing else is written).
-            A checkpoint is written every ``checkpoint_every`` updates, at the end and on Ctrl-C.
+        run_dir: folder for ``metrics.jsonl`` and ``checkpoint.pt``, and ``config.json`` when
+            ``config`` is a RunConfig: then it is the run folder ``pyrodiff train`` writes, which
+            ``pyrodiff evaluate``, ``sample``, ``plot`` and ``compare`` read. A checkpoint is
+            written every ``checkpoint_every`` updates, at the end and on Ctrl-C.
         resume: continue the run in ``run_dir`` from its checkpoint; with the same arguments the
             result is bit-identical to a run that was never interrupted.
-        config: a JSON-able dict stored in the checkpoint (e.g. the CLI's configuration).
+        config: a :class:`pyrodiff.config.RunConfig` (written to ``run_dir/config.json`` and
+            stored in the checkpoint) or a JSON-able dict (stored in the checkpoint only).
         progress: show a tqdm bar with the running ELBO per datum.
         distributed: a ``pyrodiff.distributed.DistributedContext``; each rank draws its
             batches from its own shard with its own seed, ``wrap_module`` sums the gradients
@@ -121,8 +120,16 @@ def fit(
             overwrite one.
         NonFiniteError: the loss or the gradient became NaN/inf; the last checkpoint is kept.
     """
+    if steps is not None:
+        warnings.warn(
+            "fit(steps=...) is deprecated; the number of optimizer updates is now updates=",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        updates = steps
+    record = config if isinstance(config, RunRecord) else None
     check_options(
-        steps=steps,
+        updates=updates,
         batch_size=batch_size,
         lr=lr,
         lr_schedule=lr_schedule,
@@ -138,7 +145,7 @@ def fit(
         run_dir=run_dir,
         checkpoint_every=checkpoint_every,
         resume=resume,
-        config=config,
+        config=record.to_dict() if record is not None else config,
     )
     if loss is None:
         loss = DiffusionELBO()
@@ -147,202 +154,219 @@ def fit(
             f"loss must be a Pyro ELBO instance (DiffusionELBO(), Trace_ELBO()…), got {loss!r}"
         )
     if warmup_steps is None:
-        warmup_steps = max(1, steps // 20) if lr_schedule is LRSchedule.WARMUP_COSINE else 0
-
-    rank, is_main, run_seed, shard = 0, True, seed, None
-    if distributed is not None:
-        if not isinstance(distributed, DistributedContext):
-            raise ConfigError(
-                "distributed must be a pyrodiff.distributed.DistributedContext (from "
-                f"setup_distributed()), got {type(distributed).__name__}"
-            )
-        rank, is_main = int(distributed.rank), bool(distributed.is_main)
-        run_seed = rank_seed(seed, rank)
-        n = data.train.shape[0] if isinstance(data, Dataset) else len(data)
-        shard = shard_indices(n, rank, int(distributed.world_size))
-    dev = distributed.device if distributed is not None else resolve_device(device)
-    model.to(dev)
-    guide.to(dev)
-    d = resolve_data(model, data, eval_data, batch_size, dev, param_dtype(model, guide), shard)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
-    if run_dir is not None and not resume and ckpt_path.exists():
-        raise CheckpointError(
-            f"{run_dir} already holds a checkpoint: pass resume=True to continue that run, "
-            "or choose another run_dir"
-        )
-
-    seed_everything(run_seed)
-    loss_module = loss(model, guide)
-    stateful = stateful_parts(loss)
-    create_lazy_params(loss_module, d.train[:batch_size], stateful)
-    params = [p for p in loss_module.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("the model and guide have no trainable parameters: nothing to fit")
-    ts = TrainState(
-        model=model,
-        guide=guide,
-        optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
-        ema=EMA(loss_module, ema_decay) if ema_decay is not None else None,
-        sampler=EpochSampler(d.train.shape[0], batch_size, run_seed),
-        stateful=stateful,
-        lr_schedule={
-            "kind": lr_schedule.value,
-            "lr": float(lr),
-            "warmup_steps": int(warmup_steps),
-            "total_steps": int(steps),
-        },
-        model_config=model.config() if callable(getattr(model, "config", None)) else None,
+        warmup_steps = default_warmup(lr_schedule, updates)
+    run = set_up_run(
+        model,
+        guide,
+        data,
+        loss,
+        updates=updates,
+        batch_size=batch_size,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
+        ema_decay=ema_decay,
+        seed=seed,
+        device=device,
+        eval_data=eval_data,
+        run_dir=run_dir,
+        resume=resume,
         config=config,
+        record=record,
+        distributed=distributed,
     )
-    train_module: nn.Module = loss_module
-    if distributed is not None:
-        train_module = wrap_module(loss_module, distributed)
+    evaluations = _Evaluations(run, eval_every, eval_batch_budget, seed)
+    checkpoints = _Checkpoints(run, checkpoint_every)
+    options = {
+        "lr": lr,
+        "lr_schedule": lr_schedule,
+        "updates": updates,
+        "warmup_steps": warmup_steps,
+        "grad_clip": grad_clip,
+        "precision": precision,
+    }
+    bar = _progress_bar(progress and run.is_main, updates, run.ts.step)
+    try:
+        return _run(run, options, evaluations, checkpoints, log_every, bar, callback)
+    finally:
+        if bar is not None:
+            bar.close()
 
-    if resume:
-        state = load_checkpoint(ckpt_path, map_location=dev)
-        check_model_config(state, ts.model_config, where=str(ckpt_path))
-        ts.restore(state, ckpt_path, streams=is_main)
-        if not is_main:
-            # the checkpoint holds rank 0's streams only: the others restart theirs from a seed
-            # of (seed, rank, step), distinct and reproducible but not those of an unbroken run
-            resumed_seed = rank_seed(seed + ts.step, rank)
-            seed_everything(resumed_seed)
-            ts.sampler = EpochSampler(d.train.shape[0], batch_size, resumed_seed)
-    writer_path = None
-    if run_dir is not None and is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        writer_path = run_dir / METRICS_NAME
-        if not resume:
-            writer_path.unlink(missing_ok=True)  # a fresh run starts a fresh record
 
-    def write_checkpoint(rng: dict[str, Any] | None = None) -> None:
-        if ckpt_path is not None and is_main:
-            save_checkpoint(ckpt_path, ts.to_checkpoint(rng or capture_rng()))
+# --- evaluation ---------------------------------------------------------------------------------
 
-    def evaluate() -> None:
-        if d.eval is None or not is_main:
+
+class _Evaluations:
+    """Validation every ``eval_every`` updates; at the end, validation (unless it just ran) and
+    the test split, once. Only the main rank evaluates; the EMA parameters are used if kept."""
+
+    def __init__(self, run: Run, every: int | None, batch_budget: int, seed: int) -> None:
+        self.run, self.every, self.batch_budget = run, every, batch_budget
+        self.seed = seed + EVAL_SEED_OFFSET
+        self.last = {Split.VALIDATION: -1, Split.TEST: -1}
+
+    def resume_from(self, writer: MetricsWriter) -> None:
+        """Take the last evaluation of each split from the records a resumed run keeps, so that
+        resuming a finished run evaluates nothing again."""
+        for r in writer.records:
+            if r["kind"] == RecordKind.EVAL.value:
+                split = Split(r.get("split", Split.VALIDATION.value))
+                self.last[split] = max(self.last[split], r["step"])
+
+    def after_update(self, writer: MetricsWriter) -> None:
+        if self.every is not None and self.run.ts.step % self.every == 0:
+            self._evaluate(writer, Split.VALIDATION)
+
+    def at_end(self, writer: MetricsWriter) -> None:
+        for split in (Split.VALIDATION, Split.TEST):
+            if self.last[split] != self.run.ts.step:
+                self._evaluate(writer, split)
+
+    def _evaluate(self, writer: MetricsWriter, split: Split) -> None:
+        run = self.run
+        x = run.data.validation if split is Split.VALIDATION else run.data.test
+        self.last[split] = run.ts.step
+        if x is None or not run.is_main:
             return
-        with ts.ema.applied() if ts.ema is not None else contextlib.nullcontext():
+        ema = run.ts.ema
+        with ema.applied() if ema is not None else contextlib.nullcontext():
             result = evaluate_split(
-                model,
-                guide,
-                d.eval,
-                num_levels=d.num_levels,
-                batch_budget=eval_batch_budget,
-                seed=seed + EVAL_SEED_OFFSET,
+                run.ts.model,
+                run.ts.guide,
+                x,
+                num_levels=run.data.num_levels,
+                batch_budget=self.batch_budget,
+                seed=self.seed,
             )
-        writer.write(RecordKind.EVAL, ts.step, split="test", ema=ts.ema is not None, **result)
+        writer.write(RecordKind.EVAL, run.ts.step, split=split.value, ema=ema is not None, **result)
 
-    def stop(what: str, value: float, lr_now: float) -> Exception:
-        kept = str(ckpt_path) if ckpt_path is not None and ckpt_path.exists() else None
-        return non_finite_error(what, value, ts.step + 1, lr_now, data_range, kept)
 
-    data_range = (float(d.train.min()), float(d.train.max()))
+# --- checkpointing ------------------------------------------------------------------------------
+
+
+class _Checkpoints:
+    """Atomic checkpoints every ``every`` updates, at the end and on Ctrl-C (main rank only)."""
+
+    def __init__(self, run: Run, every: int | None) -> None:
+        self.run, self.every = run, every
+        self.path = run.run_dir / CHECKPOINT_NAME if run.run_dir is not None else None
+
+    def write(self, rng: dict[str, Any] | None = None) -> None:
+        if self.path is not None and self.run.is_main:
+            save_checkpoint(self.path, self.run.ts.to_checkpoint(rng or capture_rng()))
+
+    def after_update(self) -> None:
+        if self.every is not None and self.run.ts.step % self.every == 0:
+            self.write()
+
+    def kept(self) -> str | None:
+        """The last checkpoint on disk, if any."""
+        return str(self.path) if self.path is not None and self.path.exists() else None
+
+    def next_due(self) -> int | None:
+        """The update at which the next periodic checkpoint is due."""
+        if self.path is None or self.every is None:
+            return None
+        return (self.run.ts.step // self.every + 1) * self.every
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+def _run(
+    run: Run,
+    options: dict[str, Any],
+    evaluations: _Evaluations,
+    checkpoints: _Checkpoints,
+    log_every: int,
+    bar,
+    callback: Callable[[int, float], None] | None,
+) -> History:
+    """Updates until ``updates`` or Ctrl-C; what a Ctrl-C may save depends on its :class:`Phase`."""
+    ts, updates, batch_size = run.ts, options["updates"], run.batch_size
+    data_range = (float(run.data.train.min()), float(run.data.train.max()))
     interrupted = False
-    bar = _progress_bar(progress and is_main, steps, ts.step)
     running = None
-    with MetricsWriter(writer_path) as writer, InterruptFlag() as flag:
+    with MetricsWriter(run.metrics_path) as writer, InterruptFlag() as flag:
         writer.truncate_after(ts.step)
-        last_eval = max((r["step"] for r in writer.records if r["kind"] == "eval"), default=-1)
-        phase, snapshot = _Phase.AFTER, None
+        evaluations.resume_from(writer)
+        phase, snapshot = [Phase.AFTER], None
         try:
-            while ts.step < steps and not flag.requested:
+            while ts.step < updates and not flag.requested:
                 snapshot = (capture_rng(), ts.sampler.snapshot())
-                phase = _Phase.BEFORE
-                lr_now = learning_rate(lr_schedule, lr, ts.step, steps, warmup_steps)
-                for group in ts.optimizer.param_groups:
-                    group["lr"] = lr_now
-                batch = d.train[ts.sampler.next().to(dev)]
-                ts.optimizer.zero_grad(set_to_none=True)
+                phase[0] = Phase.BEFORE
+                batch = run.data.train[ts.sampler.next().to(run.device)]
                 try:
-                    with _autocast(precision, dev):
-                        loss_value = train_module(batch)
-                except ValueError as exc:
-                    if not is_refused_non_finite(exc):
-                        raise
-                    what = "distribution parameter: " + str(exc).splitlines()[0][:120]
-                    raise stop(what, math.nan, lr_now) from exc
-                # backward before any check: in a distributed run it is where the ranks meet,
-                # so every rank reaches the checks below with the same (all-reduced) gradients
-                loss_value.backward()
-                # one read-back per update, for the loss and the gradient norm together
-                norm_t = _grad_norm(params, grad_clip, like=loss_value)
-                loss_float, norm = torch.stack([loss_value.detach(), norm_t]).tolist()
-                if not math.isfinite(loss_float):
-                    raise stop("loss", loss_float, lr_now)
-                if not math.isfinite(norm):
-                    raise stop("gradient norm", norm, lr_now)
-                phase = _Phase.DURING
-                ts.optimizer.step()
-                if ts.ema is not None:
-                    ts.ema.update()
-                ts.step += 1
-                phase = _Phase.AFTER
-
-                ts.accumulate(loss_float)
-                if ts.step % log_every == 0 or ts.step == steps:
+                    step = take_step(
+                        ts, run.train_module, run.params, batch, phase=phase, **options
+                    )
+                except Divergence as div:
+                    raise _divergence_error(div, ts.step + 1, data_range, run, checkpoints) from (
+                        div.__cause__
+                    )
+                ts.accumulate(step.loss)
+                if ts.step % log_every == 0 or ts.step == updates:
                     mean_loss = ts.pop_mean_loss()
                     writer.write(
                         RecordKind.TRAIN,
                         ts.step,
                         loss=mean_loss,
                         elbo_per_datum=-mean_loss / batch_size,
-                        lr=lr_now,
+                        lr=step.lr,
                     )
-                elbo_now = -loss_float / batch_size
+                elbo_now = -step.loss / batch_size
                 running = elbo_now if running is None else 0.95 * running + 0.05 * elbo_now
                 if bar is not None:
                     bar.set_postfix_str(f"elbo/datum {running:.4g}", refresh=False)
                     bar.update(1)
-                if eval_every is not None and ts.step % eval_every == 0:
-                    evaluate()
-                    last_eval = ts.step
-                if checkpoint_every is not None and ts.step % checkpoint_every == 0:
-                    write_checkpoint()
+                evaluations.after_update(writer)
+                checkpoints.after_update()
                 if callback is not None:
-                    callback(ts.step, loss_float)
+                    callback(ts.step, step.loss)
         except KeyboardInterrupt:
             interrupted = True
-            if phase is _Phase.BEFORE:
+            if phase[0] is Phase.BEFORE:
                 restore_rng(snapshot[0])
                 ts.sampler.restore(snapshot[1])
                 ts.optimizer.zero_grad(set_to_none=True)
-            if phase is not _Phase.DURING:
-                write_checkpoint()
+            if phase[0] is not Phase.DURING:
+                checkpoints.write()
         else:
             interrupted = flag.requested
-            if not interrupted and last_eval != ts.step:
-                evaluate()
-            write_checkpoint()
-        finally:
-            if bar is not None:
-                bar.close()
+            if not interrupted:
+                evaluations.at_end(writer)
+            checkpoints.write()
         return writer.history(interrupted=interrupted, final_step=ts.step)
 
 
-def _grad_norm(params: list[nn.Parameter], clip: float | None, like: Tensor) -> Tensor:
-    """The global gradient norm as a tensor like the loss (clipping first if asked); NaN/inf
-    when any gradient is."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros((), dtype=like.dtype, device=like.device)
-    if clip is not None:
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
-    else:
-        norm = torch.nn.utils.get_total_norm(grads)
-    return norm.detach().to(device=like.device, dtype=like.dtype)
+# --- guards -------------------------------------------------------------------------------------
 
 
-def _autocast(precision: Precision, dev: torch.device):
-    if precision is Precision.BF16:
-        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _divergence_error(
+    div: Divergence,
+    step: int,
+    data_range: tuple[float, float],
+    run: Run,
+    checkpoints: _Checkpoints,
+):
+    """The NonFiniteError of a diverged update: what went wrong, and which checkpoint is kept
+    (or why there is none)."""
+    return non_finite_error(
+        div.what,
+        div.value,
+        step,
+        div.lr,
+        data_range,
+        checkpoints.kept(),
+        run_dir=run.run_dir,
+        next_checkpoint=checkpoints.next_due(),
+    )
 
 
-def _progress_bar(enabled: bool, steps: int, start: int):
+def _progress_bar(enabled: bool, updates: int, start: int):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    return tqdm(total=updates, initial=start, desc="train", unit="update", dynamic_ncols=True)

@@ -7,7 +7,7 @@ import math
 
 from ..errors import ConfigError
 
-__all__ = ["LRSchedule", "Precision", "learning_rate"]
+__all__ = ["LRSchedule", "Precision", "default_warmup", "learning_rate"]
 
 
 class LRSchedule(enum.Enum):
@@ -31,6 +31,15 @@ class Precision(enum.Enum):
     """The loss is computed under ``torch.autocast(dtype=torch.bfloat16)``: matrix products run
     in bfloat16, reductions and the parameters stay in float32. Gradients and the optimizer
     stay in full precision, so no loss scaling is needed."""
+
+
+def default_warmup(schedule: LRSchedule, updates: int) -> int:
+    """The warm-up when none is given: updates // 20 (at least 1) for WARMUP_COSINE, leaving at
+    least one update after it; none for the other schedules. ``fit`` and ``RunConfig`` share it,
+    so a run of any length has a valid default."""
+    if schedule is not LRSchedule.WARMUP_COSINE:
+        return 0
+    return max(0, min(max(1, updates // 20), updates - 1))
 
 
 def learning_rate(

@@ -1,4 +1,6 @@
-"""fit's boundary: options and data are checked, once, before anything is trained or written."""
+"""fit's set-up: options and data are checked, once, before anything is trained or written;
+then the state of the run (placed model and data, optimizer, EMA, batch order, a resumed
+checkpoint, the run folder) is built by :func:`set_up_run`."""
 
 from __future__ import annotations
 
@@ -6,26 +8,45 @@ import copy
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from pyro.infer import ELBO
 from torch import Tensor, nn
 
+from ..checkpoint import CHECKPOINT_NAME, CONFIG_NAME, check_model_config, load_checkpoint
 from ..data import Dataset
-from ..errors import ConfigError, DataError
+from ..devices import param_dtype, resolve_device
+from ..distributed import DistributedContext, rank_seed, shard_indices, wrap_module
+from ..errors import CheckpointError, ConfigError, DataError
 from ..validation import check_data
+from .ema import EMA
+from .history import METRICS_NAME
 from .options import LRSchedule, Precision
-from .rng import capture_rng, restore_rng
+from .rng import capture_rng, restore_rng, seed_everything
+from .sampler import EpochSampler
+from .state import TrainState, stateful_parts
 
-__all__ = ["TrainData", "check_options", "resolve_data", "create_lazy_params", "param_dtype"]
+__all__ = [
+    "Run",
+    "RunRecord",
+    "TrainData",
+    "check_options",
+    "create_lazy_params",
+    "resolve_data",
+    "set_up_run",
+]
 
 
 @dataclass(frozen=True)
 class TrainData:
-    """The tensors fit works on, on the training device and in the parameters' dtype."""
+    """The tensors fit works on, on the training device and in the parameters' dtype:
+    ``validation`` is evaluated during training, ``test`` once at the end."""
 
     train: Tensor
-    eval: Tensor | None
+    validation: Tensor | None
+    test: Tensor | None
     num_levels: int | None
 
 
@@ -42,7 +63,7 @@ def _number(value: Any) -> bool:
 
 def check_options(
     *,
-    steps: Any,
+    updates: Any,
     batch_size: Any,
     lr: Any,
     lr_schedule: Any,
@@ -62,7 +83,7 @@ def check_options(
 ) -> None:
     """Raise :class:`ConfigError` (one line: what is wrong, what was expected) for a bad option."""
     for name, value in (
-        ("steps", steps),
+        ("updates", updates),
         ("batch_size", batch_size),
         ("log_every", log_every),
         ("eval_batch_budget", eval_batch_budget),
@@ -87,10 +108,10 @@ def check_options(
     if warmup_steps is not None and (
         isinstance(warmup_steps, bool)
         or not isinstance(warmup_steps, int)
-        or not 0 <= warmup_steps <= steps
+        or not 0 <= warmup_steps <= updates
     ):
         raise ConfigError(
-            f"warmup_steps must be an integer in [0, steps={steps}], got {warmup_steps!r}"
+            f"warmup_steps must be an integer in [0, updates={updates}], got {warmup_steps!r}"
         )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
@@ -106,15 +127,6 @@ def check_options(
             raise ConfigError(f"config must be JSON-able (plain values only): {exc}") from None
 
 
-def param_dtype(*modules: nn.Module) -> torch.dtype:
-    """The floating dtype of the first parameter found (the default dtype if none)."""
-    for m in modules:
-        for p in m.parameters():
-            if p.is_floating_point():
-                return p.dtype
-    return torch.get_default_dtype()
-
-
 def resolve_data(
     model: nn.Module,
     data: Dataset | Tensor,
@@ -124,22 +136,25 @@ def resolve_data(
     dtype: torch.dtype,
     shard: Tensor | None = None,
 ) -> TrainData:
-    """Check the data against the model and move it; ``shard`` selects this rank's indices."""
+    """Check the data against the model and move it; ``shard`` selects this rank's indices.
+    ``eval_data`` replaces the validation split."""
     if isinstance(data, Dataset):
-        train, test, levels = data.train, data.test, data.num_levels
+        train, validation, test = data.train, data.validation, data.test
+        levels = data.num_levels
     elif isinstance(data, Tensor):
-        train, test, levels = data, None, None
+        train, validation, test, levels = data, None, None, None
     else:
         raise DataError(
             f"data must be a pyrodiff.data.Dataset or a torch.Tensor, got {type(data).__name__}"
         )
     if eval_data is not None:
-        test = eval_data
+        validation = eval_data
     event_shape = getattr(model, "event_shape", None) or tuple(train.shape[1:])
     likelihood = getattr(model, "likelihood", None)
     check_data(train, tuple(event_shape), likelihood, name="training data")
-    if test is not None:
-        check_data(test, tuple(event_shape), likelihood, name="evaluation data")
+    for name, held_out in (("validation data", validation), ("test data", test)):
+        if held_out is not None:
+            check_data(held_out, tuple(event_shape), likelihood, name=name)
     if shard is not None:
         train = train[shard]
     if batch_size > train.shape[0]:
@@ -149,7 +164,12 @@ def resolve_data(
             f"expected at most {train.shape[0]}"
         )
     to = {"device": device, "dtype": dtype}
-    return TrainData(train.to(**to), test.to(**to) if test is not None else None, levels)
+    return TrainData(
+        train.to(**to),
+        validation.to(**to) if validation is not None else None,
+        test.to(**to) if test is not None else None,
+        levels,
+    )
 
 
 def create_lazy_params(
@@ -168,3 +188,127 @@ def create_lazy_params(
         restore_rng(snap)
         for name, obj in (stateful or {}).items():
             obj.load_state_dict(saved[name])
+
+
+@runtime_checkable
+class RunRecord(Protocol):
+    """What ``fit(..., config=...)`` writes as ``run_dir/config.json`` so that every
+    ``pyrodiff`` command reads the folder: a :class:`pyrodiff.config.RunConfig`."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def to_json(self, path: str | Path | None = None) -> str: ...
+
+
+# --- a run's set-up -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What the set-up hands the loop: the state, the data and where things are written."""
+
+    ts: TrainState
+    data: TrainData
+    train_module: nn.Module
+    params: list[nn.Parameter]
+    device: torch.device
+    batch_size: int
+    is_main: bool
+    run_dir: Path | None
+    metrics_path: Path | None
+
+
+def set_up_run(
+    model: nn.Module,
+    guide: nn.Module,
+    data: Dataset | Tensor,
+    loss: ELBO,
+    *,
+    updates: int,
+    batch_size: int,
+    lr: float,
+    lr_schedule: LRSchedule,
+    warmup_steps: int,
+    weight_decay: float,
+    ema_decay: float | None,
+    seed: int,
+    device: str | torch.device,
+    eval_data: Tensor | None,
+    run_dir: str | Path | None,
+    resume: bool,
+    config: RunRecord | dict[str, Any] | None,
+    record: RunRecord | None,
+    distributed: DistributedContext | None,
+) -> Run:
+    """Place model, guide and data; build the optimizer, EMA and batch order; resume them from
+    the checkpoint when asked; prepare the run folder. Raises before anything is written."""
+    rank, is_main, run_seed, shard = 0, True, seed, None
+    if distributed is not None:
+        if not isinstance(distributed, DistributedContext):
+            raise ConfigError(
+                "distributed must be a pyrodiff.distributed.DistributedContext (from "
+                f"setup_distributed()), got {type(distributed).__name__}"
+            )
+        rank, is_main = int(distributed.rank), bool(distributed.is_main)
+        run_seed = rank_seed(seed, rank)
+        n = data.train.shape[0] if isinstance(data, Dataset) else len(data)
+        shard = shard_indices(n, rank, int(distributed.world_size))
+    dev = distributed.device if distributed is not None else resolve_device(device)
+    model.to(dev)
+    guide.to(dev)
+    d = resolve_data(model, data, eval_data, batch_size, dev, param_dtype(model, guide), shard)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
+    if run_dir is not None and not resume and ckpt_path.exists():
+        raise CheckpointError(
+            f"{run_dir} already holds a checkpoint: pass resume=True to continue that run, "
+            "or choose another run_dir"
+        )
+
+    seed_everything(run_seed)
+    loss_module = loss(model, guide)
+    stateful = stateful_parts(loss)
+    create_lazy_params(loss_module, d.train[:batch_size], stateful)
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model and guide have no trainable parameters: nothing to fit")
+    ts = TrainState(
+        model=model,
+        guide=guide,
+        optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+        ema=EMA(loss_module, ema_decay) if ema_decay is not None else None,
+        sampler=EpochSampler(d.train.shape[0], batch_size, run_seed),
+        stateful=stateful,
+        lr_schedule={
+            "kind": lr_schedule.value,
+            "lr": float(lr),
+            "warmup_steps": int(warmup_steps),
+            "total_steps": int(updates),
+        },
+        model_config=model.config() if callable(getattr(model, "config", None)) else None,
+        config=record.to_dict() if record is not None else config,
+    )
+    train_module: nn.Module = loss_module
+    if distributed is not None:
+        train_module = wrap_module(loss_module, distributed)
+
+    if resume:
+        state = load_checkpoint(ckpt_path, map_location=dev)
+        check_model_config(state, ts.model_config, where=str(ckpt_path))
+        ts.restore(state, ckpt_path, streams=is_main)
+        if not is_main:
+            # the checkpoint holds rank 0's streams only: the others restart theirs from a seed
+            # of (seed, rank, step), distinct and reproducible but not those of an unbroken run
+            resumed_seed = rank_seed(seed + ts.step, rank)
+            seed_everything(resumed_seed)
+            ts.sampler = EpochSampler(d.train.shape[0], batch_size, resumed_seed)
+    metrics_path = None
+    if run_dir is not None and is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = run_dir / METRICS_NAME
+        if not resume:
+            metrics_path.unlink(missing_ok=True)  # a fresh run starts a fresh record
+        if record is not None and (not resume or not (run_dir / CONFIG_NAME).exists()):
+            # the folder is then the run folder every pyrodiff command reads
+            record.to_json(run_dir / CONFIG_NAME)
+    return Run(ts, d, train_module, params, dev, batch_size, is_main, run_dir, metrics_path)
