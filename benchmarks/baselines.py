@@ -229,3 +229,58 @@ def ancestral_loop(
         step = 2.0 / (num_levels - 1)
         x = -1 + torch.round((x + 1) / step).clamp(0, num_levels - 1) * step
     return x
+
+
+@torch.no_grad()
+def iwae_log_weights(
+    net: nn.Module,
+    x0: Tensor,
+    tab: PlainTables,
+    num_levels: int | None,
+    num_samples: int,
+    batch_budget: int = 8192,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """log p_θ(x_{0:T}) − log q(x_{1:T} | x_0) for K draws of the chain per datum, (K, N).
+
+    Row k·N + n is datum n's k-th draw. Rows go in chunks of batch_budget // T; in a chunk the
+    chain is drawn top-down (noise for x_T, then x_{T−1} … x_1, as pyrodiff draws it) and the
+    network sees all T·rows inputs in one call.
+    """
+    N, T = x0.shape[0], tab.num_steps
+    rows = num_samples * N
+    chunk = max(1, batch_budget // T)
+    dims = tuple(range(2, x0.dim() + 1))
+    out = []
+    for start in range(0, rows, chunk):
+        xs = x0[torch.arange(start, min(start + chunk, rows), device=x0.device) % N]
+        R = xs.shape[0]
+        chain = xs.new_empty((T + 1,) + xs.shape)  # chain[t] = x_t, t = 1 … T
+        chain[T] = tab.sqrt_ab[T] * xs + tab.sqrt_1m_ab[T] * torch.randn(
+            xs.shape, generator=generator, dtype=xs.dtype, device=xs.device
+        )
+        for t in range(T, 1, -1):
+            noise = torch.randn(xs.shape, generator=generator, dtype=xs.dtype, device=xs.device)
+            mean_q = tab.post_c0[t] * xs + tab.post_ct[t] * chain[t]
+            chain[t - 1] = mean_q + tab.post_var[t].sqrt() * noise
+        x_t = chain[1:]  # (T, R, ...), entry t − 1 is x_t
+        t_all = torch.arange(1, T + 1, device=x0.device)
+        t_flat = t_all.repeat_interleave(R)
+        mean = _reverse_mean(net, x_t.reshape((T * R,) + xs.shape[1:]), t_flat, tab)
+        mean = mean.reshape(x_t.shape)
+        x_prev, x_cur = chain[1:T], chain[2:]
+        ts = _col(t_all[1:], x_prev)
+        mean_q = tab.post_c0[ts] * xs + tab.post_ct[ts] * x_cur
+        log_q = _normal_log_prob(x_prev, mean_q, tab.post_var[ts].sqrt(), dims).sum(0)
+        log_q = log_q + _normal_log_prob(
+            chain[T][None], tab.sqrt_ab[T] * xs, tab.sqrt_1m_ab[T], dims
+        ).squeeze(0)
+        log_p = _normal_log_prob(x_prev, mean[1:], tab.beta[ts].sqrt(), dims).sum(0)
+        one = torch.ones((), dtype=xs.dtype, device=xs.device)
+        log_p = log_p + _normal_log_prob(chain[T][None], 0 * one, one, dims).squeeze(0)
+        var_1 = tab.beta[1].expand_as(xs)
+        log_p = log_p + decoder_log_prob(xs, mean[0], var_1, num_levels).sum(
+            tuple(d - 1 for d in dims)
+        )
+        out.append(log_p - log_q)
+    return torch.cat(out).reshape(num_samples, N)
