@@ -177,3 +177,20 @@ def test_progress_bar_goes_to_stderr(capsys):
     assert "log-weights" in capsys.readouterr().err
     log_weights(model, guide, data(2), 3)
     assert capsys.readouterr().err == ""
+
+
+def test_the_config_accepts_timestep_objectives_exactly_for_closed_form_guides():
+    # RunConfig decides with the same predicate: objective elbo is accepted for a guide kind
+    # exactly when the guide that kind builds has closed forms
+    from pyrodiff.config import GuideKind, Objective, RunConfig, build_guide
+    from pyrodiff.errors import ConfigError
+
+    model = mlp_model(4, ReverseVariance.BETA, seed=8)
+    for kind in GuideKind:
+        guide = build_guide(RunConfig(guide=kind, objective=Objective.TRACE_ELBO), model)
+        try:
+            RunConfig(guide=kind, objective=Objective.ELBO)
+            accepted = True
+        except ConfigError:
+            accepted = False
+        assert accepted == has_closed_forms(guide), kind
