@@ -23,6 +23,7 @@ from pyrodiff.likelihoods import DiscretizedGaussianLikelihood
 from pyrodiff.models import HierarchicalVAE
 from pyrodiff.networks import MLPDenoiser
 from pyrodiff.schedules import cosine_schedule, linear_schedule
+from pyrodiff.train import evaluate_split
 
 
 def mlp_model(T, variance, likelihood=None, seed=0, D=2):
@@ -177,6 +178,11 @@ def test_progress_bar_goes_to_stderr(capsys):
     assert "log-weights" in capsys.readouterr().err
     log_weights(model, guide, data(2), 3)
     assert capsys.readouterr().err == ""
+    evaluate_split(model, guide, data(2), num_levels=None, progress=True)
+    assert "ELBO terms" in capsys.readouterr().err
+    iwae_bound(model, guide, data(2), 2, progress=True)
+    psis_diagnostic(model, guide, data(2), 20, progress=True)
+    assert capsys.readouterr().err.count("log-weights") >= 2
 
 
 def test_the_config_accepts_timestep_objectives_exactly_for_closed_form_guides():
