@@ -84,6 +84,10 @@ def chain_log_weights(model, guide, x0: Tensor, chain: Tensor) -> Tensor:
     return log_p - log_q
 
 
+_CHAIN_VALUES = 2**24
+"""At most this many values (rows · T · D) in one drawn chain: 128 MB in float64."""
+
+
 def closed_form_log_weights(
     model,
     guide,
@@ -96,20 +100,26 @@ def closed_form_log_weights(
     """log w for K draws per datum from a closed-form guide, shape (K, N), detached.
 
     Row k·N + n of the K·N (draw, datum) pairs is datum n's k-th draw, as in
-    :func:`~pyrodiff.infer.bounds.log_weights`; the rows go through the network in chunks of
-    about ``batch_budget`` inputs (chunk rows × T), so memory stays bounded whatever T, K and N.
+    :func:`~pyrodiff.infer.bounds.log_weights`. The chains of as many rows as fit in 2^24
+    values are drawn together (T elementwise steps over all of them); their log-weights then go
+    through the network in chunks of about ``batch_budget`` inputs (rows × T), so memory stays
+    bounded whatever T, K and N.
     """
     _check_closed_form_pair(model, guide)
     N, T = x0.shape[0], model.num_steps
     rows = num_samples * N
-    chunk = max(1, batch_budget // T)
+    per_row = T * math.prod(x0.shape[1:])
+    chain_rows = max(1, min(rows, _CHAIN_VALUES // per_row))
+    net_rows = max(1, batch_budget // T)
     out = []
     bar = progress_bar(rows, "log-weights", "draw", progress)
     with torch.no_grad(), bar:
-        for start in range(0, rows, chunk):
-            idx = torch.arange(start, min(start + chunk, rows), device=x0.device) % N
+        for start in range(0, rows, chain_rows):
+            idx = torch.arange(start, min(start + chain_rows, rows), device=x0.device) % N
             xs = x0[idx]
             chain = sample_chain(guide, xs, T, generator)
-            out.append(chain_log_weights(model, guide, xs, chain))
-            bar.update(xs.shape[0])
+            for s in range(0, xs.shape[0], net_rows):
+                part = slice(s, s + net_rows)
+                out.append(chain_log_weights(model, guide, xs[part], chain[:, part]))
+                bar.update(out[-1].shape[0])
     return torch.cat(out).reshape(num_samples, N)
