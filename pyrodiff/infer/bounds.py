@@ -115,11 +115,13 @@ def log_weights(
 
     Two paths give the same values for the same draws. With a :class:`~pyrodiff.Diffusion`
     model and a closed-form guide (:func:`~pyrodiff.guides.has_closed_forms`) the chain is drawn
-    and every density evaluated at all t at once (:func:`~pyrodiff.infer.chain.
-    closed_form_log_weights`, about ``batch_budget`` network inputs per call); for any other
-    pair the guide is traced and the model replayed on its draws, up to ``batch_budget`` data
-    copies at once. ``vectorised`` picks the path (None: the vectorised one where it applies).
-    ``progress`` shows a tqdm bar on stderr.
+    and every density evaluated at all t at once
+    (:func:`~pyrodiff.infer.chain.closed_form_log_weights`, about ``batch_budget`` network
+    inputs per call); for any other pair the guide is traced and the model replayed on its
+    draws, up to ``batch_budget`` data copies at once. ``vectorised`` picks the path (None: the
+    vectorised one where it applies). Both are network-bound when K·N is large; the vectorised
+    one saves Pyro's per-site work, which dominates for few rows. ``progress`` shows a tqdm bar
+    on stderr.
     """
     _check_inputs(model, guide, x0, num_samples)
     if vectorised is None:
