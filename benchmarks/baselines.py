@@ -229,3 +229,65 @@ def ancestral_loop(
         step = 2.0 / (num_levels - 1)
         x = -1 + torch.round((x + 1) / step).clamp(0, num_levels - 1) * step
     return x
+
+
+@torch.no_grad()
+def iwae_log_weights(
+    net: nn.Module,
+    x0: Tensor,
+    tab: PlainTables,
+    num_levels: int | None,
+    num_samples: int,
+    batch_budget: int = 8192,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """log p_θ(x_{0:T}) − log q(x_{1:T} | x_0) for K draws of the chain per datum, (K, N).
+
+    Row k·N + n is datum n's k-th draw. The chains of as many rows as fit in 2^24 values are
+    drawn together, top-down (noise for x_T, then x_{T−1} … x_1, as pyrodiff draws it); the
+    network then sees batch_budget // T rows (× T steps) per call.
+    """
+    N, T = x0.shape[0], tab.num_steps
+    rows = num_samples * N
+    chain_rows = max(1, min(rows, 2**24 // (T * x0[0].numel())))
+    step = max(1, batch_budget // T)
+    out = []
+    for start in range(0, rows, chain_rows):
+        xs = x0[torch.arange(start, min(start + chain_rows, rows), device=x0.device) % N]
+        chain = xs.new_empty((T + 1,) + xs.shape)  # chain[t] = x_t, t = 1 … T
+        chain[T] = tab.sqrt_ab[T] * xs + tab.sqrt_1m_ab[T] * torch.randn(
+            xs.shape, generator=generator, dtype=xs.dtype, device=xs.device
+        )
+        for t in range(T, 1, -1):
+            noise = torch.randn(xs.shape, generator=generator, dtype=xs.dtype, device=xs.device)
+            mean_q = tab.post_c0[t] * xs + tab.post_ct[t] * chain[t]
+            chain[t - 1] = mean_q + tab.post_var[t].sqrt() * noise
+        for s in range(0, xs.shape[0], step):
+            part = slice(s, s + step)
+            out.append(_chain_log_weights(net, xs[part], chain[:, part], tab, num_levels))
+    return torch.cat(out).reshape(num_samples, N)
+
+
+def _chain_log_weights(
+    net: nn.Module, xs: Tensor, chain: Tensor, tab: PlainTables, num_levels: int | None
+) -> Tensor:
+    """log p_θ(x_{0:T}) − log q(x_{1:T} | x_0) of drawn chains (chain[t] = x_t, t ≥ 1), with
+    the network called once on all T · rows inputs."""
+    T, R = tab.num_steps, xs.shape[0]
+    dims = tuple(range(2, xs.dim() + 1))  # event dims of (T, R, *event) tensors
+    x_t = chain[1:]  # (T, R, ...), entry t − 1 is x_t
+    t_all = torch.arange(1, T + 1, device=xs.device)
+    mean = _reverse_mean(net, x_t.reshape((T * R,) + xs.shape[1:]), t_all.repeat_interleave(R), tab)
+    mean = mean.reshape(x_t.shape)
+    x_prev, x_cur = chain[1:T], chain[2:]
+    ts = _col(t_all[1:], x_prev)
+    mean_q = tab.post_c0[ts] * xs + tab.post_ct[ts] * x_cur
+    log_q = _normal_log_prob(x_prev, mean_q, tab.post_var[ts].sqrt(), dims).sum(0)
+    x_T = chain[T][None]
+    log_q = log_q + _normal_log_prob(x_T, tab.sqrt_ab[T] * xs, tab.sqrt_1m_ab[T], dims)[0]
+    log_p = _normal_log_prob(x_prev, mean[1:], tab.beta[ts].sqrt(), dims).sum(0)
+    one = torch.ones((), dtype=xs.dtype, device=xs.device)
+    log_p = log_p + _normal_log_prob(x_T, 0 * one, one, dims)[0]
+    var_1 = tab.beta[1].expand_as(xs)
+    rec = decoder_log_prob(xs, mean[0], var_1, num_levels)
+    return log_p + rec.sum(tuple(d - 1 for d in dims)) - log_q

@@ -1,32 +1,32 @@
 """What the study scripts share: their command line, markdown tables, mean ± standard error.
 
 Each ``examples/study_*.py`` takes ``--quick`` (seconds; what ``tests/test_study.py`` runs),
-``--figures DIR`` (where its PNG goes; ``docs/figures`` by default) and ``--results FILE``
-(an optional JSON copy of every number it prints), and prints its table in markdown.
+``--out DIR`` (its PNG and its results JSON; ``outputs/<script>/`` by default) or
+``--write-docs`` (the PNG into docs/figures, the JSON into docs/results: what docs/study.md
+shows), and prints its table in markdown. The JSON holds every number the script prints; its
+``"table"`` rows are the study's table as data (see ``_tables.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
+from _outputs import add_output_arguments, outputs
 from torch import Tensor
 
-FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"
 
-
-def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(description: str, argv: Sequence[str] | None, name: str) -> argparse.Namespace:
+    """The study's command line; ``args.outputs`` is where it writes (:mod:`_outputs`)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="tiny settings (seconds)")
-    parser.add_argument("--figures", type=Path, default=FIGURES, help="folder for the PNG")
-    parser.add_argument("--results", type=Path, default=None, help="write the numbers as JSON")
+    add_output_arguments(parser, name)
     parser.add_argument("--seed", type=int, default=0, help="seed of data, training and noise")
     args = parser.parse_args(argv)
+    args.outputs = outputs(args, name)
     # one thread: the numbers do not depend on how many cores are free, and runs stay polite
     torch.set_num_threads(1)
     return args
@@ -50,13 +50,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def save_results(path: Path | None, results: dict) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, allow_nan=True))
 
 
 class Stopwatch:

@@ -12,9 +12,9 @@ This is ``pyrodiff train`` written out in Python: the same RunConfig, the same b
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
+from _outputs import add_output_arguments, outputs
 
 from pyrodiff.config import RunConfig, build
 from pyrodiff.infer import bits_per_dim, elbo_terms
@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (seconds)")
     parser.add_argument("--updates", type=int, default=None, help="optimizer updates")
-    parser.add_argument("--out", type=Path, default=Path("runs/digits_example"),
-                        help="folder for the figures (default: runs/digits_example)")  # fmt: skip
+    add_output_arguments(parser, "digits")
     args = parser.parse_args(argv)
+    out = outputs(args, "digits")
 
     config = RunConfig()  # the defaults are the digits run
     if args.quick:
@@ -52,12 +52,13 @@ def main(argv: list[str] | None = None) -> dict:
         raw = elbo_terms(model, guide, x, generator=torch.Generator().manual_seed(0))
     print(f"raw-parameter bits/dim {float(bits_per_dim(raw.elbo.mean(), digits.num_dims)):.4f}")
 
-    args.out.mkdir(parents=True, exist_ok=True)
     samples = strided_sample(model, 64, max(1, config.num_steps // 10),
                              generator=torch.Generator().manual_seed(0))  # fmt: skip
-    save_figure(plot_samples(samples, num_levels=digits.num_levels), args.out / "samples.png")
-    save_figure(plot_step_terms(final), args.out / "step_terms.png")
-    print(f"figures in {args.out}")
+    save_figure(
+        plot_samples(samples, num_levels=digits.num_levels), out.figure("digits_samples.png")
+    )
+    save_figure(plot_step_terms(final), out.figure("digits_step_terms.png"))
+    print(f"figures in {out.figures}")
     return {"final": final, "raw": raw, "samples": samples, "num_dims": digits.num_dims}
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pyro
 import torch
+from _outputs import add_output_arguments, outputs
 from pyro.infer import Trace_ELBO
 
 from pyrodiff import (
@@ -145,7 +146,7 @@ def run_swap(args) -> dict:
             f"test_iwae{args.iwae_k}_bits_per_dim": iwae.bits_per_dim(D),
         }
         traces[gk.value] = trace
-    plot(traces, kind, D, Path(args.out) / f"guide_swap_{kind.value}.png")
+    plot(traces, kind, D, outputs(args, "guide_swap").figure(f"guide_swap_{kind.value}.png"))
     return results
 
 
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--iwae-k", type=int, default=None)
     p.add_argument("--eval-samples", type=int, default=None, help="draws per datum for the ELBO")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="outputs")
+    add_output_arguments(p, "guide_swap")
     p.add_argument(
         "--schedule-objectives",
         action="store_true",
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         result = run_swap(args)
     print(json.dumps(result, indent=2))
+    outputs(args, "guide_swap").write_results(result)
     return result
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import enum
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
 
 import torch
+from _outputs import add_output_arguments, outputs
 
 from pyrodiff import (
     Diffusion,
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", type=str, default=None, help="write the result here")
+    add_output_arguments(p, "objectives_digits")
     p.add_argument("--quick", action="store_true", help="tiny settings: runs in seconds")
     p.add_argument(
         "--sampler-variance",
@@ -242,9 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{r['sampler']:24s} mean {r['mean']:10.3f} ± {r['se']:.3f}  "
                 f"(z = {r['z']:+.2f})  variance of one estimate {r['variance']:10.2f}"
             )
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(rows, f, indent=1)
+        outputs(a, "objectives_digits").write_results(rows, "sampler_variance.json")
         return {"sampler_variance": rows}
     objective = Objective(a.objective)
     variance = (
@@ -289,9 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["test_bin_labels"], result["test_bin_bits_per_dim"], strict=True
     ):
         print(f"  {label:>12s}  {value:7.3f} bits/dim")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=1)
+    run_name = f"{objective.value}_{cfg.parameterization.value}_{variance.value}.json"
+    outputs(a, "objectives_digits").write_results(result, run_name)
     return result
 
 

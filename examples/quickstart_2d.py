@@ -11,9 +11,9 @@ plus the model's misfit, in nats per datum.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
+from _outputs import add_output_arguments, outputs
 
 from pyrodiff import ReverseVariance
 from pyrodiff.config import RunConfig, build
@@ -25,10 +25,10 @@ from pyrodiff.train import fit
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (seconds)")
-    parser.add_argument("--out", type=Path, default=Path("runs/quickstart_2d"),
-                        help="folder for the figures (default: runs/quickstart_2d)")  # fmt: skip
+    add_output_arguments(parser, "quickstart_2d")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    out = outputs(args, "quickstart_2d")
     torch.set_num_threads(1)
 
     # One configuration object describes the whole run; build() makes the model p_θ(x_{0:T})
@@ -67,11 +67,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # fit() left the raw parameters in the model; sampling uses them
     samples = ancestral_sample(model, 2000, generator=torch.Generator().manual_seed(args.seed))
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_figure(plot_elbo(list(history), entropy=entropy), args.out / "elbo.png")
-    save_figure(plot_step_terms(final), args.out / "step_terms.png")
-    save_figure(plot_samples(samples, density=data.density), args.out / "samples.png")
-    print(f"figures in {args.out}")
+    save_figure(plot_elbo(list(history), entropy=entropy), out.figure("quickstart_elbo.png"))
+    save_figure(plot_step_terms(final), out.figure("quickstart_step_terms.png"))
+    save_figure(plot_samples(samples, density=data.density), out.figure("quickstart_samples.png"))
+    print(f"figures in {out.figures}")
     return {"final": final, "entropy": entropy, "gap": gap, "samples": samples, "model": model,
             "guide": guide, "data": data}  # fmt: skip
 

@@ -36,9 +36,9 @@ from _study_common import (
     mean_se,
     parse_args,
     pm,
-    save_results,
     timed_fit,
 )
+from _tables import table_row
 from matplotlib.figure import Figure
 from pyro.infer import TraceMeanField_ELBO
 
@@ -147,6 +147,8 @@ def run_arm(cfg: DigitsConfig, kind: GuideKind, T: int, data, test) -> dict:
         if T <= 10:  # the literal chain is T network calls per draw: affordable at small T
             iwae = iwae_bound(model, guide, test, cfg.iwae_k).values.double()
     bits = -elbo / (D * math.log(2))
+    out["elbo"] = mean_se(elbo)
+    out["iwae"] = None if iwae is None else mean_se(iwae)
     out["bits_per_dim"] = mean_se(bits)
     out["per_step_bits"] = per_step
     if iwae is not None:
@@ -184,6 +186,27 @@ def references(cfg: DigitsConfig, data, test) -> list[dict]:
         }
     )
     return rows
+
+
+def _table_row(cfg: DigitsConfig, r: dict, ref: dict, num_dims: int) -> dict:
+    """The row as data, in nats per image; the reference is the autoregressive model's exact
+    test log-likelihood."""
+    nats = num_dims * math.log(2)
+    keys = ("base", "batch_size", "lr", "guide_hidden", "test_size")
+    return table_row(
+        label=_label(r),
+        configuration={k: getattr(cfg, k) for k in keys} | {"guide": r["guide"].name},
+        T=r["T"],
+        elbo=r["elbo"],
+        iwae=r["iwae"],
+        iwae_k=cfg.iwae_k if r["iwae"] is not None else None,
+        reference=(-ref["bits_per_dim"][0] * nats, ref["bits_per_dim"][1] * nats),
+        reference_name="log p (autoregressive)",
+        updates=cfg.steps,
+        cpu_minutes=r["cpu_seconds"] / 60,
+        converged=None,  # doubling the updates was not measured
+        extra={"bits/dim": r["bits_per_dim"]},
+    )
 
 
 def _label(r: dict) -> str:
@@ -224,7 +247,7 @@ def figure(cfg: DigitsConfig, rows: list[dict], refs: list[dict]) -> Figure:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__.splitlines()[0], argv, "study_digits")
     cfg = DigitsConfig.quick(args.seed) if args.quick else DigitsConfig(seed=args.seed)
     data = load_digits(torch.get_default_dtype())
     test = data.test if cfg.test_size is None else data.test[: cfg.test_size]
@@ -234,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         r = rows[-1]
         print(f"{_label(r)}: {pm(*r['bits_per_dim'])} bits/dim, {r['seconds']:.0f} s", flush=True)
     refs = references(cfg, data, test)
-    save_figure(figure(cfg, rows, refs), args.figures / "study_digits.png")
+    save_figure(figure(cfg, rows, refs), args.outputs.figure("study_digits.png"))
     k = cfg.iwae_k
     table = []
     for r in rows:
@@ -280,8 +303,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "config": asdict(cfg),
         "rows": [{**r, "guide": r["guide"].name} for r in rows],
         "references": refs,
+        "table": [_table_row(cfg, r, refs[-1], data.num_dims) for r in rows],
     }
-    save_results(args.results, results)
+    args.outputs.write_results(results)
     return results
 
 

@@ -16,18 +16,20 @@ the ELBO in closed form (:func:`~pyrodiff.infer.exact_elbo_terms`) and IWAE-K
 Then the oracle: with p_θ equal to the exact reverse process, ELBO = log p for every draw
 from q, so Trace_ELBO's estimate has zero variance (measured, with the other estimators).
 
-    python examples/study_exact.py            # ≈ 1 minute
-    python examples/study_exact.py --quick    # seconds; what the tests run
+    python examples/study_exact.py                # ≈ 1 minute; writes to outputs/study_exact/
+    python examples/study_exact.py --write-docs   # the same, into docs/figures and docs/results
+    python examples/study_exact.py --quick        # seconds; what the tests run
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
-from _study_common import markdown_table, mean_se, parse_args, pm, save_results
+from _study_common import Stopwatch, markdown_table, mean_se, parse_args, pm
+from _tables import render, table_row
 from matplotlib.figure import Figure
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
@@ -147,6 +149,31 @@ def train_one(cfg: ExactConfig, variance: ReverseVariance, train, test) -> dict:
     }
 
 
+def _table_row(cfg: ExactConfig, run: dict, half_elbo: tuple[float, float], best) -> dict:
+    """The row as data. Converged: the run with half the updates has a held-out ELBO within
+    2 SE (the standard error of the full run's ELBO over the test data) of the full run's."""
+    name = run["variance"]
+    elbo, se = run["elbo"]
+    keys = ("dim", "data_mean", "data_std", "num_test", "batch_size", "lr")
+    return table_row(
+        label="σ_t² learned per step (PER_STEP)" if name == "per_step" else "σ_t² = β_t (BETA)",
+        configuration={k: getattr(cfg, k) for k in keys} | {"variance": name},
+        T=cfg.num_steps,
+        elbo=(elbo, se),
+        iwae=run["iwae"],
+        iwae_k=cfg.iwae_k,
+        reference=best,
+        reference_name="E log p_data",
+        updates=cfg.steps,
+        cpu_minutes=run["cpu_seconds"] / 60,
+        converged=bool(abs(elbo - half_elbo[0]) < 2 * se),
+        extra={
+            "log p_θ (exact)": run["log_p"],
+            f"ELBO after {cfg.steps // 2} updates": half_elbo,
+        },
+    )
+
+
 def oracle_check(cfg: ExactConfig, test) -> dict:
     """The exact reverse process as the model: ELBO = log p with zero estimator variance."""
     schedule = linear_schedule(cfg.num_steps)
@@ -209,7 +236,7 @@ def figure(cfg: ExactConfig, runs: dict[str, dict], best: float) -> Figure:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__.splitlines()[0], argv, "study_exact")
     previous = torch.get_default_dtype()
     # float64 throughout: the oracle's zero variance is a statement about rounding error
     torch.set_default_dtype(torch.float64)
@@ -224,9 +251,15 @@ def _main(args) -> dict:
     torch.manual_seed(cfg.seed)
     train, test, law = _data(cfg)
     best = law.log_prob(test).sum(-1)
-    runs = {v.value: train_one(cfg, v, train, test) for v in VARIANCES}
+    runs, half = {}, {}
+    for v in VARIANCES:
+        with Stopwatch() as clock:
+            runs[v.value] = train_one(cfg, v, train, test)
+        runs[v.value]["cpu_seconds"] = clock.cpu_seconds
+        # the convergence check: the same run with half the updates
+        half[v.value] = train_one(replace(cfg, steps=cfg.steps // 2), v, train, test)["elbo"]
     oracle = oracle_check(cfg, test)
-    save_figure(figure(cfg, runs, best.mean().item()), args.figures / "study_exact.png")
+    save_figure(figure(cfg, runs, best.mean().item()), args.outputs.figure("study_exact.png"))
 
     rows = []
     for name, run in runs.items():
@@ -243,6 +276,7 @@ def _main(args) -> dict:
                 pm(*mean_se(kl), digits=4),
             ]
         )
+    table = [_table_row(cfg, run, half[k], mean_se(best)) for k, run in runs.items()]
     print(
         f"Gaussian data N({list(cfg.data_mean)}, {cfg.data_std}² I), T = {cfg.num_steps}, "
         f"{cfg.steps} updates of {cfg.batch_size}; {cfg.num_test} test data; E log p_data = "
@@ -262,6 +296,8 @@ def _main(args) -> dict:
             rows,
         )
     )
+    print("\nThe same runs as data (docs/results/study_exact.json under --write-docs):\n")
+    print(render(table))
     sp = oracle["spread"]
     print(
         "\nOracle (exact reverse process): max |ELBO − log p| = "
@@ -283,8 +319,9 @@ def _main(args) -> dict:
         "log_p_data": mean_se(best),
         "runs": {k: {kk: vv for kk, vv in v.items() if kk != "model"} for k, v in runs.items()},
         "oracle": oracle,
+        "table": table,
     }
-    save_results(args.results, results)
+    args.outputs.write_results(results)
     return results
 
 

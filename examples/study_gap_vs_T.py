@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from _study_common import markdown_table, mean_se, parse_args, pm, save_results, timed_fit
+from _study_common import markdown_table, mean_se, parse_args, pm, timed_fit
+from _tables import table_row
 from matplotlib.figure import Figure
 
 from pyrodiff import Diffusion, ForwardGuide, ReverseVariance, linear_schedule
@@ -160,6 +161,24 @@ def figure(cfg: GapConfig, rows: list[dict], entropy: float, entropy_se: float) 
     return fig
 
 
+def _table_row(cfg: GapConfig, config: dict, r: dict, H: float, H_se: float) -> dict:
+    """The row as data; IWAE is on the first ``iwae_data`` test points (a subset)."""
+    return table_row(
+        label=f"fixed q, T = {r['T']}",
+        configuration={k: config[k] for k in ("data", "hidden", "depth", "batch_size", "lr")}
+        | {"iwae_data": cfg.iwae_data},
+        T=r["T"],
+        elbo=r["elbo"],
+        iwae=r["iwae"],
+        iwae_k=cfg.iwae_k,
+        reference=(-H, H_se),
+        reference_name="−H",
+        updates=cfg.steps,
+        cpu_minutes=r["train_cpu_seconds"] / 60,
+        converged=None,  # doubling the updates was not measured
+    )
+
+
 def mpl_color(i: int, n: int):
     from matplotlib import colormaps
 
@@ -167,7 +186,7 @@ def mpl_color(i: int, n: int):
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__.splitlines()[0], argv, "study_gap_vs_T")
     cfg = GapConfig.quick(args.seed) if args.quick else GapConfig(seed=args.seed)
     data = load_toy2d(cfg.data, num_train=cfg.num_train, num_test=cfg.num_test, seed=cfg.seed)
     H, H_se = data.density.entropy, data.density.entropy_se
@@ -177,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         rows.append(run_one(cfg, T, data))
         r = rows[-1]
         print(f"T = {T}: ELBO {pm(*r['elbo'])}, {r['train_cpu_seconds']:.0f} CPU s", flush=True)
-    save_figure(figure(cfg, rows, H, H_se), args.figures / "study_gap_vs_T.png")
+    save_figure(figure(cfg, rows, H, H_se), args.outputs.figure("study_gap_vs_T.png"))
     print(
         f"\n{cfg.data.value}: −H = {pm(-H, H_se)} nats; mean log p_data on the {cfg.num_test} test "
         f"data = {pm(*mean_se(log_pd))}. IWAE-{cfg.iwae_k} (4 repeats) on the first "
@@ -215,13 +234,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ],
         )
     )
+    config = {**asdict(cfg), "data": cfg.data.value}
     results = {
-        "config": {**asdict(cfg), "data": cfg.data.value},
+        "config": config,
         "entropy": (H, H_se),
         "log_p_data": mean_se(log_pd),
         "rows": rows,
+        "table": [_table_row(cfg, config, r, H, H_se) for r in rows],
     }
-    save_results(args.results, results)
+    args.outputs.write_results(results)
     return results
 
 

@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from _study_common import markdown_table, mean_se, parse_args, pm, save_results, timed_fit
+from _study_common import markdown_table, mean_se, parse_args, pm, timed_fit
+from _tables import table_row
 from matplotlib.figure import Figure
 from pyro.infer import TraceMeanField_ELBO
 
@@ -90,11 +91,12 @@ class GuidesConfig:
         )
 
 
-def _fit(cfg: GuidesConfig, model, guide, train, loss, steps: int) -> float:
+def _fit(cfg: GuidesConfig, model, guide, train, loss, steps: int) -> tuple[float, float]:
+    """Train; (wall seconds, CPU seconds)."""
     clock = timed_fit(
         model, guide, train, loss, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed
     )
-    return clock.seconds
+    return clock.seconds, clock.cpu_seconds
 
 
 def measure(cfg: GuidesConfig, model, guide, x, log_pd) -> dict:
@@ -124,12 +126,14 @@ def run_T(cfg: GuidesConfig, T: int, data) -> list[dict]:
     net = MLPDenoiser(2, hidden=cfg.hidden, depth=cfg.depth, time_dim=32)
     base = Diffusion(net, schedule, variance=ReverseVariance.PER_STEP)
     fixed = ForwardGuide(schedule)
-    pre_s = _fit(cfg, base, fixed, train, DiffusionELBO(), cfg.pretrain_steps)
+    pre_s, pre_cpu = _fit(cfg, base, fixed, train, DiffusionELBO(), cfg.pretrain_steps)
     rows = [
         {
             "T": T,
             "arm": Arm.START,
             "train_seconds": pre_s,
+            "train_cpu_seconds": pre_cpu,
+            "updates": cfg.pretrain_steps,
             **measure(cfg, base, fixed, test, log_pd),
         }
     ]
@@ -149,17 +153,39 @@ def run_T(cfg: GuidesConfig, T: int, data) -> list[dict]:
                 # train(False) tells Pyro the frozen weights are meant to stay out of the param
                 # store; the MLP has no dropout or normalisation, so nothing else changes
                 model.requires_grad_(False).train(False)
-        seconds = _fit(cfg, model, guide, train, loss, cfg.steps)
+        seconds, cpu = _fit(cfg, model, guide, train, loss, cfg.steps)
         rows.append(
             {
                 "T": T,
                 "arm": arm,
                 "train_seconds": seconds,
+                # the arm's model went through the shared start as well
+                "train_cpu_seconds": pre_cpu + cpu,
+                "updates": cfg.pretrain_steps + cfg.steps,
                 **measure(cfg, model, guide, test, log_pd),
             }
         )
         print(f"T = {T}, {arm.value}: ELBO {pm(*rows[-1]['elbo'])}, {seconds:.0f} s", flush=True)
     return rows
+
+
+def _table_row(cfg: GuidesConfig, config: dict, r: dict, H: float, H_se: float) -> dict:
+    """The row as data: bounds on the first ``eval_data`` test points, k̂ as an extra column."""
+    keys = ("data", "hidden", "depth", "guide_hidden", "batch_size", "lr", "eval_data")
+    return table_row(
+        label=r["arm"].value,
+        configuration={k: config[k] for k in keys} | {"arm": r["arm"].name},
+        T=r["T"],
+        elbo=r["elbo"],
+        iwae=r["iwae"],
+        iwae_k=cfg.iwae_k,
+        reference=(-H, H_se),
+        reference_name="−H",
+        updates=r["updates"],
+        cpu_minutes=r["train_cpu_seconds"] / 60,
+        converged=None,  # doubling the updates was not measured
+        extra={"PSIS k̂": r["khat"]},
+    )
 
 
 def figure(cfg: GuidesConfig, rows: list[dict], entropy: float) -> Figure:
@@ -194,12 +220,12 @@ def figure(cfg: GuidesConfig, rows: list[dict], entropy: float) -> Figure:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__.splitlines()[0], argv, "study_guides")
     cfg = GuidesConfig.quick(args.seed) if args.quick else GuidesConfig(seed=args.seed)
     data = load_toy2d(cfg.data, num_train=cfg.num_train, num_test=cfg.num_test, seed=cfg.seed)
     rows = [r for T in cfg.steps_list for r in run_T(cfg, T, data)]
     H = data.density.entropy
-    save_figure(figure(cfg, rows, H), args.figures / "study_guides.png")
+    save_figure(figure(cfg, rows, H), args.outputs.figure("study_guides.png"))
     k = cfg.iwae_k
     print(
         f"\n{cfg.data.value} (−H = {-H:.3f} nats), {cfg.eval_data} test data; every model "
@@ -234,12 +260,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ],
         )
     )
+    config = {**asdict(cfg), "data": cfg.data.value}
+    H_se = data.density.entropy_se
     results = {
-        "config": {**asdict(cfg), "data": cfg.data.value},
+        "config": config,
         "entropy": H,
         "rows": [{**r, "arm": r["arm"].name} for r in rows],
+        "table": [_table_row(cfg, config, r, H, H_se) for r in rows],
     }
-    save_results(args.results, results)
+    args.outputs.write_results(results)
     return results
 
 

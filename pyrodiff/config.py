@@ -135,7 +135,6 @@ class TimestepKind(enum.Enum):
 
 
 _TIMESTEP_OBJECTIVES = (Objective.ELBO, Objective.SIMPLE, Objective.HYBRID)
-_CLOSED_FORM_GUIDES = (GuideKind.FIXED, GuideKind.LEARNED_SCHEDULE)
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 DIFFUSION_NUM_STEPS = 100
@@ -356,7 +355,14 @@ class RunConfig:
         self._validate_combination()
 
     def _validate_combination(self) -> None:
-        closed = self.guide in _CLOSED_FORM_GUIDES
+        from .guides import ForwardGuide, LearnedGuide, LearnedScheduleGuide, has_closed_forms
+
+        guide_class = {
+            GuideKind.FIXED: ForwardGuide,
+            GuideKind.LEARNED: LearnedGuide,
+            GuideKind.LEARNED_SCHEDULE: LearnedScheduleGuide,
+        }[self.guide]
+        closed = has_closed_forms(guide_class)
         if self.model is ModelKind.HVAE:
             if self.guide is not GuideKind.LEARNED:
                 raise ConfigError(

@@ -1,9 +1,12 @@
 """The examples run with --quick, and what they print obeys the bounds it claims."""
 
+import argparse
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from pyrodiff.infer import elbo_terms
@@ -11,16 +14,17 @@ from pyrodiff.infer import elbo_terms
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def _load(name: str):
+def _load(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the examples import their shared modules
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_quickstart_2d(tmp_path, capsys):
+def test_quickstart_2d(tmp_path, capsys, monkeypatch):
     torch.set_default_dtype(torch.float32)  # as a user runs it
-    out = _load("quickstart_2d").main(["--quick", "--out", str(tmp_path)])
+    out = _load("quickstart_2d", monkeypatch).main(["--quick", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert f"{out['final']['elbo']:.4f}" in printed and "gap" in printed
     # E_p[ELBO] ≤ E_p[log p_θ] ≤ −H(p) (the bound, then Gibbs' inequality): the test-set gap
@@ -32,13 +36,13 @@ def test_quickstart_2d(tmp_path, capsys):
     assert -out["entropy"] - elbo.mean().item() > -4 * se
     assert out["gap"] > -4 * se
     assert out["samples"].shape == (2000, 2) and torch.isfinite(out["samples"]).all()
-    for name in ("elbo.png", "step_terms.png", "samples.png"):
+    for name in ("quickstart_elbo.png", "quickstart_step_terms.png", "quickstart_samples.png"):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_digits(tmp_path, capsys):
+def test_digits(tmp_path, capsys, monkeypatch):
     torch.set_default_dtype(torch.float32)
-    out = _load("digits").main(["--quick", "--out", str(tmp_path)])
+    out = _load("digits", monkeypatch).main(["--quick", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     final = out["final"]
     # bits/dim is −ELBO / (D ln 2) of the same evaluation, on the integer-level scale
@@ -49,4 +53,27 @@ def test_digits(tmp_path, capsys):
     assert (out["raw"].bits_per_dim() >= 0).all()
     levels = (out["samples"] + 1) * 8  # samples sit on the 17 levels of [−1, 1]
     assert torch.allclose(levels, levels.round(), atol=1e-4)
-    assert (tmp_path / "samples.png").stat().st_size > 0
+    assert (tmp_path / "digits_samples.png").stat().st_size > 0
+
+
+def test_outputs_go_to_outputs_unless_docs_are_asked_for():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import _outputs
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    parser = argparse.ArgumentParser()
+    _outputs.add_output_arguments(parser, "study_x")
+    root = EXAMPLES.parent
+    default = _outputs.outputs(parser.parse_args([]), "study_x")
+    assert default.figures == root / "outputs" / "study_x"
+    assert default.results == root / "outputs" / "study_x" / "study_x.json"
+    docs = _outputs.outputs(parser.parse_args(["--write-docs"]), "study_x")
+    assert docs.figures == root / "docs" / "figures"
+    assert docs.results == root / "docs" / "results" / "study_x.json"
+    own = _outputs.outputs(parser.parse_args(["--out", "/tmp/x"]), "study_x")
+    assert own.figures == Path("/tmp/x") and own.results == Path("/tmp/x/study_x.json")
+    with pytest.raises(SystemExit):  # one or the other
+        parser.parse_args(["--out", "/tmp/x", "--write-docs"])
+    # outputs/ is ignored by git, so a default run leaves the tree clean
+    assert "outputs/" in (root / ".gitignore").read_text().split()

@@ -19,14 +19,29 @@ def _run(name: str, tmp_path, monkeypatch, capsys) -> tuple[dict, str]:
     # dataclasses resolve their string annotations through sys.modules
     monkeypatch.setitem(sys.modules, name, module)
     spec.loader.exec_module(module)
-    results_path = tmp_path / f"{name}.json"
-    module.main(["--quick", "--figures", str(tmp_path), "--results", str(results_path)])
+    returned = module.main(["--quick", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     png = tmp_path / f"{name}.png"
     assert png.exists() and png.stat().st_size > 10_000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the JSON copy holds the same numbers the script returned
-    return json.loads(results_path.read_text()), out
+    res = json.loads((tmp_path / f"{name}.json").read_text())
+    assert res["table"] == json.loads(json.dumps(returned["table"]))
+    _check_table(res)
+    return res, out
+
+
+def _check_table(res: dict) -> None:
+    """Every study row carries the fields of a study table, with their meanings."""
+    assert res["table"]
+    for row in res["table"]:
+        for key in ("configuration", "T", "elbo", "elbo_se", "iwae", "iwae_se", "reference",
+                    "reference_name", "updates", "cpu_minutes", "converged"):  # fmt: skip
+            assert key in row, key
+        assert row["T"] >= 1 and row["updates"] >= 1 and row["cpu_minutes"] > 0
+        assert math.isfinite(row["elbo"]) and row["elbo_se"] >= 0
+        assert row["converged"] in (True, False, None)
+        assert isinstance(row["reference_name"], str) and math.isfinite(row["reference"])
 
 
 def _table_rows(out: str) -> list[list[str]]:
@@ -52,7 +67,14 @@ def test_study_exact(tmp_path, monkeypatch, capsys):
     assert spread["Trace_ELBO"]["std"] < 1e-9
     # analytic KL is not automatically lower variance: the mean-field estimate is noisy here
     assert spread["TraceMeanField_ELBO"]["std"] > 1e-3
-    assert "| reverse variance |" in out and len(_table_rows(out)) == 2 + 2 + 2 + 3
+    assert "| reverse variance |" in out and len(_table_rows(out)) == 2 + 2 + 2 + 2 + 2 + 3
+    # the table rows are the runs' numbers, and the convergence flag was measured: the rerun
+    # with half the updates is in the row, and the flag follows the 2-SE rule from it
+    for row, run in zip(res["table"], res["runs"].values(), strict=True):
+        assert [row["elbo"], row["elbo_se"]] == run["elbo"]
+        assert row["reference"] == res["log_p_data"][0]
+        half = row["extra"][f"ELBO after {res['config']['steps'] // 2} updates"]
+        assert row["converged"] is (abs(row["elbo"] - half[0]) < 2 * row["elbo_se"])
 
 
 def test_study_gap_vs_T(tmp_path, monkeypatch, capsys):
@@ -68,6 +90,9 @@ def test_study_gap_vs_T(tmp_path, monkeypatch, capsys):
     H, H_se = res["entropy"]
     assert math.isfinite(H) and H_se >= 0
     assert len(_table_rows(out)) == 2 + len(res["rows"])
+    for row, r in zip(res["table"], res["rows"], strict=True):
+        assert row["T"] == r["T"] and [row["elbo"], row["elbo_se"]] == r["elbo"]
+        assert row["reference"] == -H and row["converged"] is None  # not measured
 
 
 def test_study_guides(tmp_path, monkeypatch, capsys):

@@ -1,5 +1,6 @@
 """Guides q(x_{1:T} | x_0): the fixed forward chain and learned alternatives."""
 
+from .closed_forms import has_closed_forms
 from .forward import ChainOrder, ForwardGuide
 from .learned import (
     GaussianFactor,
@@ -21,4 +22,5 @@ __all__ = [
     "LearnedGuide",
     "LearnedSchedule",
     "LearnedScheduleGuide",
+    "has_closed_forms",
 ]

@@ -21,6 +21,8 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError, ModelMismatchError
 from ..gaussian import gaussian_kl
+from ..guides.closed_forms import CLOSED_FORM_METHODS, has_closed_forms
+from ..progress import progress_bar
 from ..validation import check_data, check_pair
 from .timesteps import TimestepSampler, UniformTimesteps
 
@@ -41,13 +43,13 @@ def _check_closed_form_pair(model, guide) -> None:
                 f"this estimator needs a pyrodiff.Diffusion model (missing .{attr}); "
                 f"got {type(model).__name__}"
             )
-    for attr in ("marginal_moments", "posterior_moments"):
-        if not hasattr(guide, attr):
-            raise ModelMismatchError(
-                f"this estimator needs a guide with closed-form q(x_t | x_0) and q(x_(t-1) | x_t, x_0) "
-                f"(ForwardGuide or a learned schedule); {type(guide).__name__} has no .{attr}. "
-                "Use Pyro's Trace_ELBO for other guides."
-            )
+    if not has_closed_forms(guide):
+        missing = [a for a in CLOSED_FORM_METHODS if not callable(getattr(guide, a, None))]
+        raise ModelMismatchError(
+            f"this estimator needs a guide with closed-form q(x_t | x_0) and q(x_(t-1) | x_t, x_0) "
+            f"(ForwardGuide or a learned schedule); {type(guide).__name__} has no .{missing[0]}. "
+            "Use Pyro's Trace_ELBO for other guides."
+        )
     check_pair(model, guide)
 
 
@@ -178,20 +180,23 @@ def elbo_terms(
     batch_budget: int = 4096,
     requires_grad: bool = False,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> ELBOTerms:
     """Every term of the ELBO for each datum, each estimated with one draw x_t ~ q(x_t | x_0).
 
     The terms are unbiased and independent across t; their sum is an unbiased estimate of the
     ELBO with far less variance than a single-timestep estimate. Timesteps are evaluated in
     chunks so that at most ``batch_budget`` network inputs are alive at once, whatever T and N.
-    Requires a guide with closed-form marginals (see :class:`DiffusionELBO`).
+    Requires a guide with closed-form marginals (see :class:`DiffusionELBO`). ``progress``
+    shows a tqdm bar over the timesteps on stderr.
     """
     _check_closed_form_pair(model, guide)
     check_data(x0, model.event_shape, model.likelihood, name="x0")
     N, T = x0.shape[0], model.num_steps
     chunk = max(1, batch_budget // N)
     out = []
-    with torch.set_grad_enabled(requires_grad):
+    bar = progress_bar(T, "ELBO terms", "step", progress)
+    with torch.set_grad_enabled(requires_grad), bar:
         for start in range(1, T + 1, chunk):
             ts = torch.arange(start, min(start + chunk, T + 1), device=x0.device)
             t = ts.repeat_interleave(N)
@@ -206,6 +211,7 @@ def elbo_terms(
                     ]
                 )
             out.append(step_terms(model, guide, xs, t, noise).reshape(len(ts), N))
+            bar.update(len(ts))
         per_step = torch.cat(out, 0).T  # (N, T), column t−1 is step t
         prior = prior_kl(model, guide, x0)
     return ELBOTerms(

@@ -5,7 +5,7 @@ plain torch optimizer; see ``docs/training.md`` for the metrics and checkpoint f
 """
 
 from .ema import EMA
-from .evaluate import EVAL_SEED_OFFSET, evaluate_split, has_closed_form
+from .evaluate import EVAL_SEED_OFFSET, evaluate_split
 from .history import METRICS_NAME, History, RecordKind
 from .loop import fit
 from .options import LRSchedule, Precision, learning_rate
@@ -22,6 +22,5 @@ __all__ = [
     "RecordKind",
     "evaluate_split",
     "fit",
-    "has_closed_form",
     "learning_rate",
 ]

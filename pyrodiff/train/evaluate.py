@@ -9,20 +9,13 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from ..guides import has_closed_forms
 from ..infer import bits_per_dim, elbo_terms
 
-__all__ = ["EVAL_SEED_OFFSET", "has_closed_form", "evaluate_split"]
+__all__ = ["EVAL_SEED_OFFSET", "evaluate_split"]
 
 EVAL_SEED_OFFSET = 7_919
 """``fit`` evaluates with seed + this offset: a stream apart from the training noise."""
-
-
-def has_closed_form(model, guide) -> bool:
-    """True when :func:`pyrodiff.infer.elbo_terms` applies: a Diffusion model and a guide with
-    closed-form q(x_t | x_0) and q(x_{t−1} | x_t, x_0)."""
-    return all(hasattr(model, a) for a in ("reverse_moments", "prior", "likelihood")) and all(
-        hasattr(guide, a) for a in ("marginal", "posterior")
-    )
 
 
 def evaluate_split(
@@ -33,6 +26,7 @@ def evaluate_split(
     num_levels: int | None,
     batch_budget: int = 4096,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """The mean ELBO (nats per datum) on ``x`` and, where they exist, its terms.
 
@@ -48,15 +42,17 @@ def evaluate_split(
 
     Randomness comes from a private generator seeded with ``seed`` (the training stream is
     untouched), so every evaluation of a run uses the same noise: successive evaluations differ
-    only through the parameters.
+    only through the parameters. ``progress`` shows a tqdm bar on stderr (closed-form path).
     """
     num_dims = math.prod(x.shape[1:])
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
-        if has_closed_form(model, guide):
+        if has_closed_forms(guide):
             gen = torch.Generator(device=x.device).manual_seed(seed)
-            terms = elbo_terms(model, guide, x, batch_budget=batch_budget, generator=gen)
+            terms = elbo_terms(
+                model, guide, x, batch_budget=batch_budget, generator=gen, progress=progress
+            )
             out = terms.mean()
             out["estimator"] = "closed_form"
         else:

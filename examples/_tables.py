@@ -1,0 +1,122 @@
+"""The study's tables as data: one JSON object per row, and the markdown printed from them.
+
+Every study script writes its table as a list of rows (:func:`table_row`) under the key
+``"table"`` of its results file; docs/study.md shows tables printed by :func:`render` from those
+files, below a marker naming the file::
+
+    <!-- results: docs/results/study_exact.json -->
+
+and tests/test_docs_numbers.py checks that every such table still matches its file.
+
+    python examples/_tables.py docs/results/study_exact.json   # print the table
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+MARKER = "<!-- results: "
+"""How docs/study.md names the results file of the table that follows."""
+
+NATS_DIGITS = 4
+
+
+def table_row(
+    *,
+    label: str,
+    configuration: Mapping[str, Any],
+    T: int,
+    elbo: tuple[float, float],
+    iwae: tuple[float, float] | None,
+    iwae_k: int | None,
+    reference: tuple[float, float] | None,
+    reference_name: str | None,
+    updates: int,
+    cpu_minutes: float | None,
+    converged: bool | None = None,
+    extra: Mapping[str, tuple[float, float] | float] | None = None,
+) -> dict[str, Any]:
+    """One row of a study table. Bounds and references are (mean, standard error) in nats per
+    datum on the held-out split. ``converged`` is True/False only when it was measured (doubling
+    the updates moved the held-out ELBO by less than 2 SE); None when it was not."""
+    if converged is not None and not isinstance(converged, bool):
+        raise TypeError(f"converged must be True, False or None, got {converged!r}")
+    return {
+        "label": label,
+        "configuration": dict(configuration),
+        "T": int(T),
+        "elbo": float(elbo[0]),
+        "elbo_se": float(elbo[1]),
+        "iwae": None if iwae is None else float(iwae[0]),
+        "iwae_se": None if iwae is None else float(iwae[1]),
+        "iwae_k": iwae_k,
+        "reference": None if reference is None else float(reference[0]),
+        "reference_se": None if reference is None else float(reference[1]),
+        "reference_name": reference_name,
+        "updates": int(updates),
+        "cpu_minutes": None if cpu_minutes is None else float(cpu_minutes),
+        "converged": converged,
+        "extra": {k: list(v) if isinstance(v, tuple) else v for k, v in (extra or {}).items()},
+    }
+
+
+def _pm(mean: float | None, se: float | None, digits: int = NATS_DIGITS) -> str:
+    if mean is None:
+        return "—"
+    if se is None or not math.isfinite(se):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def _converged(value: bool | None) -> str:
+    return "not measured" if value is None else ("yes" if value else "no")
+
+
+def render(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The markdown table of ``rows`` (as :func:`table_row` makes them): the standard columns,
+    then each ``extra`` entry of the first row as a column."""
+    iwae_ks = {r["iwae_k"] for r in rows if r["iwae_k"] is not None}
+    iwae_head = f"IWAE-{iwae_ks.pop()}" if len(iwae_ks) == 1 else "IWAE-K"
+    extras = list(rows[0]["extra"]) if rows else []
+    header = ["configuration", "T", "ELBO", iwae_head, "reference", *extras]
+    header += ["updates", "CPU-minutes", "converged"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    for r in rows:
+        ref = (
+            "—"
+            if r["reference"] is None
+            else f"{r['reference_name']} = {_pm(r['reference'], r['reference_se'])}"
+        )
+        cells = [
+            r["label"],
+            str(r["T"]),
+            _pm(r["elbo"], r["elbo_se"]),
+            _pm(r["iwae"], r["iwae_se"]),
+            ref,
+        ]
+        for name in extras:
+            v = r["extra"][name]
+            cells.append(_pm(*v) if isinstance(v, list) else _pm(v, None))
+        minutes = r["cpu_minutes"]
+        cells += [
+            str(r["updates"]),
+            "—" if minutes is None else f"{minutes:.2f}",
+            _converged(r["converged"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_file(path: str | Path) -> str:
+    """The markdown table of a results file's ``"table"`` rows."""
+    return render(json.loads(Path(path).read_text())["table"])
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        print(render_file(name))

@@ -1,0 +1,94 @@
+"""The tables of docs/study.md that name a results file are exactly what that file says.
+
+A table declares its source with a marker line just above it::
+
+    <!-- results: docs/results/study_exact.json -->
+
+Each such table must equal the markdown that ``examples/_tables.py`` prints from the file, and,
+checked independently of that printer, every number in its cells must be a value of the file
+rounded as shown. A rerun that changes a number therefore cannot leave the page stale. Tables
+without a marker are not checked (the page says which those are).
+"""
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "study.md"
+MARKER = re.compile(r"^<!-- results: (\S+) -->$")
+NUMBER = re.compile(r"(?<![\w.])[−-]?\d+(?:\.\d+)?(?:e[−-]?\d+)?")
+
+
+def _sourced_tables() -> list[tuple[str, str]]:
+    """(results path, the table's markdown) for every marked table of the page."""
+    lines = DOC.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        m = MARKER.match(line.strip())
+        if not m:
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        table = []
+        while j < len(lines) and lines[j].startswith("|"):
+            table.append(lines[j])
+            j += 1
+        out.append((m.group(1), "\n".join(table)))
+    return out
+
+
+def _values(obj) -> list[float]:
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return []
+    if isinstance(obj, (int, float)):
+        return [float(obj)]
+    items = obj.values() if isinstance(obj, dict) else obj
+    return [v for x in items for v in _values(x)]
+
+
+def _render(path: Path) -> str:
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from _tables import render_file
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    return render_file(path)
+
+
+SOURCED = _sourced_tables()
+
+
+def test_the_page_declares_its_sourced_tables():
+    # the study's exact case is produced from its results file; if the marker went missing,
+    # the checks below would have nothing to check
+    assert any(src == "docs/results/study_exact.json" for src, _ in SOURCED)
+    for src, table in SOURCED:
+        assert (ROOT / src).is_file(), f"{src} is named by docs/study.md but does not exist"
+        assert table, f"no table follows the marker of {src}"
+
+
+@pytest.mark.parametrize(("src", "table"), SOURCED, ids=[s for s, _ in SOURCED])
+def test_sourced_table_is_printed_from_its_file(src, table):
+    assert table == _render(ROOT / src)
+
+
+@pytest.mark.parametrize(("src", "table"), SOURCED, ids=[s for s, _ in SOURCED])
+def test_every_number_of_a_sourced_table_is_in_its_file(src, table):
+    rows = json.loads((ROOT / src).read_text())["table"]
+    values = _values(rows)
+    body = table.splitlines()[2:]  # the header names columns (IWAE-16, …), not results
+    cells = [c for line in body for c in line.strip("|").split("|")]
+    numbers = [n for c in cells for n in NUMBER.findall(c)]
+    assert numbers
+    for text in numbers:
+        shown = float(text.replace("−", "-"))
+        decimals = len(text.split(".")[1].split("e")[0]) if "." in text else 0
+        # shown with d decimals: some value of the file lies within half a unit of the last one
+        tol = 0.5 * 10**-decimals + 1e-12
+        assert any(math.isclose(shown, v, abs_tol=tol) for v in values), (src, text)
