@@ -17,7 +17,7 @@ import pyrodiff.train
 from pyrodiff.cli import main
 from pyrodiff.cli.runs import load_run
 from pyrodiff.config import RunConfig
-from pyrodiff.infer import elbo_terms
+from pyrodiff.infer import elbo_terms, psis_diagnostic
 from pyrodiff.train.evaluate import EVAL_SEED_OFFSET
 from pyrodiff.train.history import History
 
@@ -127,6 +127,30 @@ def test_evaluate_iwae_is_at_least_the_elbo_in_expectation(run):
     # seeded: the same command gives the same numbers
     assert main(["evaluate", str(run), "--num", "64", "--iwae", "16", "--threads", "1"]) == 0
     assert json.loads((run / "evaluation.json").read_text())["iwae"] == result["iwae"]
+
+
+def test_evaluate_psis_reads_the_first_psis_num_data_with_psis_samples_draws(run):
+    """k̂ is per datum: the command fits it on the first --psis-num data evaluated, from
+    --psis-samples chains each, and says so; the values are psis_diagnostic's on that subset
+    with the command's seed."""
+    argv = ["evaluate", str(run), "--psis", "--psis-num", "5", "--psis-samples", "60"]
+    assert main([*argv, "--threads", "1"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    assert (result["psis_num_data"], result["psis_num_samples"]) == (5, 60)
+    loaded = load_run(run)
+    assert result["num_data"] == loaded.built.dataset.test.shape[0]  # the ELBO reads it all
+    x = loaded.built.dataset.test[:5]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        khat = psis_diagnostic(loaded.model, loaded.guide, x, num_samples=60).khat
+    assert result["psis_khat_max"] == pytest.approx(float(khat.max()), abs=1e-6)
+    assert result["psis_khat_mean"] == pytest.approx(float(khat.mean()), abs=1e-6)
+
+
+@pytest.mark.parametrize("flag, value", [("--psis-num", "0"), ("--psis-samples", "49")])
+def test_evaluate_refuses_a_psis_subset_it_cannot_fit(run, capsys, flag, value):
+    assert main(["evaluate", str(run), "--psis", flag, value]) != 0
+    assert flag in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

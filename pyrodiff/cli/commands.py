@@ -227,6 +227,13 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num must be >= 1, got {args.num}")
     if args.iwae is not None and args.iwae < 1:
         raise ConfigError(f"--iwae needs K >= 1 samples, got {args.iwae}")
+    if args.psis_num < 1:
+        raise ConfigError(f"--psis-num must be >= 1, got {args.psis_num}")
+    if args.psis_samples < 50:
+        # pareto_khat fits the largest min(S/5, 3√S) weights and needs at least 10 of them
+        raise ConfigError(
+            f"--psis-samples needs at least 50 samples to fit a tail of 10, got {args.psis_samples}"
+        )
     loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema)
     dataset = loaded.built.dataset
     x = dataset.split(split)
@@ -257,18 +264,20 @@ def evaluate(args: argparse.Namespace) -> int:
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(args.seed)
-            out.update(_bounds(loaded, x, args.iwae, args.psis, dataset.num_dims, quantised))
+            out.update(_bounds(loaded, x, args, dataset.num_dims, quantised))
     write_json_atomic(loaded.path / EVALUATION_NAME, out)
     _say(_evaluation_table(out, quantised))
     _say(f"wrote {loaded.path / EVALUATION_NAME}")
     return 0
 
 
-def _bounds(loaded, x, k: int | None, psis: bool, num_dims: int, quantised: bool) -> dict:
+def _bounds(loaded, x, args: argparse.Namespace, num_dims: int, quantised: bool) -> dict:
     """IWAE-K (Burda et al.) and PSIS k̂ (Vehtari et al.) from :mod:`pyrodiff.infer.bounds`.
 
     Both take T network calls per importance sample (vectorised for closed-form guides), so
-    IWAE-K costs about K times an ELBO evaluation of the same data."""
+    IWAE-K costs about K times an ELBO evaluation of the same data, and k̂ with S samples S
+    times one of its ``--psis-num`` data: it reads a subset, which the output names."""
+    k, psis = args.iwae, args.psis
     from ..infer import bounds
 
     out: dict[str, Any] = {}
@@ -282,9 +291,16 @@ def _bounds(loaded, x, k: int | None, psis: bool, num_dims: int, quantised: bool
         out["iwae_se"] = res.stderr
         out["iwae_bits_per_dim"] = res.bits_per_dim(num_dims) if quantised else None
     if psis:
+        subset = x[: args.psis_num]
         diag = bounds.psis_diagnostic(
-            loaded.model, loaded.guide, x, batch_budget=budget, progress=True
+            loaded.model,
+            loaded.guide,
+            subset,
+            num_samples=args.psis_samples,
+            batch_budget=budget,
+            progress=True,
         )
+        out["psis_num_data"] = int(subset.shape[0])
         khat = diag.khat[torch.isfinite(diag.khat)]
         out["psis_num_samples"] = diag.num_samples
         out["psis_khat_mean"] = float(khat.mean()) if khat.numel() else None
@@ -321,7 +337,7 @@ def _evaluation_table(out: dict[str, Any], quantised: bool) -> str:
     if out.get("psis_khat_mean") is not None:
         rows.append(
             (
-                f"PSIS k-hat ({out['psis_num_samples']} draws)",
+                f"PSIS k-hat (first {out['psis_num_data']} data, {out['psis_num_samples']} draws)",
                 f"mean {out['psis_khat_mean']:.3f}, max {out['psis_khat_max']:.3f}, "
                 f"{100 * out['psis_frac_above_0.7']:.0f}% of data above 0.7",
             )

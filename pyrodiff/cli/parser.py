@@ -19,6 +19,13 @@ from ..errors import PyrodiffError
 
 __all__ = ["UsageError", "build_parser", "config_overrides", "flag_for", "NONE_WORDS"]
 
+PSIS_NUM_DATA = 32
+"""Data that ``evaluate --psis`` reads by default: k̂ is read per datum, so a few dozen show
+whether q's importance weights have a heavy tail, at a cost like IWAE-16 over 500 data."""
+
+PSIS_SAMPLES = 256
+"""Importance samples per datum for k̂ (the Pareto fit reads the largest min(S/5, 3√S))."""
+
 NONE_WORDS = ("none", "off")
 """What an optional numeric flag accepts to mean "not set" (``--ema-decay off``)."""
 AUTO_WORD = "auto"
@@ -230,7 +237,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="also the importance-weighted bound with K samples",
     )
-    p.add_argument("--psis", action="store_true", help="also the PSIS k-hat diagnostic")
+    p.add_argument(
+        "--psis",
+        action="store_true",
+        help="also the PSIS k-hat diagnostic, on the first --psis-num data of those evaluated",
+    )
+    p.add_argument(
+        "--psis-num",
+        type=_number(int, False, "--psis-num"),
+        default=PSIS_NUM_DATA,
+        metavar="N",
+        help=f"data the k-hat diagnostic reads (default: {PSIS_NUM_DATA}; k-hat is a per-datum "
+        "diagnostic, and each datum costs --psis-samples full chains)",
+    )
+    p.add_argument(
+        "--psis-samples",
+        type=_number(int, False, "--psis-samples"),
+        default=PSIS_SAMPLES,
+        metavar="S",
+        help=f"importance samples per datum for k-hat (default: {PSIS_SAMPLES})",
+    )
     p.add_argument(
         "--seed",
         type=_number(int, False, "--seed"),
