@@ -147,6 +147,15 @@ def test_evaluate_psis_reads_the_first_psis_num_data_with_psis_samples_draws(run
     assert result["psis_khat_mean"] == pytest.approx(float(khat.mean()), abs=1e-6)
 
 
+def test_evaluate_says_what_the_second_half_of_the_chain_costs(run, capsys):
+    """The table's "-ELBO at t > T/2" is the sum of the per-step losses L_{t-1} for t > T/2
+    from evaluation.json (T = 4 here: L_2 + L_3, the terms at t = 3 and 4)."""
+    assert main(["evaluate", str(run), "--threads", "1"]) == 0
+    per_step = json.loads((run / "evaluation.json").read_text())["per_step_loss"]
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "-ELBO at t > 2" in ln)
+    assert float(line.split()[-2]) == pytest.approx(per_step[2] + per_step[3], abs=1e-4)
+
+
 @pytest.mark.parametrize("flag, value", [("--psis-num", "0"), ("--psis-samples", "49")])
 def test_evaluate_refuses_a_psis_subset_it_cannot_fit(run, capsys, flag, value):
     assert main(["evaluate", str(run), "--psis", flag, value]) != 0

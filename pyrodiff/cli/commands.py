@@ -326,6 +326,12 @@ def _evaluation_table(out: dict[str, Any], quantised: bool) -> str:
         rows.append(("sum of L_t, t = 2..T", f"{sum(per_step[1:]):.4f} nats"))
         worst = max(range(len(per_step)), key=lambda i: per_step[i])
         rows.append(("largest per-step loss", f"{per_step[worst]:.4f} nats at t = {worst + 1}"))
+        # where the bound is paid: the small-noise end against the second half of the chain
+        T, bound = len(per_step), -out["elbo"]
+        if T > 10 and bound > 0:
+            rows.append(("-ELBO share at t <= 10", f"{100 * sum(per_step[:10]) / bound:.1f} %"))
+        if T > 1:
+            rows.append((f"-ELBO at t > {T // 2}", f"{sum(per_step[T // 2 :]):.4f} nats"))
     if out.get("prior") is not None:
         rows.append(("prior KL L_T", f"{out['prior']:.4g} nats"))
     if "iwae" in out:
