@@ -181,7 +181,7 @@ def bench_continuous_step(
     """SVI with ContinuousELBO (the T = ∞ bound, pyrodiff.optim.Adam) on a ContinuousDiffusion
     against a hand-written VDM step with torch.optim.Adam on a copy of the same U-Net, digits,
     batch 128; adds ``continuous_step_ratio`` to ``result`` and a row to ``rows``."""
-    from pyrodiff import ContinuousDiffusion, LinearLogSNR
+    from pyrodiff import ContinuousDiffusion, ContinuousForwardGuide, LinearLogSNR
     from pyrodiff.data import load_digits
     from pyrodiff.infer import ContinuousELBO
 
@@ -194,7 +194,7 @@ def bench_continuous_step(
     pyro.clear_param_store()
     plain_net = copy.deepcopy(model.denoiser)
     plain_opt = torch.optim.Adam(plain_net.parameters(), lr=1e-4)
-    svi = SVI(model, ContinuousELBO.guide, joint_optim.Adam({"lr": 1e-4}), ContinuousELBO())
+    svi = SVI(model, ContinuousForwardGuide(), joint_optim.Adam({"lr": 1e-4}), ContinuousELBO())
     t = interleaved(
         {
             "plain": lambda: vdm_step(plain_net, plain_opt, x, -13.3, 5.0, data.num_levels),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pyrodiff import ContinuousDiffusion, LearnedLogSNR, LinearLogSNR
+from pyrodiff import ContinuousDiffusion, ContinuousForwardGuide, LearnedLogSNR, LinearLogSNR
 from pyrodiff.data import get_dataset
 from pyrodiff.infer import (
     ContinuousELBO,
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if args.schedule != "learned":
         loss_fn = ContinuousELBO(timesteps=LowDiscrepancyTimesteps())
-    loss = loss_fn(model, ContinuousELBO.guide)
+    loss = loss_fn(model, ContinuousForwardGuide())
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     warmup = min(100, max(args.updates // 10, 1))
 

@@ -32,7 +32,14 @@ from pathlib import Path
 import torch
 from _study_common import markdown_table, mean_se, pm
 
-from pyrodiff import ContinuousDiffusion, CosineLogSNR, ForwardGuide, LearnedLogSNR, LinearLogSNR
+from pyrodiff import (
+    ContinuousDiffusion,
+    ContinuousForwardGuide,
+    CosineLogSNR,
+    ForwardGuide,
+    LearnedLogSNR,
+    LinearLogSNR,
+)
 from pyrodiff.data import get_dataset
 from pyrodiff.infer import (
     ContinuousELBO,
@@ -83,7 +90,7 @@ class ContinuousStudyConfig:
 
 def train(model: ContinuousDiffusion, data: torch.Tensor, cfg: ContinuousStudyConfig) -> None:
     """Adam on the T = ∞ bound, linear warm-up then cosine decay, gradients clipped at 1."""
-    loss = ContinuousELBO(timesteps=LowDiscrepancyTimesteps())(model, ContinuousELBO.guide)
+    loss = ContinuousELBO(timesteps=LowDiscrepancyTimesteps())(model, ContinuousForwardGuide())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     warm = max(1, cfg.updates // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -128,7 +135,7 @@ def variance_schedule(model, train_x, cfg: ContinuousStudyConfig) -> LearnedLogS
     for _ in range(cfg.schedule_updates):
         idx = torch.randint(0, train_x.shape[0], (cfg.batch_size,))
         opt.zero_grad(set_to_none=True)
-        loss.differentiable_loss(probe, ContinuousELBO.guide, train_x[idx]).backward()
+        loss.differentiable_loss(probe, ContinuousForwardGuide(), train_x[idx]).backward()
         opt.step()
     for p in model.denoiser.parameters():
         p.requires_grad_(True)

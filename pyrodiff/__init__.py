@@ -21,6 +21,7 @@ from .errors import (
 from .gaussian import Parameterization
 from .guides import (
     ChainOrder,
+    ContinuousForwardGuide,
     ForwardGuide,
     GuideStructure,
     HierarchicalVAEGuide,
@@ -56,6 +57,7 @@ __all__ = [
     "Conditioning",
     "ConfigError",
     "ContinuousDiffusion",
+    "ContinuousForwardGuide",
     "CosineLogSNR",
     "DataError",
     "DeviceError",

@@ -73,6 +73,7 @@ class MLPDenoiser(nn.Module):
     """A residual MLP for vector data x_t ∈ R^D, conditioned on t by an additive embedding.
 
     It parameterises whatever the model asks of it (ε̂_θ(x_t, t) by default).
+    ``fourier_exponents`` adds :class:`FourierFeatures` of x_t to its input.
     """
 
     def __init__(
@@ -132,7 +133,8 @@ class UNetDenoiser(nn.Module):
     """A small two-level convolutional U-Net for images shaped (C, H, W) with even H and W.
 
     Sized for 8×8 digits: ``base=32`` has about 0.2 M parameters and trains on two CPU cores
-    in minutes.
+    in minutes. ``fourier_exponents`` adds :class:`FourierFeatures` of x_t to its input
+    channels (for 17 grey levels on [−1, 1], spacing 2^−3: exponents 3, 4, 5).
     """
 
     def __init__(

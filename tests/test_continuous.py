@@ -14,6 +14,7 @@ from torch import nn
 from pyrodiff import (
     Conditioning,
     ContinuousDiffusion,
+    ContinuousForwardGuide,
     CosineLogSNR,
     Diffusion,
     ForwardGuide,
@@ -307,7 +308,7 @@ def test_variance_objective_gives_the_interior_the_gradient_of_the_squared_loss(
         model.zero_grad()
         torch.manual_seed(11)
         ContinuousELBO(num_bins=10, schedule_objective=objective).loss_and_grads(
-            model, ContinuousELBO.guide, x
+            model, ContinuousForwardGuide(), x
         )
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -339,12 +340,12 @@ def test_svi_and_module_use():
     net = MLPDenoiser(D, hidden=16, depth=1, time_dim=8)
     model = ContinuousDiffusion(net, LearnedLogSNR(hidden=4), num_steps=5)
     x = torch.randn(8, D)
-    svi = SVI(model, ContinuousELBO.guide, pyro.optim.Adam({"lr": 1e-2}), loss=ContinuousELBO())
+    svi = SVI(model, ContinuousForwardGuide(), pyro.optim.Adam({"lr": 1e-2}), loss=ContinuousELBO())
     before = model.schedule.gamma_0.item()
     for _ in range(2):
         assert math.isfinite(svi.step(x))
     assert model.schedule.gamma_0.item() != before  # SVI found the schedule's parameters
-    loss = ContinuousELBO()(model, ContinuousELBO.guide)(x)
+    loss = ContinuousELBO()(model, ContinuousForwardGuide())(x)
     assert loss.shape == () and loss.requires_grad
     samples = pyro.infer.Predictive(model, num_samples=2)(num_samples=3)["x_0"]
     assert samples.shape == (2, 3, D)
@@ -365,7 +366,7 @@ def test_bad_inputs_raise_one_clear_error():
         ContinuousELBO().loss(d, ForwardGuide(d.schedule), torch.zeros(2, D))
     with pytest.raises(ConfigError, match="LearnedLogSNR"):
         ContinuousELBO(schedule_objective=ScheduleObjective.VARIANCE).loss(
-            ContinuousDiffusion(net), ContinuousELBO.guide, torch.zeros(2, D)
+            ContinuousDiffusion(net), ContinuousForwardGuide(), torch.zeros(2, D)
         )
 
 

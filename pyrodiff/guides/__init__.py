@@ -1,5 +1,6 @@
 """Guides q(x_{1:T} | x_0): the fixed forward chain and learned alternatives."""
 
+from .continuous import ContinuousForwardGuide
 from .forward import ChainOrder, ForwardGuide
 from .learned import (
     GaussianFactor,
@@ -12,6 +13,7 @@ from .schedule import Endpoints, LearnedSchedule, LearnedScheduleGuide
 
 __all__ = [
     "ChainOrder",
+    "ContinuousForwardGuide",
     "Endpoints",
     "ForwardGuide",
     "GaussianFactor",

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, ModelMismatchError
 from ..gaussian import Parameterization, gaussian_kl
+from ..guides import ContinuousForwardGuide
 from ..validation import check_data
 from .elbo import TimestepObjective, _sum_event, bits_per_dim
 from .timesteps import TimestepSampler, UniformTimesteps
@@ -228,9 +229,10 @@ class ContinuousELBO(TimestepObjective):
     per bin of ``num_bins``). Its expectation is exactly −bound whatever the sampler.
 
     Correct for a :class:`~pyrodiff.ContinuousDiffusion` with the fixed forward process
-    q(z_t | x) of its own schedule as the guide; the guide argument is therefore not read (pass
-    :meth:`guide`, a no-op, to ``SVI``). Use it as ``loss=`` in :class:`pyro.infer.SVI`, or
-    ``ContinuousELBO()(model, ContinuousELBO.guide)`` as an ``nn.Module``.
+    q(z_t | x) of its own schedule as the guide (:class:`~pyrodiff.ContinuousForwardGuide`,
+    which has nothing to evaluate: the estimator reads the model's schedule). Use it as
+    ``loss=`` in :class:`pyro.infer.SVI`, or ``ContinuousELBO()(model, ContinuousForwardGuide())``
+    as an ``nn.Module``.
 
     ``schedule_objective`` chooses what a learned schedule's interior is trained on
     (:class:`ScheduleObjective`); the value of the loss is the bound either way.
@@ -253,14 +255,14 @@ class ContinuousELBO(TimestepObjective):
         self.num_bins = num_bins
         self.schedule_objective = schedule_objective
 
-    @staticmethod
-    def guide(*args, **kwargs) -> None:
-        """The guide q(z_{[0,1]} | x): fixed by the model's schedule and evaluated in closed
-        form by the estimator, so as a Pyro program it draws nothing."""
-
     def _prepare(self, model, guide, args, kwargs) -> Tensor:
         x0 = self._data(args, kwargs)
         _check_model(model)
+        if guide is not None and not isinstance(guide, ContinuousForwardGuide):
+            raise ModelMismatchError(
+                "ContinuousELBO's guide is the fixed forward process: pass "
+                f"pyrodiff.ContinuousForwardGuide() (or None), got {type(guide).__name__}"
+            )
         check_data(x0, model.event_shape, model.likelihood, name="x0", values=x0.is_cpu)
         if self.num_particles > 1:
             x0 = x0.repeat((self.num_particles,) + (1,) * (x0.dim() - 1))
