@@ -380,3 +380,14 @@ def test_fourier_features_see_the_position_between_levels():
     assert torch.allclose(out[:, 4], torch.ones(17))  # cos(16π x) = 1 on the grid
     net = MLPDenoiser(3, hidden=8, depth=1, time_dim=8, fourier_exponents=(3, 4))
     assert net(torch.randn(4, 3), torch.rand(4)).shape == (4, 3)
+
+
+def test_fit_trains_a_continuous_model_with_its_guide():
+    from pyrodiff.train import fit
+
+    torch.manual_seed(5)
+    model = ContinuousDiffusion(MLPDenoiser(D, hidden=8, depth=1, time_dim=8), LinearLogSNR())
+    before = model.denoiser.inp.weight.detach().clone()
+    fit(model, ContinuousForwardGuide(), torch.randn(64, D), loss=ContinuousELBO(), steps=3,
+        batch_size=16, device="cpu", progress=False)  # fmt: skip
+    assert not torch.equal(before, model.denoiser.inp.weight.detach())
