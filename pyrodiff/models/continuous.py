@@ -180,7 +180,9 @@ class ContinuousDiffusion(PyroModule):
         # a fixed table, not a free parameter: these are VDM's variances, not learned ones
         del model.log_variance
         model.register_buffer("log_variance", log_var)
-        return model
+        # the new tables follow the shared denoiser's device (a no-op for the denoiser itself)
+        device = next(self.denoiser.parameters(), torch.empty(0)).device
+        return model.to(device)
 
     def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> Tensor:
         """Run the model as a Pyro program at T = ``num_steps`` (sites ``"x_0"`` … ``"x_T"``)."""
