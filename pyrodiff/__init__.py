@@ -21,6 +21,7 @@ from .errors import (
 from .gaussian import Parameterization
 from .guides import (
     ChainOrder,
+    ContinuousForwardGuide,
     ForwardGuide,
     GuideStructure,
     HierarchicalVAEGuide,
@@ -29,15 +30,35 @@ from .guides import (
     LearnedScheduleGuide,
 )
 from .likelihoods import DiscretizedGaussianLikelihood, GaussianLikelihood
-from .models import Diffusion, HierarchicalVAE, ReverseVariance, gaussian_oracle
-from .schedules import NoiseSchedule, cosine_schedule, linear_schedule, schedule_from_alpha_bar
+from .models import (
+    Conditioning,
+    ContinuousDiffusion,
+    Diffusion,
+    HierarchicalVAE,
+    ReverseVariance,
+    gaussian_oracle,
+)
+from .schedules import (
+    CosineLogSNR,
+    LearnedLogSNR,
+    LinearLogSNR,
+    LogSNRSchedule,
+    NoiseSchedule,
+    cosine_schedule,
+    linear_schedule,
+    schedule_from_alpha_bar,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ChainOrder",
     "CheckpointError",
+    "Conditioning",
     "ConfigError",
+    "ContinuousDiffusion",
+    "ContinuousForwardGuide",
+    "CosineLogSNR",
     "DataError",
     "DeviceError",
     "Diffusion",
@@ -48,8 +69,11 @@ __all__ = [
     "HierarchicalVAE",
     "HierarchicalVAEGuide",
     "LearnedGuide",
+    "LearnedLogSNR",
     "LearnedSchedule",
     "LearnedScheduleGuide",
+    "LinearLogSNR",
+    "LogSNRSchedule",
     "ModelMismatchError",
     "NoiseSchedule",
     "NonFiniteError",

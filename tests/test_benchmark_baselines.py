@@ -45,3 +45,24 @@ def test_the_plain_sampling_loop_equals_ancestral_sample():
         plain = ancestral_loop(model.denoiser, tab, (6, 2), None, torch.Generator().manual_seed(5))
     ours = ancestral_sample(model, 6, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(ours, plain, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("levels", [None, 17])
+def test_the_plain_vdm_loss_equals_continuous_elbo(levels):
+    from baselines import vdm_loss
+
+    from pyrodiff import ContinuousDiffusion, ContinuousForwardGuide, LinearLogSNR
+    from pyrodiff.infer import ContinuousELBO
+
+    torch.manual_seed(0)
+    net = MLPDenoiser(2, hidden=16, depth=2, time_dim=8)
+    lik = DiscretizedGaussianLikelihood(levels) if levels else None
+    model = ContinuousDiffusion(net, LinearLogSNR(-13.3, 5.0), likelihood=lik)
+    x = torch.randn(7, 2).clamp(-1, 1)
+    if levels:
+        x = torch.round((x + 1) / 2 * (levels - 1)) / (levels - 1) * 2 - 1
+    torch.manual_seed(4)
+    ours = ContinuousELBO().per_datum_loss(model, ContinuousForwardGuide(), x)
+    torch.manual_seed(4)
+    plain = vdm_loss(net, x, -13.3, 5.0, levels)
+    torch.testing.assert_close(ours, plain, rtol=1e-10, atol=1e-10)

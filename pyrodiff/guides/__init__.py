@@ -1,6 +1,7 @@
 """Guides q(x_{1:T} | x_0): the fixed forward chain and learned alternatives."""
 
 from .closed_forms import has_closed_forms
+from .continuous import ContinuousForwardGuide
 from .forward import ChainOrder, ForwardGuide
 from .learned import (
     GaussianFactor,
@@ -13,6 +14,7 @@ from .schedule import Endpoints, LearnedSchedule, LearnedScheduleGuide
 
 __all__ = [
     "ChainOrder",
+    "ContinuousForwardGuide",
     "Endpoints",
     "ForwardGuide",
     "GaussianFactor",

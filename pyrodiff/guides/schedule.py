@@ -9,28 +9,15 @@ trains a model under the fixed :class:`~pyrodiff.ForwardGuide`.
 
 from __future__ import annotations
 
-import enum
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..schedules import NoiseSchedule, linear_schedule
+from ..schedules import Endpoints, NoiseSchedule, linear_schedule
 from .forward import ChainOrder, ForwardGuide
 
 __all__ = ["Endpoints", "LearnedSchedule", "LearnedScheduleGuide"]
-
-
-class Endpoints(enum.Enum):
-    """Whether the schedule's ends γ_1 and γ_T are trained or held at their initial values."""
-
-    FIXED = "fixed"
-    """only the interior shape of γ is learned; in continuous time the ELBO does not depend on it
-    (VDM, eq. 17), so this is the setting in which the interior can be spent on variance."""
-    LEARNED = "learned"
-    """γ_1 (how little noise the first step adds) and γ_T (how close q(x_T | x_0) is to pure
-    noise) are trained too; these are the two numbers the continuous-time ELBO depends on."""
 
 
 def _inverse_softplus(y: Tensor) -> Tensor:

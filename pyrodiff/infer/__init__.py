@@ -16,6 +16,14 @@ from .bounds import (
     psis_diagnostic,
     sitewise_elbo_terms,
 )
+from .continuous import (
+    ContinuousELBO,
+    ContinuousTerms,
+    ScheduleObjective,
+    continuous_elbo_terms,
+    diffusion_integrand,
+    sample_times,
+)
 from .elbo import (
     DiffusionELBO,
     ELBOTerms,
@@ -43,6 +51,8 @@ __all__ = [
     "AntitheticTimesteps",
     "BoundEstimate",
     "BoundsReport",
+    "ContinuousELBO",
+    "ContinuousTerms",
     "DiffusionELBO",
     "ELBOTerms",
     "EstimatorSpread",
@@ -52,6 +62,7 @@ __all__ = [
     "PSISDiagnostic",
     "ScheduleVarianceELBO",
     "SimpleLoss",
+    "ScheduleObjective",
     "StepBins",
     "StratifiedTimesteps",
     "TimestepObjective",
@@ -61,6 +72,8 @@ __all__ = [
     "bin_steps",
     "bits_per_dim",
     "bounds_report",
+    "continuous_elbo_terms",
+    "diffusion_integrand",
     "elbo_estimate",
     "elbo_terms",
     "estimator_spread",
@@ -72,6 +85,7 @@ __all__ = [
     "pareto_khat",
     "prior_kl",
     "psis_diagnostic",
+    "sample_times",
     "simple_weights",
     "sitewise_elbo_terms",
     "step_terms",

@@ -1,6 +1,7 @@
 """Exact answers for linear-Gaussian diffusion models.
 
-With a :class:`~pyrodiff.networks.LinearDenoiser`, a reverse variance that does not depend on
+With a :class:`~pyrodiff.networks.LinearDenoiser` (or any denoiser that is affine in x_t and
+says so with ``is_affine = True``), a reverse variance that does not depend on
 x_t (BETA, POSTERIOR or PER_STEP) and a Gaussian likelihood, every reverse kernel is
 p_θ(x_{t−1} | x_t) = N(A_t x_t + c_t, σ_t² I), so the chain can be marginalised in closed form
 and every expectation in the ELBO is a Gaussian moment.
@@ -29,10 +30,12 @@ def _check_linear_gaussian(model) -> None:
         raise NotLinearGaussianError(
             f"exact evidence needs a pyrodiff.Diffusion, got {type(model).__name__}"
         )
-    if not isinstance(model.denoiser, LinearDenoiser):
+    if not (
+        isinstance(model.denoiser, LinearDenoiser) or getattr(model.denoiser, "is_affine", False)
+    ):
         raise NotLinearGaussianError(
-            "exact evidence needs a linear-Gaussian model: the denoiser must be a LinearDenoiser, "
-            f"got {type(model.denoiser).__name__}"
+            "exact evidence needs a linear-Gaussian model: the denoiser must be a LinearDenoiser "
+            f"(or declare is_affine), got {type(model.denoiser).__name__}"
         )
     if model.variance is ReverseVariance.LEARNED_RANGE:
         raise NotLinearGaussianError(
@@ -57,8 +60,9 @@ def affine_reverse_kernels(model: Diffusion) -> tuple[Tensor, Tensor, Tensor]:
     """
     _check_linear_gaussian(model)
     (D,), T = model.event_shape, model.num_steps
-    dtype = model.denoiser.weight.dtype
-    device = model.denoiser.weight.device
+    like = next(model.denoiser.parameters(), None)
+    like = model.prior_loc.to(torch.get_default_dtype()) if like is None else like
+    dtype, device = like.dtype, like.device
     probes = torch.cat([torch.zeros(1, D), torch.eye(D)]).to(device=device, dtype=dtype)
     t = torch.arange(1, T + 1, device=device).repeat_interleave(D + 1)
     mean, var = model.reverse_moments(probes.repeat(T, 1), t)

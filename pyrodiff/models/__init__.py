@@ -1,7 +1,16 @@
-"""Generative models: the diffusion model p_θ(x_{0:T}), its exact Gaussian oracle, the HVAE."""
+"""Generative models: the diffusion model p_θ(x_{0:T}), its exact Gaussian oracle, the HVAE,
+and the continuous-time model whose ``discretize(T)`` is a Diffusion."""
 
+from .continuous import Conditioning, ContinuousDiffusion
 from .diffusion import Diffusion, ReverseVariance
 from .hvae import HierarchicalVAE
 from .oracle import gaussian_oracle
 
-__all__ = ["Diffusion", "HierarchicalVAE", "ReverseVariance", "gaussian_oracle"]
+__all__ = [
+    "Conditioning",
+    "ContinuousDiffusion",
+    "Diffusion",
+    "HierarchicalVAE",
+    "ReverseVariance",
+    "gaussian_oracle",
+]

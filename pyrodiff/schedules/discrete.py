@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["NoiseSchedule", "linear_schedule", "cosine_schedule", "schedule_from_alpha_bar"]
 

@@ -1,0 +1,241 @@
+"""A diffusion model in continuous time, t ∈ [0, 1], over a log-SNR schedule γ(t) (VDM).
+
+The latents are z_t = α_t x + σ_t ε with α_t² = sigmoid(−γ(t)), σ_t² = sigmoid(γ(t)). The
+model is p(z_1) (the prior), a reverse process that at every step uses the forward posterior
+with the data replaced by the denoiser's estimate x̂_θ(z_t; t), and the decoder p(x | z_0). Its
+T = ∞ bound is :class:`~pyrodiff.infer.ContinuousELBO`; evaluated at T steps it is an ordinary
+:class:`~pyrodiff.Diffusion` (:meth:`ContinuousDiffusion.discretize`), which every discrete
+tool (Trace_ELBO, elbo_terms, the samplers, IWAE) takes unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..gaussian import Parameterization
+from ..likelihoods import GaussianLikelihood, Likelihood
+from ..modules import child, pyro_method
+from ..schedules import LinearLogSNR, LogSNRSchedule, discrete_times
+from ..validation import check_data
+from .diffusion import Diffusion, ReverseVariance
+
+__all__ = ["Conditioning", "ContinuousDiffusion"]
+
+# The network sees 1000 × a number in [0, 1], the range of DDPM's integer t, so the sinusoidal
+# time embedding of pyrodiff.networks resolves it exactly as it resolves discrete steps.
+TIME_SCALE = 1000.0
+
+
+class Conditioning(enum.Enum):
+    """What the denoiser is told about the noise level of z_t."""
+
+    LOG_SNR = "log_snr"
+    """1000 (γ(t) − γ_lo)/(γ_hi − γ_lo), with γ_lo, γ_hi the schedule's ends at construction:
+    the network is a function of the noise level alone, so the T = ∞ bound depends on the
+    schedule only through γ(0) and γ(1) (VDM, eq. 17). The default."""
+    TIME = "time"
+    """1000 t: the network is a function of t; changing the schedule's interior then changes
+    which noise level each input means, and the bound with it."""
+
+
+class ContinuousDiffusion(PyroModule):
+    """p_θ(x, z_{[0,1]}) in continuous time; ``discretize(T)`` is the same model at T steps.
+
+    The decoder reads z_0 directly, as in VDM: p(x | z_0) is the likelihood at location z_0/α_0
+    with scale σ_0/α_0 (a Gaussian density for continuous data, the exact binned mass of
+    :class:`~pyrodiff.DiscretizedGaussianLikelihood` for quantised data). The prior is
+    p(z_1) = N(prior_loc, prior_scale² I).
+
+    Args:
+        denoiser: an ``nn.Module`` with ``forward(z_t, c) -> tensor shaped like z_t``, where
+            ``c`` (shape (batch,)) is the time feature chosen by ``conditioning``: the
+            networks of :mod:`pyrodiff.networks` as they are.
+        schedule: the log-SNR schedule γ(t); VDM's linear one from −13.3 to 5 unless given.
+        likelihood: the decoder's family; Gaussian unless given.
+        parameterization: what the denoiser predicts (ε, x or v).
+        conditioning: what the denoiser is told about the noise level.
+        event_shape: the shape of one datum; read from ``denoiser.event_shape`` if omitted.
+        prior_loc, prior_scale: the prior p(z_1).
+        num_steps: the T at which ``forward`` runs the model as a Pyro program.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        schedule: LogSNRSchedule | None = None,
+        likelihood: Likelihood | None = None,
+        parameterization: Parameterization = Parameterization.EPSILON,
+        conditioning: Conditioning = Conditioning.LOG_SNR,
+        event_shape: tuple[int, ...] | None = None,
+        prior_loc: float = 0.0,
+        prior_scale: float = 1.0,
+        num_steps: int = 1000,
+    ) -> None:
+        super().__init__()
+        if not isinstance(parameterization, Parameterization):
+            raise ConfigError(
+                f"parameterization must be a Parameterization, got {parameterization!r}"
+            )
+        if not isinstance(conditioning, Conditioning):
+            raise ConfigError(f"conditioning must be a Conditioning, got {conditioning!r}")
+        schedule = LinearLogSNR() if schedule is None else schedule
+        if not isinstance(schedule, LogSNRSchedule):
+            raise ConfigError(
+                f"schedule must be a LogSNRSchedule (γ(t) on [0, 1]), got {type(schedule).__name__}"
+            )
+        discrete_times(num_steps)  # checks T >= 2
+        if event_shape is None:
+            event_shape = getattr(denoiser, "event_shape", None)
+            if event_shape is None:
+                raise ConfigError(
+                    "event_shape is required when the denoiser has no event_shape attribute"
+                )
+        if not prior_scale > 0:
+            raise ConfigError(f"prior_scale must be positive, got {prior_scale!r}")
+        self.event_shape = tuple(int(s) for s in event_shape)
+        self.denoiser = denoiser
+        self.schedule = schedule
+        self.likelihood = likelihood if likelihood is not None else GaussianLikelihood()
+        self.parameterization = parameterization
+        self.conditioning = conditioning
+        self.prior_loc = float(prior_loc)
+        self.prior_scale = float(prior_scale)
+        self.num_steps = int(num_steps)
+        lo, hi = (g.item() for g in schedule.endpoints())
+        self.conditioning_range = (lo, hi)
+
+    @property
+    def event_dim(self) -> int:
+        return len(self.event_shape)
+
+    def network_input(self, t: Tensor, gamma: Tensor) -> Tensor:
+        """The time feature the denoiser is given at times ``t`` with log-SNR ``gamma``."""
+        if self.conditioning is Conditioning.TIME:
+            return TIME_SCALE * t
+        lo, hi = self.conditioning_range
+        return TIME_SCALE * (gamma - lo) / (hi - lo)
+
+    @pyro_method
+    def gamma_and_slope(self, t: Tensor, shape_hook=None) -> tuple[Tensor, Tensor]:
+        """(γ(t), γ′(t)) of the schedule; ``shape_hook`` goes to a learned schedule's interior
+        (see :class:`~pyrodiff.schedules.LearnedLogSNR`)."""
+        sched = child(self, "schedule")
+        if shape_hook is None:
+            return sched.gamma_and_slope(t)
+        return sched.gamma_and_slope(t, shape_hook=shape_hook)
+
+    @pyro_method
+    def schedule_endpoints(self) -> tuple[Tensor, Tensor]:
+        """(γ(0), γ(1)), differentiable for a learned schedule."""
+        return child(self, "schedule").endpoints()
+
+    @pyro_method
+    def predict(self, z_t: Tensor, t: Tensor, gamma: Tensor) -> Tensor:
+        """The denoiser's raw output (ε̂, x̂ or v̂) at per-datum times ``t`` (shape (batch,))."""
+        c = self.network_input(t, gamma).to(z_t.dtype)
+        return child(self, "denoiser")(z_t, c)
+
+    def decoder(self, z_0: Tensor, gamma_0: Tensor):
+        """p(x | z_0): the likelihood at location z_0/α_0 and scale σ_0/α_0 = e^{γ_0/2}."""
+        alpha_0 = torch.sigmoid(-gamma_0).sqrt().to(z_0.dtype)
+        scale = torch.exp(0.5 * gamma_0).to(z_0.dtype)
+        return self.likelihood.distribution(z_0 / alpha_0, scale.expand_as(z_0))
+
+    def discretize(self, num_steps: int | None = None) -> Diffusion:
+        """This model at T steps: a :class:`~pyrodiff.Diffusion` over the schedule evaluated at
+        s_t = (t − 1)/(T − 1), t = 1 … T (x_1 = z_0, x_T = z_1), sharing this model's denoiser
+        and its parameters (not a copy).
+
+        Its reverse kernels are VDM's: p(x_{t−1} | x_t) = q(x_{t−1} | x_t, x = x̂_θ(x_t)), i.e.
+        the posterior variance β̃_t; its decoder p(x_0 | x_1) is this model's decoder. The
+        schedule's current values are frozen into float64 tables: rebuild after training a
+        learned schedule. T = ``num_steps`` of the model unless given.
+        """
+        T = self.num_steps if num_steps is None else num_steps
+        s = discrete_times(T)
+        sched = self.schedule.discretize(T)
+        with torch.no_grad():
+            gamma = -sched.log_snr.clone()
+            gamma[0] = gamma[1]  # index 0 is the data; no step reads it
+            inputs = self.network_input(s, gamma.to(s)).double()
+            log_var = torch.log(sched.posterior_variance.clamp(min=1e-300))
+            # the decoder's variance σ_0²/α_0² = e^{γ_0} (index 0 is unused)
+            log_var[:2] = gamma[1]
+        adapter = _DiscreteTimeDenoiser(self.denoiser, inputs, self.parameterization, sched)
+        model = Diffusion(
+            adapter,
+            sched,
+            likelihood=self.likelihood,
+            parameterization=self.parameterization,
+            variance=ReverseVariance.PER_STEP,
+            event_shape=self.event_shape,
+            prior_loc=self.prior_loc,
+            prior_scale=self.prior_scale,
+        )
+        # a fixed table, not a free parameter: these are VDM's variances, not learned ones
+        del model.log_variance
+        model.register_buffer("log_variance", log_var)
+        # the new tables follow the shared denoiser's device (a no-op for the denoiser itself)
+        device = next(self.denoiser.parameters(), torch.empty(0)).device
+        return model.to(device)
+
+    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> Tensor:
+        """Run the model as a Pyro program at T = ``num_steps`` (sites ``"x_0"`` … ``"x_T"``)."""
+        if x0 is not None:
+            check_data(x0, self.event_shape, self.likelihood, name="x0")
+        return self.discretize()(x0, num_samples)
+
+    def config(self) -> dict:
+        """A JSON-able description of the structure (not the weights)."""
+        return {
+            "kind": "continuous",
+            "num_steps": self.num_steps,
+            "event_shape": list(self.event_shape),
+            "parameterization": self.parameterization.value,
+            "conditioning": self.conditioning.value,
+            "likelihood": self.likelihood.config(),
+            "schedule": self.schedule.config(),
+        }
+
+
+class _DiscreteTimeDenoiser(nn.Module):
+    """The continuous denoiser read at integer steps: t ↦ the time feature of s_t.
+
+    At t = 1 it returns the output that makes x̂ = x_1/√ᾱ_1 (ε̂ = 0, x̂ = x_1/√ᾱ_1,
+    v̂ = −√(1 − ᾱ_1)/√ᾱ_1 · x_1), so the decoder of the discrete chain is the continuous model's
+    network-free decoder.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        inputs: Tensor,
+        parameterization: Parameterization,
+        schedule,
+    ) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.event_shape = getattr(denoiser, "event_shape", None)
+        self.register_buffer("inputs", inputs, persistent=False)
+        ab1 = schedule.alpha_bar[1].item()
+        if parameterization is Parameterization.EPSILON:
+            self.identity_gain = 0.0
+        elif parameterization is Parameterization.X0:
+            self.identity_gain = ab1**-0.5
+        else:
+            self.identity_gain = -(((1.0 - ab1) / ab1) ** 0.5)
+
+    @property
+    def is_affine(self) -> bool:
+        """True when the wrapped denoiser is affine in z_t (closed-form evidence applies)."""
+        return bool(getattr(self.denoiser, "is_affine", False))
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        out = self.denoiser(x_t, self.inputs.index_select(0, t).to(x_t.dtype))
+        at_one = (t == 1).reshape((-1,) + (1,) * (x_t.dim() - 1))
+        return torch.where(at_one, self.identity_gain * x_t, out)
