@@ -71,6 +71,12 @@ class ModelKind(enum.Enum):
     """:class:`~pyrodiff.models.HierarchicalVAE`: a Markovian hierarchical VAE with T latent
     layers of size ``latent_dim`` and its own learned guide
     (:class:`~pyrodiff.guides.HierarchicalVAEGuide`; ``guide`` must be LEARNED)."""
+    CONTINUOUS = "continuous"
+    """:class:`~pyrodiff.models.ContinuousDiffusion`: the T → ∞ limit, trained on its own bound
+    (:class:`~pyrodiff.infer.ContinuousELBO`, one network call per datum) with a learned log-SNR
+    schedule (ends on the bound, interior on the estimator's variance) and, for quantised data,
+    Fourier features of the input; ``guide`` is the fixed forward process and ``objective``
+    elbo. Its discrete tools (IWAE, PSIS, samplers) read it discretised at T = ``num_steps``."""
 
 
 class GuideKind(enum.Enum):
@@ -143,6 +149,19 @@ HVAE_NUM_STEPS = 8
 """Latent layers of an hvae when none is given. Its guide is read through the literal chain
 (T network calls per datum): at 8 layers an update costs about what one of the diffusion
 default does, where 100 layers cost about 3.5 s each on one core."""
+
+CONTINUOUS_NUM_STEPS = 1000
+"""The T at which a continuous-time model is sampled and read by discrete tools (its bound
+itself is T = ∞)."""
+
+CONTINUOUS_GAMMA_ENDS = (-13.3, 5.0)
+"""γ(0), γ(1) where a continuous model's learned log-SNR schedule starts (VDM's): at −13.3 the
+noise is far below one grey level of 8-bit data, at 5 the prior KL is negligible."""
+
+FOURIER_EXPONENTS = (3, 4, 5)
+"""Fourier features sin/cos(2^n π x) of quantised data for a continuous model: they resolve
+the spacing of 17 grey levels on [−1, 1] (docs/continuous.md)."""
+
 MIN_EVAL_EVERY = 100
 """The default evaluation interval is never shorter: one evaluation of the digits' validation
 split at T = 100 costs about as much as 50 updates, so a short run evaluates only at its end."""
@@ -288,6 +307,7 @@ class RunConfig:
         """The values of the unset fields, in an order where each sees the ones it depends on."""
         chosen: dict[str, Any] = {}
         hvae = self.model is ModelKind.HVAE
+        continuous = self.model is ModelKind.CONTINUOUS
         if "guide" in self._auto:
             chosen["guide"] = GuideKind.LEARNED if hvae else GuideKind.FIXED
         guide = chosen.get("guide", self.guide)
@@ -296,7 +316,13 @@ class RunConfig:
             traced = hvae or guide is GuideKind.LEARNED
             chosen["objective"] = Objective.TRACE_ELBO if traced else Objective.ELBO
         if "num_steps" in self._auto:
-            chosen["num_steps"] = HVAE_NUM_STEPS if hvae else DIFFUSION_NUM_STEPS
+            chosen["num_steps"] = (
+                HVAE_NUM_STEPS
+                if hvae
+                else CONTINUOUS_NUM_STEPS
+                if continuous
+                else DIFFUSION_NUM_STEPS
+            )
         if "warmup_steps" in self._auto:
             chosen["warmup_steps"] = default_warmup(self.lr_schedule, self.updates)
         if "eval_every" in self._auto:
@@ -363,6 +389,24 @@ class RunConfig:
             GuideKind.LEARNED_SCHEDULE: LearnedScheduleGuide,
         }[self.guide]
         closed = has_closed_forms(guide_class)
+        if self.model is ModelKind.CONTINUOUS:
+            if self.guide is not GuideKind.FIXED:
+                raise ConfigError(
+                    f"model continuous learns its schedule inside the model and needs guide "
+                    f"fixed (the forward process), got guide {self.guide.value}",
+                    fields=("guide",),
+                )
+            if self.objective is not Objective.ELBO:
+                raise ConfigError(
+                    f"model continuous trains on its T = ∞ bound, objective elbo, "
+                    f"got {self.objective.value}",
+                    fields=("objective",),
+                )
+            if self.num_steps < 2:
+                raise ConfigError(
+                    f"model continuous is read at T >= 2 steps, got {self.num_steps}",
+                    fields=("num_steps",),
+                )
         if self.model is ModelKind.HVAE:
             if self.guide is not GuideKind.LEARNED:
                 raise ConfigError(
@@ -609,14 +653,20 @@ def build_schedule(config: RunConfig):
     return linear_schedule(config.num_steps)
 
 
-def build_denoiser(config: RunConfig, event_shape: tuple[int, ...]) -> nn.Module:
-    """The denoiser for data of shape ``event_shape``; twice the outputs for a learned variance."""
+def build_denoiser(
+    config: RunConfig, event_shape: tuple[int, ...], fourier_exponents: tuple[int, ...] = ()
+) -> nn.Module:
+    """The denoiser for data of shape ``event_shape``; twice the outputs for a learned variance
+    (discrete models only); ``fourier_exponents`` adds Fourier features of its input."""
     from .networks import MLPDenoiser, UNetDenoiser
 
     kind = config.network
     if kind is NetworkKind.AUTO:
         kind = NetworkKind.UNET if len(event_shape) == 3 else NetworkKind.MLP
-    doubled = config.variance is ReverseVariance.LEARNED_RANGE
+    doubled = (
+        config.variance is ReverseVariance.LEARNED_RANGE
+        and config.model is not ModelKind.CONTINUOUS
+    )
     if kind is NetworkKind.UNET:
         if len(event_shape) != 3:
             raise ConfigError(
@@ -628,6 +678,7 @@ def build_denoiser(config: RunConfig, event_shape: tuple[int, ...]) -> nn.Module
             image_size=(h, w),
             base=config.width or 32,
             out_channels=2 * c if doubled else c,
+            fourier_exponents=fourier_exponents,
         )
     if len(event_shape) != 1:
         raise ConfigError(
@@ -636,7 +687,11 @@ def build_denoiser(config: RunConfig, event_shape: tuple[int, ...]) -> nn.Module
         )
     (d,) = event_shape
     return MLPDenoiser(
-        d, hidden=config.width or 128, depth=config.depth, out_dim=2 * d if doubled else None
+        d,
+        hidden=config.width or 128,
+        depth=config.depth,
+        out_dim=2 * d if doubled else None,
+        fourier_exponents=fourier_exponents,
     )
 
 
@@ -651,6 +706,19 @@ def build_model(config: RunConfig, dataset) -> nn.Module:
             latent_dims=(size,) * config.num_steps,
             likelihood=dataset.likelihood(),
             hidden=config.width or 128,
+        )
+    if config.model is ModelKind.CONTINUOUS:
+        from .models import ContinuousDiffusion
+        from .schedules import Endpoints, LearnedLogSNR
+
+        quantised = dataset.num_levels is not None
+        return ContinuousDiffusion(
+            build_denoiser(config, dataset.event_shape, FOURIER_EXPONENTS if quantised else ()),
+            LearnedLogSNR(*CONTINUOUS_GAMMA_ENDS, endpoints=Endpoints.LEARNED),
+            likelihood=dataset.likelihood(),
+            parameterization=config.parameterization,
+            event_shape=dataset.event_shape,
+            num_steps=config.num_steps,
         )
     from .models import Diffusion
 
@@ -673,6 +741,10 @@ def build_guide(config: RunConfig, model: nn.Module) -> nn.Module:
         from .guides import HierarchicalVAEGuide
 
         return HierarchicalVAEGuide(model, hidden=config.guide_hidden)
+    if config.model is ModelKind.CONTINUOUS:
+        from .guides import ContinuousForwardGuide
+
+        return ContinuousForwardGuide()
     if config.guide is GuideKind.FIXED:
         return ForwardGuide(model.schedule)
     if config.guide is GuideKind.LEARNED_SCHEDULE:
@@ -707,6 +779,13 @@ def build_loss(config: RunConfig):
         return Trace_ELBO()
     if config.objective is Objective.TRACE_MEAN_FIELD_ELBO:
         return TraceMeanField_ELBO()
+    if config.model is ModelKind.CONTINUOUS:
+        from .infer import ContinuousELBO, ScheduleObjective
+        from .infer.timesteps import LowDiscrepancyTimesteps
+
+        # low-discrepancy t as VDM; the schedule's interior minimises the estimator's variance
+        sampler = build_timesteps(config) if config.timesteps else LowDiscrepancyTimesteps()
+        return ContinuousELBO(timesteps=sampler, schedule_objective=ScheduleObjective.VARIANCE)
     timesteps = build_timesteps(config)
     if config.objective is Objective.ELBO:
         from .infer import DiffusionELBO

@@ -239,7 +239,7 @@ def evaluate(args: argparse.Namespace) -> int:
     x = dataset.split(split)
     if args.num is not None:
         x = x[: args.num]
-    x = x.to(device=loaded.model.schedule.alpha_bar.device, dtype=param_dtype(loaded.model))
+    x = x.to(device=loaded.device, dtype=param_dtype(loaded.model))
     quantised = dataset.num_levels is not None
     with torch.no_grad():
         result = evaluate_split(
@@ -278,14 +278,15 @@ def _bounds(loaded, x, args: argparse.Namespace, num_dims: int, quantised: bool)
     IWAE-K costs about K times an ELBO evaluation of the same data, and k̂ with S samples S
     times one of its ``--psis-num`` data: it reads a subset, which the output names."""
     k, psis = args.iwae, args.psis
+    model, guide = loaded.chain()
     from ..infer import bounds
 
     out: dict[str, Any] = {}
+    if model is not loaded.model:
+        out["discretized_at"] = model.num_steps  # a continuous-time run read as a T-step chain
     budget = loaded.config.eval_batch_budget
     if k is not None:
-        res = bounds.iwae_bound(
-            loaded.model, loaded.guide, x, num_samples=k, batch_budget=budget, progress=True
-        )
+        res = bounds.iwae_bound(model, guide, x, num_samples=k, batch_budget=budget, progress=True)
         out["iwae_k"] = k
         out["iwae"] = res.mean
         out["iwae_se"] = res.stderr
@@ -293,8 +294,8 @@ def _bounds(loaded, x, args: argparse.Namespace, num_dims: int, quantised: bool)
     if psis:
         subset = x[: args.psis_num]
         diag = bounds.psis_diagnostic(
-            loaded.model,
-            loaded.guide,
+            model,
+            guide,
             subset,
             num_samples=args.psis_samples,
             batch_budget=budget,
@@ -321,7 +322,8 @@ def _evaluation_table(out: dict[str, Any], quantised: bool) -> str:
     if quantised and out.get("bits_per_dim") is not None:
         rows.append(("bits/dim", f"{out['bits_per_dim']:.4f}"))
     if out.get("reconstruction") is not None:
-        rows.append(("reconstruction log p(x0|x1)", f"{out['reconstruction']:.4f} nats"))
+        given = "z0" if out.get("estimator") == "continuous" else "x1"
+        rows.append((f"reconstruction log p(x0|{given})", f"{out['reconstruction']:.4f} nats"))
     if per_step:
         rows.append(("sum of L_t, t = 2..T", f"{sum(per_step[1:]):.4f} nats"))
         worst = max(range(len(per_step)), key=lambda i: per_step[i])
@@ -334,16 +336,23 @@ def _evaluation_table(out: dict[str, Any], quantised: bool) -> str:
             rows.append((f"-ELBO at t > {T // 2}", f"{sum(per_step[T // 2 :]):.4f} nats"))
     if out.get("prior") is not None:
         rows.append(("prior KL L_T", f"{out['prior']:.4g} nats"))
+    if out.get("diffusion") is not None:
+        rows.append(("diffusion loss (T = ∞)", f"{out['diffusion']:.4f} nats"))
+    at = f" (at T = {out['discretized_at']})" if out.get("discretized_at") else ""
     if "iwae" in out:
         rows.append(
-            (f"IWAE-{out['iwae_k']}", f"{out['iwae']:.4f} ± {out['iwae_se']:.4f} nats/datum")
+            (
+                f"IWAE-{out['iwae_k']}{at}",
+                f"{out['iwae']:.4f} ± {out['iwae_se']:.4f} nats/datum",
+            )
         )
         if out.get("iwae_bits_per_dim") is not None:
             rows.append((f"IWAE-{out['iwae_k']} bits/dim", f"{out['iwae_bits_per_dim']:.4f}"))
     if out.get("psis_khat_mean") is not None:
         rows.append(
             (
-                f"PSIS k-hat (first {out['psis_num_data']} data, {out['psis_num_samples']} draws)",
+                f"PSIS k-hat{at} (first {out['psis_num_data']} data, "
+                f"{out['psis_num_samples']} draws)",
                 f"mean {out['psis_khat_mean']:.3f}, max {out['psis_khat_max']:.3f}, "
                 f"{100 * out['psis_frac_above_0.7']:.0f}% of data above 0.7",
             )
@@ -365,11 +374,12 @@ def sample(args: argparse.Namespace) -> int:
     if not math.isfinite(args.eta) or args.eta < 0:
         raise ConfigError(f"--eta must be a finite number >= 0, got {args.eta}")
     loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema)
-    model, T = loaded.model, loaded.model.num_steps
+    model, _ = loaded.chain()
+    T = model.num_steps
     steps = args.sampler_steps if args.sampler_steps is not None else max(1, T // 10)
     if kind is not SamplerKind.ANCESTRAL and not 1 <= steps <= T:
         raise ConfigError(f"--sampler-steps must be an integer in 1..T = {T}, got {steps}")
-    gen = torch.Generator(device=model.schedule.alpha_bar.device).manual_seed(args.seed)
+    gen = torch.Generator(device=loaded.device).manual_seed(args.seed)
     if kind is SamplerKind.ANCESTRAL:
         x = sampling.ancestral_sample(model, args.num, generator=gen)
         tag = "ancestral"

@@ -79,6 +79,23 @@ class LoadedRun:
     def guide(self) -> nn.Module:
         return self.built.guide
 
+    def chain(self) -> tuple[nn.Module, nn.Module]:
+        """The model and guide as a discrete chain, for the tools that walk one (IWAE, PSIS,
+        the samplers): a continuous-time model discretised at its ``num_steps`` with the
+        forward chain over that discretisation, any other run as it is."""
+        from ..guides import ForwardGuide
+        from ..models import ContinuousDiffusion
+
+        if isinstance(self.model, ContinuousDiffusion):
+            discrete = self.model.discretize()
+            return discrete, ForwardGuide(discrete.schedule)
+        return self.model, self.guide
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are."""
+        return next(self.model.parameters()).device
+
 
 def load_run(
     run: str | os.PathLike, device: str = "auto", use_ema: bool = True, dtype=None
