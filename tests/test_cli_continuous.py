@@ -96,7 +96,10 @@ def test_evaluate_reads_the_t_infinity_bound_and_the_chain_at_num_steps(run, cap
             continuous_elbo_terms(loaded.model, x, LowDiscrepancyTimesteps(), generator=gen).elbo
             for _ in range(CONTINUOUS_EVAL_PASSES)
         ]
-    assert out["elbo"] == pytest.approx(torch.stack(passes).mean().item(), abs=1e-4)
+    per_datum = torch.stack(passes).double().mean(0)
+    assert out["elbo"] == pytest.approx(per_datum.mean().item(), abs=1e-4)
+    # its SE is the spread over data of each datum's mean estimate
+    assert out["elbo_se"] == pytest.approx((per_datum.std() / 40**0.5).item(), rel=1e-4)
     # IWAE-4 reads the model as the T = 8 chain it discretises to, with the forward chain over
     # that discretisation as the guide
     chain, guide = loaded.chain()

@@ -317,7 +317,12 @@ def _evaluation_table(out: dict[str, Any], quantised: bool) -> str:
         ("step", out["step"]),
         ("split", f"{out['split']} ({out['num_data']} data)"),
         ("parameters", "EMA" if out["ema"] else "raw"),
-        ("ELBO", f"{out['elbo']:.4f} nats/datum"),
+        (
+            "ELBO",
+            f"{out['elbo']:.4f}"
+            + (f" ± {out['elbo_se']:.4f}" if out.get("elbo_se") is not None else "")
+            + " nats/datum",
+        ),
     ]
     if quantised and out.get("bits_per_dim") is not None:
         rows.append(("bits/dim", f"{out['bits_per_dim']:.4f}"))

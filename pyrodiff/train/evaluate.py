@@ -76,15 +76,21 @@ def evaluate_split(
 
 
 def _continuous_terms(model, x: Tensor, batch_budget: int, gen: torch.Generator) -> dict[str, Any]:
-    sums = {"elbo": 0.0, "reconstruction": 0.0, "diffusion": 0.0, "prior": 0.0}
+    sums = {"reconstruction": 0.0, "diffusion": 0.0, "prior": 0.0}
+    per_datum = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for _ in range(CONTINUOUS_EVAL_PASSES):
         for start in range(0, x.shape[0], batch_budget):
             xb = x[start : start + batch_budget]
             terms = continuous_elbo_terms(model, xb, LowDiscrepancyTimesteps(), generator=gen)
-            for key, value in terms.mean().items():
-                sums[key] += value * xb.shape[0]
+            per_datum[start : start + xb.shape[0]] += terms.elbo.double()
+            for key in sums:
+                sums[key] += getattr(terms, key).double().sum().item()
     n = CONTINUOUS_EVAL_PASSES * x.shape[0]
     out: dict[str, Any] = {key: value / n for key, value in sums.items()}
+    per_datum /= CONTINUOUS_EVAL_PASSES
+    out["elbo"] = per_datum.mean().item()
+    # the spread over data of each datum's mean estimate: t-sampling noise included
+    out["elbo_se"] = (per_datum.std() / math.sqrt(x.shape[0])).item() if x.shape[0] > 1 else None
     out["estimator"] = "continuous"
     return out
 
