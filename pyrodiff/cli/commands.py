@@ -77,8 +77,8 @@ def _choices_line(config: RunConfig) -> str | None:
     diffusion default (whose choices are the documented defaults)."""
     if config.model is ModelKind.DIFFUSION and config.guide is GuideKind.FIXED:
         return None
-    # T depends on the model, so it is worth saying for an hvae only
-    said = _SAID_CHOICES if config.model is ModelKind.HVAE else ("guide", "objective")
+    # T depends on the model, so it is worth saying where the model is not a plain diffusion
+    said = _SAID_CHOICES if config.model is not ModelKind.DIFFUSION else ("guide", "objective")
     chosen = [name for name in said if name in config.chosen_fields]
     if not chosen:
         return None
