@@ -249,6 +249,15 @@ def test_closed_form_evaluation_is_elbo_terms_with_its_own_noise():
     assert out["bits_per_dim"] == pytest.approx(-ref["elbo"] / (2 * math.log(2)))
 
 
+def test_fit_shows_a_bar_for_each_evaluation_when_asked(capsys):
+    x = _gaussian_data(64)
+    ds = Dataset("g", train=x[:40], validation=x[40:52], test=x[52:])
+    fit(*_mlp_pair(), ds, updates=2, batch_size=16, eval_every=1, progress=True)
+    assert capsys.readouterr().err.count("ELBO terms") >= 3  # validation at 1 and 2, test at 2
+    fit(*_mlp_pair(), ds, updates=2, batch_size=16, eval_every=1, progress=False)
+    assert "ELBO terms" not in capsys.readouterr().err
+
+
 def test_fit_evaluates_validation_on_schedule_and_test_once_at_the_end_with_the_ema(tmp_path):
     x = _gaussian_data(64)
     ds = Dataset("g", train=x[:40], validation=x[40:52], test=x[52:])

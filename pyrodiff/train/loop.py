@@ -105,7 +105,7 @@ def fit(
             result is bit-identical to a run that was never interrupted.
         config: a :class:`pyrodiff.config.RunConfig` (written to ``run_dir/config.json`` and
             stored in the checkpoint) or a JSON-able dict (stored in the checkpoint only).
-        progress: show a tqdm bar with the running ELBO per datum.
+        progress: show a tqdm bar with the running ELBO per datum, and one for each evaluation.
         distributed: a ``pyrodiff.distributed.DistributedContext``; each rank draws its
             batches from its own shard with its own seed, ``wrap_module`` sums the gradients
             over ranks, and only the main rank evaluates, writes files and shows the bar.
@@ -176,7 +176,7 @@ def fit(
         record=record,
         distributed=distributed,
     )
-    evaluations = _Evaluations(run, eval_every, eval_batch_budget, seed)
+    evaluations = _Evaluations(run, eval_every, eval_batch_budget, seed, progress)
     checkpoints = _Checkpoints(run, checkpoint_every)
     options = {
         "lr": lr,
@@ -199,10 +199,15 @@ def fit(
 
 class _Evaluations:
     """Validation every ``eval_every`` updates; at the end, validation (unless it just ran) and
-    the test split, once. Only the main rank evaluates; the EMA parameters are used if kept."""
+    the test split, once. Only the main rank evaluates; the EMA parameters are used if kept.
+    With ``progress``, each evaluation shows its own bar (a digits evaluation is 100 network
+    passes over the split, seconds to minutes on a CPU)."""
 
-    def __init__(self, run: Run, every: int | None, batch_budget: int, seed: int) -> None:
+    def __init__(
+        self, run: Run, every: int | None, batch_budget: int, seed: int, progress: bool
+    ) -> None:
         self.run, self.every, self.batch_budget = run, every, batch_budget
+        self.progress = progress
         self.seed = seed + EVAL_SEED_OFFSET
         self.last = {Split.VALIDATION: -1, Split.TEST: -1}
 
@@ -238,6 +243,7 @@ class _Evaluations:
                 num_levels=run.data.num_levels,
                 batch_budget=self.batch_budget,
                 seed=self.seed,
+                progress=self.progress,
             )
         writer.write(RecordKind.EVAL, run.ts.step, split=split.value, ema=ema is not None, **result)
 
