@@ -11,17 +11,18 @@ import torch
 from pyrodiff import ForwardGuide, LearnedGuide
 
 
-def _example():
-    path = Path(__file__).resolve().parents[1] / "examples" / "guide_swap.py"
-    spec = importlib.util.spec_from_file_location("guide_swap_claim", path)
+def _example(monkeypatch):
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    monkeypatch.syspath_prepend(str(examples))  # the example imports its shared modules
+    spec = importlib.util.spec_from_file_location("guide_swap_claim", examples / "guide_swap.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.mark.slow
-def test_learned_arm_is_a_learned_guide_and_its_bound_is_not_below_the_fixed_one():
-    ex = _example()
+def test_learned_arm_is_a_learned_guide_and_its_bound_is_not_below_the_fixed_one(monkeypatch):
+    ex = _example(monkeypatch)
     model = ex.build_model(2, 4, ex.GaussianLikelihood(), 16, 0)
     assert isinstance(ex.make_guide(ex.GuideKind.LEARNED, model, 16), LearnedGuide)
     assert type(ex.make_guide(ex.GuideKind.FORWARD, model, 16)) is ForwardGuide
