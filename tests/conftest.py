@@ -7,7 +7,10 @@ so a CI failure reproduces exactly. Elsewhere the "explore" profile draws new ex
 run and remembers failures in the local database. ``HYPOTHESIS_PROFILE`` picks one by name.
 """
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pyro
 import pytest
@@ -34,6 +37,26 @@ def _float64_and_clean_store():
     yield
     torch.set_default_dtype(old)
     pyro.clear_param_store()
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def load_example(monkeypatch):
+    """Import ``examples/<name>.py`` as a module, as running it would: with the examples folder
+    on the path (they share ``_outputs`` and ``_tables``) and the module in ``sys.modules``
+    (dataclasses resolve their annotations there); both are undone after the test."""
+
+    def load(name: str):
+        monkeypatch.syspath_prepend(str(EXAMPLES))
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def pytest_configure(config):

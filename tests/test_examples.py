@@ -1,7 +1,6 @@
 """The examples run with --quick, and what they print obeys the bounds it claims."""
 
 import argparse
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -14,17 +13,9 @@ from pyrodiff.infer import elbo_terms
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def _load(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))  # the examples import their shared modules
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quickstart_2d(tmp_path, capsys, monkeypatch):
+def test_quickstart_2d(tmp_path, capsys, load_example):
     torch.set_default_dtype(torch.float32)  # as a user runs it
-    out = _load("quickstart_2d", monkeypatch).main(["--quick", "--out", str(tmp_path)])
+    out = load_example("quickstart_2d").main(["--quick", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert f"{out['final']['elbo']:.4f}" in printed and "gap" in printed
     # E_p[ELBO] ≤ E_p[log p_θ] ≤ −H(p) (the bound, then Gibbs' inequality): the test-set gap
@@ -40,9 +31,9 @@ def test_quickstart_2d(tmp_path, capsys, monkeypatch):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_digits(tmp_path, capsys, monkeypatch):
+def test_digits(tmp_path, capsys, load_example):
     torch.set_default_dtype(torch.float32)
-    out = _load("digits", monkeypatch).main(["--quick", "--out", str(tmp_path)])
+    out = load_example("digits").main(["--quick", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     final = out["final"]
     # bits/dim is −ELBO / (D ln 2) of the same evaluation, on the integer-level scale

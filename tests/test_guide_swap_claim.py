@@ -1,9 +1,7 @@
 """The claim of examples/guide_swap.py: its learned arm is a learned q, and after the same
 training its bound is no worse than the fixed forward chain's, within the estimates' noise."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,18 +9,9 @@ import torch
 from pyrodiff import ForwardGuide, LearnedGuide
 
 
-def _example(monkeypatch):
-    examples = Path(__file__).resolve().parents[1] / "examples"
-    monkeypatch.syspath_prepend(str(examples))  # the example imports its shared modules
-    spec = importlib.util.spec_from_file_location("guide_swap_claim", examples / "guide_swap.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
-def test_learned_arm_is_a_learned_guide_and_its_bound_is_not_below_the_fixed_one(monkeypatch):
-    ex = _example(monkeypatch)
+def test_learned_arm_is_a_learned_guide_and_its_bound_is_not_below_the_fixed_one(load_example):
+    ex = load_example("guide_swap")
     model = ex.build_model(2, 4, ex.GaussianLikelihood(), 16, 0)
     assert isinstance(ex.make_guide(ex.GuideKind.LEARNED, model, 16), LearnedGuide)
     assert type(ex.make_guide(ex.GuideKind.FORWARD, model, 16)) is ForwardGuide

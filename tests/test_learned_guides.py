@@ -1,9 +1,7 @@
 """Learned guides: they start at the forward chain, reach the exact posterior of a linear-Gaussian
 model, are valid under TraceMeanField_ELBO only top-down, and never touch the model."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pyro
 import pytest
@@ -183,11 +181,8 @@ def test_image_guide_trains_with_a_discretized_likelihood():
     pyro.clear_param_store()
 
 
-def test_guide_swap_example_runs_quick(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "examples" / "guide_swap.py"
-    spec = importlib.util.spec_from_file_location("guide_swap", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_guide_swap_example_runs_quick(tmp_path, load_example):
+    module = load_example("guide_swap")
     result = module.main(["--quick", "--out", str(tmp_path)])
     assert set(result) == {k.value for k in module.GuideKind}
     for row in result.values():

@@ -212,23 +212,10 @@ def test_bad_arguments_raise_typed_errors():
     assert isinstance(SimpleLoss().timesteps, UniformTimesteps)
 
 
-def _example():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "objectives_digits.py"
-    spec = importlib.util.spec_from_file_location("example_objectives_digits", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_digits_example_quick_reports_the_true_bound():
+def test_digits_example_quick_reports_the_true_bound(load_example):
     old = torch.get_num_threads()
     try:
-        out = _example().main(["--quick", "--objective", "hybrid"])
+        out = load_example("objectives_digits").main(["--quick", "--objective", "hybrid"])
     finally:
         torch.set_num_threads(old)
     assert out["config"]["variance"] == "learned_range"
@@ -239,10 +226,12 @@ def test_digits_example_quick_reports_the_true_bound():
     assert [p["step"] for p in out["trace"]] == [2, 4]
 
 
-def test_sampler_variance_quick_is_consistent_with_the_exact_bound():
+def test_sampler_variance_quick_is_consistent_with_the_exact_bound(load_example):
     old = torch.get_num_threads()
     try:
-        rows = _example().main(["--sampler-variance", "--quick"])["sampler_variance"]
+        rows = load_example("objectives_digits").main(["--sampler-variance", "--quick"])[
+            "sampler_variance"
+        ]
     finally:
         torch.set_num_threads(old)
     assert len(rows) == 5 and all(r["variance"] > 0 for r in rows)

@@ -1,10 +1,8 @@
 """Every study script runs with --quick, writes its figure and table, and its numbers obey the
 inequalities the study rests on (checked within their measured standard errors)."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,13 +10,8 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _run(name: str, tmp_path, monkeypatch, capsys) -> tuple[dict, str]:
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses resolve their string annotations through sys.modules
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
+def _run(name: str, tmp_path, load_example, capsys) -> tuple[dict, str]:
+    module = load_example(name)
     returned = module.main(["--quick", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     png = tmp_path / f"{name}.png"
@@ -49,8 +42,8 @@ def _table_rows(out: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in rows]
 
 
-def test_study_exact(tmp_path, monkeypatch, capsys):
-    res, out = _run("study_exact", tmp_path, monkeypatch, capsys)
+def test_study_exact(tmp_path, load_example, capsys):
+    res, out = _run("study_exact", tmp_path, load_example, capsys)
     for run in res["runs"].values():
         # every ELBO and log p here is closed form: the bound holds datum by datum
         assert run["gap_elbo_min"] >= -1e-9
@@ -77,8 +70,8 @@ def test_study_exact(tmp_path, monkeypatch, capsys):
         assert row["converged"] is (abs(row["elbo"] - half[0]) < 2 * row["elbo_se"])
 
 
-def test_study_gap_vs_T(tmp_path, monkeypatch, capsys):
-    res, out = _run("study_gap_vs_T", tmp_path, monkeypatch, capsys)
+def test_study_gap_vs_T(tmp_path, load_example, capsys):
+    res, out = _run("study_gap_vs_T", tmp_path, load_example, capsys)
     assert [r["T"] for r in res["rows"]] == list(res["config"]["steps_list"])
     for r in res["rows"]:
         # E[log p_data − ELBO] = KL(p_data ‖ p_θ) + E[log p_θ − ELBO] ≥ 0; IWAE-K ≥ ELBO
@@ -95,8 +88,8 @@ def test_study_gap_vs_T(tmp_path, monkeypatch, capsys):
         assert row["reference"] == -H and row["converged"] is None  # not measured
 
 
-def test_study_guides(tmp_path, monkeypatch, capsys):
-    res, out = _run("study_guides", tmp_path, monkeypatch, capsys)
+def test_study_guides(tmp_path, load_example, capsys):
+    res, out = _run("study_guides", tmp_path, load_example, capsys)
     arms = {r["arm"] for r in res["rows"]}
     assert arms == {"START", "FIXED", "LEARNED_JOINT", "LEARNED_FROZEN", "SCHEDULE"}
     for r in res["rows"]:
@@ -109,8 +102,8 @@ def test_study_guides(tmp_path, monkeypatch, capsys):
     assert len(_table_rows(out)) == 2 + len(res["rows"])
 
 
-def test_study_digits(tmp_path, monkeypatch, capsys):
-    res, out = _run("study_digits", tmp_path, monkeypatch, capsys)
+def test_study_digits(tmp_path, load_example, capsys):
+    res, out = _run("study_digits", tmp_path, load_example, capsys)
     kinds = {(r["guide"], r["T"]) for r in res["rows"]}
     cfg = res["config"]
     assert kinds == {

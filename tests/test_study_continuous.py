@@ -1,26 +1,14 @@
 """The continuous-time examples run with --quick and write what they promise, where they
 promise it; the study's rows obey the inequalities it rests on."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _load(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses resolve their string annotations through sys.modules
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_study_continuous_quick(tmp_path, monkeypatch, capsys):
-    module = _load("study_continuous", monkeypatch)
+def test_study_continuous_quick(tmp_path, monkeypatch, capsys, load_example):
+    module = load_example("study_continuous")
     docs = tmp_path / "docs" / "study_continuous.json"
     monkeypatch.setattr(module, "DOCS_RESULTS", docs)
     rows = module.main(["--quick", "--out", str(tmp_path)])
@@ -38,8 +26,8 @@ def test_study_continuous_quick(tmp_path, monkeypatch, capsys):
         assert r["gap"] > -4 * r["gap_se"]
 
 
-def test_continuous_digits_quick(tmp_path, monkeypatch, capsys):
-    module = _load("continuous_digits", monkeypatch)
+def test_continuous_digits_quick(tmp_path, monkeypatch, capsys, load_example):
+    module = load_example("continuous_digits")
     result = module.main(["--quick", "--out", str(tmp_path)])
     assert result["validation_bpd"] > 0 and "test_bpd" not in result  # test split not read
     assert len(list(tmp_path.glob("*.json"))) == 1

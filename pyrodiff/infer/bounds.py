@@ -32,6 +32,7 @@ from ..guides import has_closed_forms
 from ..progress import progress_bar
 from ..validation import check_pair
 from .chain import closed_form_log_weights
+from .chunks import repeated_chunks
 from .elbo import DiffusionELBO, ELBOTerms
 from .exact import exact_log_evidence
 
@@ -131,13 +132,10 @@ def log_weights(
             model, guide, x0, num_samples, batch_budget=batch_budget, progress=progress
         )
     N = x0.shape[0]
-    chunk = max(1, batch_budget // N)
     out = []
     bar = progress_bar(num_samples * N, "log-weights (traces)", "draw", progress)
     with torch.no_grad(), bar:
-        for start in range(0, num_samples, chunk):
-            k = min(chunk, num_samples - start)
-            xs = x0.repeat((k,) + (1,) * (x0.dim() - 1))
+        for _, k, xs in repeated_chunks(x0, num_samples, batch_budget):
             model_tr, guide_tr = _traces(model, guide, xs)
             lw = sum(
                 _site_log_prob(s, k * N) for s in model_tr.nodes.values() if _is_sample(s)
@@ -322,12 +320,9 @@ def sitewise_elbo_terms(
     """
     _check_inputs(model, guide, x0, num_samples)
     N = x0.shape[0]
-    chunk = max(1, batch_budget // N)
     parts: list[Tensor] = []
     with torch.no_grad():
-        for start in range(0, num_samples, chunk):
-            k = min(chunk, num_samples - start)
-            xs = x0.repeat((k,) + (1,) * (x0.dim() - 1))
+        for _, k, xs in repeated_chunks(x0, num_samples, batch_budget):
             model_tr, guide_tr = _traces(model, guide, xs)
             rows = []
             for name, site in model_tr.nodes.items():

@@ -24,6 +24,7 @@ from ..gaussian import gaussian_kl
 from ..guides.closed_forms import CLOSED_FORM_METHODS, has_closed_forms
 from ..progress import progress_bar
 from ..validation import check_data, check_pair
+from .chunks import repeated_chunks
 from .timesteps import TimestepSampler, UniformTimesteps
 
 __all__ = [
@@ -193,14 +194,13 @@ def elbo_terms(
     _check_closed_form_pair(model, guide)
     check_data(x0, model.event_shape, model.likelihood, name="x0")
     N, T = x0.shape[0], model.num_steps
-    chunk = max(1, batch_budget // N)
     out = []
     bar = progress_bar(T, "ELBO terms", "step", progress)
     with torch.set_grad_enabled(requires_grad), bar:
-        for start in range(1, T + 1, chunk):
-            ts = torch.arange(start, min(start + chunk, T + 1), device=x0.device)
+        # copy j of the batch is evaluated at step t = j + 1
+        for first, size, xs in repeated_chunks(x0, T, batch_budget):
+            ts = torch.arange(first + 1, first + size + 1, device=x0.device)
             t = ts.repeat_interleave(N)
-            xs = x0.repeat((len(ts),) + (1,) * (x0.dim() - 1))
             noise = None
             if generator is not None:
                 # one draw per timestep, in t order, so the chunking never changes the result
