@@ -92,3 +92,34 @@ def test_every_number_of_a_sourced_table_is_in_its_file(src, table):
         # shown with d decimals: some value of the file lies within half a unit of the last one
         tol = 0.5 * 10**-decimals + 1e-12
         assert any(math.isclose(shown, v, abs_tol=tol) for v in values), (src, text)
+
+
+# --- the default run, as the README and docs/cli.md quote it -----------------------------------
+
+DEFAULT_RUN = ROOT / "docs" / "results" / "default_run.json"
+"""The final evaluation records of the README's `pyrodiff train` (from its metrics.jsonl) and
+the output of `pyrodiff evaluate` on that run (its evaluation.json)."""
+
+
+def _default_run() -> dict:
+    return json.loads(DEFAULT_RUN.read_text())
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/cli.md"])
+def test_pages_quote_the_default_runs_final_lines_as_its_records_say(page):
+    run, text = _default_run(), (ROOT / page).read_text()
+    for split in ("validation", "test"):
+        r = run[f"final_{split}"]
+        line = f"{split} ELBO {r['elbo']:.4f} nats/datum, {split} bits/dim {r['bits_per_dim']:.4f}"
+        assert line in text, f"{page} does not print {line!r}"
+
+
+def test_readme_says_where_the_default_runs_bound_is_paid_as_evaluate_prints_it():
+    """The README's shares are evaluate's table rows, computed from the per-step losses of its
+    evaluation.json: −ELBO at t ≤ 10 over −ELBO, and the sum of the terms past T/2."""
+    ev, text = _default_run()["evaluate"], (ROOT / "README.md").read_text()
+    per_step, bound = ev["per_step_loss"], -ev["elbo"]
+    T = len(per_step)
+    assert f"{-bound:.2f} nats".replace("-", "−") in text
+    assert f"t ≤ 10 is {100 * sum(per_step[:10]) / bound:.1f} %" in text
+    assert f"(t > {T // 2}) costs {sum(per_step[T // 2 :]):.2f} nats" in text
