@@ -550,3 +550,16 @@ def test_repeated_chunks_are_the_repeated_batch_within_the_budget(n, copies, bud
     # each chunk holds at most the budget's rows, or one copy when the budget is below N
     assert all(c.size * n <= max(budget, n) and c.x.shape[0] == c.size * n for c in chunks)
     assert all(c.size == max(1, budget // n) for c in chunks[:-1])
+
+
+def test_evaluate_split_gives_the_standard_error_of_its_per_datum_elbos():
+    """elbo_se is the sample standard deviation of the per-datum ELBO estimates over √N: the
+    same draws as elbo_terms with the evaluation's generator."""
+    x = _gaussian_data(32)
+    model, guide = _mlp_pair()
+    out = evaluate_split(model, guide, x, num_levels=None, seed=5)
+    with torch.no_grad():
+        elbo = elbo_terms(model, guide, x, generator=torch.Generator().manual_seed(5)).elbo
+    assert out["elbo"] == pytest.approx(elbo.mean().item(), rel=1e-12)
+    assert out["elbo_se"] == pytest.approx(elbo.std().item() / math.sqrt(32), rel=1e-12)
+    assert evaluate_split(model, guide, x[:1], num_levels=None)["elbo_se"] is None

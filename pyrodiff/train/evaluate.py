@@ -66,6 +66,7 @@ def evaluate_split(
                 model, guide, x, batch_budget=batch_budget, generator=gen, progress=progress
             )
             out = terms.mean()
+            out["elbo_se"] = _stderr(terms.elbo)
             out["estimator"] = "closed_form"
         else:
             out = _trace_terms(model, guide, x, batch_budget)
@@ -73,6 +74,13 @@ def evaluate_split(
         float(bits_per_dim(out["elbo"], num_dims)) if num_levels is not None else None
     )
     return out
+
+
+def _stderr(per_datum: Tensor) -> float | None:
+    """The standard error of the mean over data of per-datum estimates: the spread of the data
+    and of the estimator's own noise together (None for a single datum)."""
+    n = per_datum.shape[0]
+    return (per_datum.double().std() / math.sqrt(n)).item() if n > 1 else None
 
 
 def _continuous_terms(model, x: Tensor, batch_budget: int, gen: torch.Generator) -> dict[str, Any]:
@@ -89,8 +97,7 @@ def _continuous_terms(model, x: Tensor, batch_budget: int, gen: torch.Generator)
     out: dict[str, Any] = {key: value / n for key, value in sums.items()}
     per_datum /= CONTINUOUS_EVAL_PASSES
     out["elbo"] = per_datum.mean().item()
-    # the spread over data of each datum's mean estimate: t-sampling noise included
-    out["elbo_se"] = (per_datum.std() / math.sqrt(x.shape[0])).item() if x.shape[0] > 1 else None
+    out["elbo_se"] = _stderr(per_datum)
     out["estimator"] = "continuous"
     return out
 
