@@ -4,6 +4,7 @@ import math
 
 import pyro
 import pytest
+import reference
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
@@ -14,8 +15,6 @@ from pyrodiff.infer import (
     bounds_report,
     elbo_estimate,
     estimator_spread,
-    exact_elbo_terms,
-    exact_log_evidence,
     iwae_bound,
     pareto_khat,
     sitewise_elbo_terms,
@@ -38,6 +37,17 @@ def linear_gaussian_model(T: int = 4, D: int = 2, seed: int = 0, spread: float =
     )
 
 
+def exact(model, x0: torch.Tensor) -> "reference.Terms":
+    """The closed-form ELBO terms under the forward chain, from tests/reference.py (written from
+    ᾱ_t and the model's weights, nothing of pyrodiff's)."""
+    return reference.elbo_terms(reference.from_model(model), model.schedule.alpha_bar, x0)
+
+
+def evidence(model, x0: torch.Tensor) -> torch.Tensor:
+    """log p_θ(x_0), exactly, from tests/reference.py."""
+    return reference.evidence(reference.from_model(model), x0)
+
+
 def data(N: int = 16, D: int = 2, seed: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return 0.8 * torch.randn(N, D, generator=gen) + 0.3
@@ -47,20 +57,21 @@ def test_elbo_estimate_agrees_with_the_closed_form_elbo():
     model, x0 = linear_gaussian_model(), data()
     guide = ForwardGuide(model.schedule)
     est = elbo_estimate(model, guide, x0, num_samples=400)
-    exact = exact_elbo_terms(model, guide, x0).elbo
-    z = (est.values - exact) / est.mc_stderr
+    truth = exact(model, x0).elbo
+    z = (est.values - truth) / est.mc_stderr
     assert z.abs().max() < 4.5  # 16 data, each a 4-SE check at ~1e-4 level
-    assert abs(est.mean - exact.mean().item()) < 4 * est.mc_stderr_of_mean
+    assert abs(est.mean - truth.mean().item()) < 4 * est.mc_stderr_of_mean
 
 
 def test_iwae_rises_with_k_and_stays_below_the_exact_evidence():
     model, x0 = linear_gaussian_model(), data()
     guide = ForwardGuide(model.schedule)
-    evidence = exact_log_evidence(model, x0)
+    log_p = evidence(model, x0)
     bounds = [iwae_bound(model, guide, x0, k, num_repeats=20) for k in (1, 4, 32)]
     for b in bounds:
-        # per datum, L_K <= log p up to Monte Carlo error
-        assert ((b.values - evidence) / b.mc_stderr).max() < 4.0
+        # per datum, L_K <= log p up to Monte Carlo error (one-sided: the claim is the bound;
+        # how far below it is, the rise with K checks next)
+        assert ((b.values - log_p) / b.mc_stderr).max() < 4.0
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         diff = hi.mean - lo.mean
         se = math.hypot(lo.mc_stderr_of_mean, hi.mc_stderr_of_mean)
@@ -69,7 +80,7 @@ def test_iwae_rises_with_k_and_stays_below_the_exact_evidence():
     assert bounds[2].mean - bounds[0].mean > 10 * math.hypot(
         bounds[0].mc_stderr_of_mean, bounds[2].mc_stderr_of_mean
     )
-    assert bounds[2].mean < evidence.mean().item()
+    assert bounds[2].mean < log_p.mean().item()
 
 
 def test_every_bound_is_exact_for_the_exact_posterior():
@@ -78,9 +89,9 @@ def test_every_bound_is_exact_for_the_exact_posterior():
     model = gaussian_oracle(schedule, torch.tensor([0.5, -1.0]), 0.7)
     x0 = data(8)
     guide = ForwardGuide(schedule)
-    evidence = exact_log_evidence(model, x0)
+    log_p = evidence(model, x0)
     for b in (elbo_estimate(model, guide, x0, 3), iwae_bound(model, guide, x0, 7)):
-        torch.testing.assert_close(b.values, evidence, atol=1e-9, rtol=0)
+        torch.testing.assert_close(b.values, log_p, atol=1e-9, rtol=0)
 
 
 def test_sitewise_terms_equal_the_closed_form_terms_for_a_top_down_guide():
@@ -88,30 +99,21 @@ def test_sitewise_terms_equal_the_closed_form_terms_for_a_top_down_guide():
     guide = ForwardGuide(model.schedule)
     # 20 independent estimates: their mean is the estimate, their spread gives its SE
     reps = [sitewise_elbo_terms(model, guide, x0, num_samples=40) for _ in range(20)]
-    exact = exact_elbo_terms(model, guide, x0)
+    ref = exact(model, x0)
     cols = torch.stack([torch.cat([r.prior[:, None], r.per_step_loss], 1).sum(0) for r in reps])
-    truth = torch.cat([exact.prior[:, None], exact.per_step_loss], 1).sum(0)
+    # per_step_loss column 0 is −E log p(x_0 | x_1); columns 1… are L_1 … L_{T−1}
+    truth = torch.cat([ref.prior[:, None], -ref.reconstruction[:, None], ref.diffusion], 1).sum(0)
     se = cols.std(0) / math.sqrt(len(reps))
     assert ((cols.mean(0) - truth).abs() < 4 * se).all()
 
 
-def test_pareto_khat_recovers_a_known_tail():
-    # log w of generalised-Pareto weights with shape k; fit_generalized_pareto shrinks its
-    # estimate towards 0.5 with weight 10 / (M + 10) (M tail draws), which we account for
-    k, S = 0.8, 2000
-    M = math.ceil(min(0.2 * S, 3 * math.sqrt(S)))
-    expected = k * M / (M + 10) + 5 / (M + 10)
+def test_pareto_khat_calls_a_light_tail_light():
+    # Gaussian log-weights of scale 0.1 (a lognormal tail, index 0). One side is enough here:
+    # the diagnostic is read as "k̂ < 0.5: reliable", and a lognormal tail's finite-sample k̂ has
+    # no closed form (measured: −0.06 ± 0.06 per fit at S = 2000, 0.5 is 9 of those SDs away).
+    # Both sides are bounded where the tail index is known: tests/test_psis_known_tail.py.
     gen = torch.Generator().manual_seed(3)
-    est = []
-    for _ in range(30):
-        u = torch.rand(S, generator=gen, dtype=torch.float64)
-        w = (u.pow(-k) - 1) / k
-        est.append(pareto_khat(torch.log(w)))
-    est = torch.tensor(est)
-    se = est.std() / math.sqrt(len(est))
-    assert abs(est.mean() - expected) < 4 * se + 0.02  # 0.02: the fit's own small-sample bias
-    light = pareto_khat(0.1 * torch.randn(S, generator=gen, dtype=torch.float64))
-    assert light < 0.5
+    assert pareto_khat(0.1 * torch.randn(2000, generator=gen, dtype=torch.float64)) < 0.5
 
 
 def test_estimator_spread_zero_for_trace_elbo_on_the_exact_posterior():
@@ -122,19 +124,19 @@ def test_estimator_spread_zero_for_trace_elbo_on_the_exact_posterior():
     guide = ForwardGuide(schedule)
     rows = {r.estimator: r for r in estimator_spread(model, guide, x0, num_repeats=20)}
     assert set(rows) == {"Trace_ELBO", "TraceMeanField_ELBO", "DiffusionELBO"}
-    evidence = exact_log_evidence(model, x0).mean().item()
+    log_p = evidence(model, x0).mean().item()
     assert rows["Trace_ELBO"].std < 1e-9
-    assert abs(rows["Trace_ELBO"].mean - evidence) < 1e-9
+    assert abs(rows["Trace_ELBO"].mean - log_p) < 1e-9
     for name in ("TraceMeanField_ELBO", "DiffusionELBO"):
         r = rows[name]
         assert r.std > 10 * rows["Trace_ELBO"].std + 1e-6
-        assert abs(r.mean - evidence) < 4 * r.mean_stderr
+        assert abs(r.mean - log_p) < 4 * r.mean_stderr
 
 
 def test_estimators_agree_in_expectation_on_a_loose_guide():
     model, x0 = linear_gaussian_model(), data(16)
     guide = ForwardGuide(model.schedule)
-    truth = exact_elbo_terms(model, guide, x0).elbo.mean().item()
+    truth = exact(model, x0).elbo.mean().item()
     rows = estimator_spread(
         model, guide, x0, [Trace_ELBO(), TraceMeanField_ELBO(), DiffusionELBO()], num_repeats=40
     )
@@ -149,7 +151,9 @@ def test_bounds_report_orders_the_bounds():
     assert rep.exact is not None
     assert s["elbo"] < s["iwae_50"] < s["log_evidence"]
     assert s["elbo_gap"] > 0
-    assert rep.psis.khat.shape == (8,)
+    # one finite k̂ per datum (200 draws: a tail of 40); its values are checked against
+    # known tails in tests/test_psis_known_tail.py
+    assert rep.psis.khat.shape == (8,) and torch.isfinite(rep.psis.khat).all()
 
 
 def test_a_guide_for_another_model_is_refused():
