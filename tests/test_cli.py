@@ -205,6 +205,12 @@ def test_compare_and_plot(run, tmp_path, capsys):
     final = History.load(run / "metrics.jsonl").final_eval
     lines = [line for line in table.splitlines() if line.startswith(("tiny ", "other "))]
     assert len(lines) == 2 and all(f"{final['elbo']:.4f}" in line for line in lines)
+    # the columns to choose on: the last validation ELBO, and the best one with its update
+    history = History.load(run / "metrics.jsonl")
+    val = [r for r in history.evals if r["split"] == "validation"]
+    best = max(val, key=lambda r: r["elbo"])
+    assert all(f"{val[-1]['elbo']:.4f}" in line for line in lines)
+    assert all(f"{best['elbo']:.4f} ({best['step']})" in line for line in lines)
     (other / "figures" / "elbo.png").unlink()
     assert main(["plot", str(other)]) == 0
     assert (other / "figures" / "elbo.png").stat().st_size > 0

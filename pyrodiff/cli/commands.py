@@ -438,10 +438,22 @@ def _label(run: Path, runs: list[Path]) -> str:
 
 
 def _comparison_table(histories: dict[str, History]) -> str:
-    header = ("run", "updates", "train ELBO/datum", "test ELBO", "bits/dim")
+    """One row per run: its last validation ELBO and its best one with the update it came at
+    (choose on these), then the test figures the run reports (read once, at its end)."""
+    header = (
+        "run",
+        "updates",
+        "train ELBO/datum",
+        "validation ELBO",
+        "best validation (update)",
+        "test ELBO",
+        "test bits/dim",
+    )
     rows = [header]
     for label, hist in histories.items():
         train_rec = hist.train[-1] if hist.train else None
+        val = [r for r in hist.evals if r.get("split") == Split.VALIDATION.value]
+        best = max(val, key=lambda r: r["elbo"]) if val else None
         final = hist.final_eval_on(Split.TEST.value)
         bpd = final.get("bits_per_dim") if final else None
         rows.append(
@@ -449,6 +461,8 @@ def _comparison_table(histories: dict[str, History]) -> str:
                 label,
                 str(train_rec["step"]) if train_rec else "-",
                 f"{train_rec['elbo_per_datum']:.4f}" if train_rec else "-",
+                f"{val[-1]['elbo']:.4f}" if val else "-",
+                f"{best['elbo']:.4f} ({best['step']})" if best else "-",
                 f"{final['elbo']:.4f}" if final else "-",
                 f"{bpd:.4f}" if bpd is not None else "-",
             )
