@@ -30,7 +30,7 @@ def table_row(
     *,
     label: str,
     configuration: Mapping[str, Any],
-    T: int,
+    T: int | None,
     elbo: tuple[float, float],
     iwae: tuple[float, float] | None,
     iwae_k: int | None,
@@ -42,14 +42,15 @@ def table_row(
     extra: Mapping[str, tuple[float, float] | float] | None = None,
 ) -> dict[str, Any]:
     """One row of a study table. Bounds and references are (mean, standard error) in nats per
-    datum on the held-out split. ``converged`` is True/False only when it was measured (doubling
-    the updates moved the held-out ELBO by less than 2 SE); None when it was not."""
+    datum on the held-out split; ``T`` is None for the continuous-time (T = ∞) bound.
+    ``converged`` is True/False only when it was measured (doubling the updates moved the
+    held-out ELBO by less than 2 SE); None when it was not."""
     if converged is not None and not isinstance(converged, bool):
         raise TypeError(f"converged must be True, False or None, got {converged!r}")
     return {
         "label": label,
         "configuration": dict(configuration),
-        "T": int(T),
+        "T": None if T is None else int(T),
         "elbo": float(elbo[0]),
         "elbo_se": float(elbo[1]),
         "iwae": None if iwae is None else float(iwae[0]),
@@ -94,7 +95,7 @@ def render(rows: Sequence[Mapping[str, Any]]) -> str:
         )
         cells = [
             r["label"],
-            str(r["T"]),
+            "∞" if r["T"] is None else str(r["T"]),
             _pm(r["elbo"], r["elbo_se"]),
             _pm(r["iwae"], r["iwae_se"]),
             ref,

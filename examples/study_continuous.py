@@ -15,22 +15,25 @@ from −13.3 to 5, Gaussian decoder) is trained on the T = ∞ bound
 
     python examples/study_continuous.py                # a few minutes
     python examples/study_continuous.py --quick        # seconds; what the tests run
-    python examples/study_continuous.py --write-docs   # also docs/results/study_continuous.json
+    python examples/study_continuous.py --write-docs   # docs/results/study_continuous.json
 
-Writes ``outputs/study_continuous/results.json`` (one JSON object per row, one per line).
+Writes ``outputs/study_continuous/study_continuous.json`` (``--out DIR`` elsewhere): the
+configuration and, under ``"table"``, one row per bound as ``examples/_tables.py`` makes them
+(T is null for the T = ∞ bound), which docs/study.md prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
-from _study_common import markdown_table, mean_se, pm
+from _outputs import add_output_arguments, outputs
+from _study_common import mean_se
+from _tables import render, table_row
 
 from pyrodiff import (
     ContinuousDiffusion,
@@ -51,8 +54,7 @@ from pyrodiff.infer import (
 from pyrodiff.networks import MLPDenoiser
 from pyrodiff.schedules import Endpoints
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS_RESULTS = ROOT / "docs" / "results" / "study_continuous.json"
+NAME = "study_continuous"
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,9 @@ def run(cfg: ContinuousStudyConfig) -> list[dict]:
     neg_h = -data.density.entropy
     net = MLPDenoiser(2, hidden=cfg.hidden, depth=cfg.depth)
     model = ContinuousDiffusion(net, LinearLogSNR(cfg.gamma_min, cfg.gamma_max))
+    start = time.process_time()
     train(model, data.train, cfg)
+    cpu_minutes = (time.process_time() - start) / 60
     x = data.test
     log_p = data.density.log_prob(x).double()
     rows: list[dict] = []
@@ -176,7 +180,8 @@ def run(cfg: ContinuousStudyConfig) -> list[dict]:
         bound, spread = continuous_bound(with_schedule(model, sched), x, cfg.passes, cfg.seed + 3)
         rows.append(_row("schedule_interior", name, None, bound.double(), log_p, neg_h, spread))
     for r in rows:
-        r["config"] = asdict(cfg)
+        r["neg_entropy_se"] = data.density.entropy_se
+        r["cpu_minutes"] = cpu_minutes
     return rows
 
 
@@ -196,37 +201,41 @@ def _row(table, label, T, bound, log_p, neg_h, spread=None) -> dict:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
+def _table_row(cfg: ContinuousStudyConfig, r: dict) -> dict:
+    """One row of the study's table: the bound, −H as the reference, and the gap to the data's
+    log density paired per datum (not the difference of the two columns' SEs)."""
+    return table_row(
+        label=r["label"] if r["table"] == "gap_vs_T" else f"interior: {r['label']}",
+        configuration={"part": r["table"], "updates": cfg.updates, "batch_size": cfg.batch_size},
+        T=r["num_steps"],
+        elbo=(r["bound"], r["bound_se"]),
+        iwae=None,
+        iwae_k=None,
+        reference=(r["neg_entropy"], r["neg_entropy_se"]),
+        reference_name="−H",
+        updates=cfg.updates,
+        cpu_minutes=r["cpu_minutes"],
+        extra={
+            "gap to log p_data": (r["gap"], r["gap_se"]),
+            "one-sample SD": r["estimator_std"],
+        },
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (seconds)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs/study_continuous"))
-    parser.add_argument("--write-docs", action="store_true", help=f"also write {DOCS_RESULTS}")
+    add_output_arguments(parser, NAME)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cfg = ContinuousStudyConfig.quick(args.seed) if args.quick else ContinuousStudyConfig()
     rows = run(cfg)
-    print(f"−H = {rows[0]['neg_entropy']:.4f} nats")
-    print(
-        markdown_table(
-            ["", "bound (nats)", "gap to log p_data", "one-sample std"],
-            [
-                [
-                    r["label"],
-                    pm(r["bound"], r["bound_se"]),
-                    pm(r["gap"], r["gap_se"]),
-                    "" if r["estimator_std"] is None else f"{r['estimator_std']:.3f}",
-                ]
-                for r in rows
-            ],
-        )
-    )
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    paths = [args.out / "results.json"] + ([DOCS_RESULTS] if args.write_docs else [])
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return rows
+    results = {"config": asdict(cfg), "table": [_table_row(cfg, r) for r in rows]}
+    print(render(results["table"]))
+    path = outputs(args, NAME).write_results(results)
+    print(f"wrote {path}")
+    return results
 
 
 if __name__ == "__main__":

@@ -7,23 +7,27 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def test_study_continuous_quick(tmp_path, monkeypatch, capsys, load_example):
+def test_study_continuous_quick(tmp_path, capsys, load_example):
     module = load_example("study_continuous")
-    docs = tmp_path / "docs" / "study_continuous.json"
-    monkeypatch.setattr(module, "DOCS_RESULTS", docs)
-    rows = module.main(["--quick", "--out", str(tmp_path)])
+    result = module.main(["--quick", "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    written = [json.loads(line) for line in (tmp_path / "results.json").read_text().splitlines()]
-    assert written == json.loads(json.dumps(rows))  # one JSON object per row, as returned
+    written = json.loads((tmp_path / "study_continuous.json").read_text())
+    assert written == json.loads(json.dumps(result))  # the file holds what main returned
+    rows = result["table"]
     labels = [r["label"] for r in rows]
-    assert labels[-4:] == ["T = ∞", "linear", "cosine", "learned (variance objective)"]
-    assert "| T = ∞ |" in out
-    # the study writes into docs/ only when asked (--write-docs)
-    assert not docs.exists()
+    assert labels[-4:] == [
+        "T = ∞",
+        "interior: linear",
+        "interior: cosine",
+        "interior: learned (variance objective)",
+    ]
+    assert [r["T"] for r in rows[:-4]] == [10, 20] and all(r["T"] is None for r in rows[-4:])
+    assert "| T = ∞ | ∞ |" in out
     for r in rows:
-        assert r["bound_se"] > 0 and r["gap_se"] > 0
+        gap, gap_se = r["extra"]["gap to log p_data"]
+        assert r["elbo_se"] > 0 and gap_se > 0
         # every bound is below log p_data in expectation: gap ≥ 0 up to its SE
-        assert r["gap"] > -4 * r["gap_se"]
+        assert gap > -4 * gap_se
 
 
 def test_continuous_digits_quick(tmp_path, monkeypatch, capsys, load_example):
