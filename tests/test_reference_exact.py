@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from linear_models import random_linear_diffusion
 from reference import (
     Target,
     elbo_terms,
@@ -44,23 +45,12 @@ PRIOR_SCALE = torch.tensor([0.4, 2.5, 1.7])
 
 
 def _model(param, variance, seed=0, schedule=None, prior_scale=PRIOR_SCALE):
-    torch.manual_seed(seed)
     schedule = (
         schedule if schedule is not None else linear_schedule(T, 0.05, 0.4, reference_steps=T)
     )
-    model = Diffusion(
-        LinearDenoiser(D, schedule.num_steps),
-        schedule,
-        parameterization=param,
-        variance=variance,
-        prior_loc=PRIOR_LOC,
-        prior_scale=prior_scale,
+    model = random_linear_diffusion(
+        schedule, D, param, variance, PRIOR_LOC, prior_scale, seed, log_variance_spread=0.5
     )
-    with torch.no_grad():
-        model.denoiser.weight.normal_(0, 0.3)
-        model.denoiser.bias.normal_(0, 0.3)
-        if variance is ReverseVariance.PER_STEP:
-            model.log_variance.add_(0.5 * torch.randn_like(model.log_variance))
     x0 = torch.randn(N, D) * 1.3 + 0.4
     return model, ForwardGuide(schedule), x0
 

@@ -11,10 +11,10 @@ import math
 
 import pytest
 import torch
+from linear_models import random_linear_diffusion
 from reference import FixedVariance, Target, fixed_variances, kernels, x0_hat_affine
 
-from pyrodiff import Diffusion, Parameterization, ReverseVariance, linear_schedule
-from pyrodiff.networks import LinearDenoiser
+from pyrodiff import Parameterization, ReverseVariance, linear_schedule
 from pyrodiff.sampling import ancestral_sample, ddim_sample, strided_sample, strided_timesteps
 
 T, D, N = 8, 3, 5
@@ -24,20 +24,8 @@ PRIOR_SCALE = torch.tensor([1.8, 0.6, 1.2])
 
 
 def _model(variance, param=Parameterization.EPSILON, seed=0):
-    torch.manual_seed(seed)
     schedule = linear_schedule(T, 0.02, 0.3, reference_steps=T)
-    model = Diffusion(
-        LinearDenoiser(D, T),
-        schedule,
-        parameterization=param,
-        variance=variance,
-        prior_loc=PRIOR_LOC,
-        prior_scale=PRIOR_SCALE,
-    )
-    with torch.no_grad():
-        model.denoiser.weight.normal_(0, 0.3)
-        model.denoiser.bias.normal_(0, 0.3)
-    return model
+    return random_linear_diffusion(schedule, D, param, variance, PRIOR_LOC, PRIOR_SCALE, seed)
 
 
 def _weights(model):

@@ -14,10 +14,11 @@ every sampler's π is what the sum assumes is checked by enumerating its randomn
 
 import pytest
 import torch
+from linear_models import random_linear_diffusion
 from reference import Target, denoiser_output, elbo_terms, from_model, step_term, target_value
 
 import pyrodiff.infer.timesteps as timesteps_module
-from pyrodiff import Diffusion, ForwardGuide, Parameterization, ReverseVariance, linear_schedule
+from pyrodiff import ForwardGuide, Parameterization, ReverseVariance, linear_schedule
 from pyrodiff.infer import DiffusionELBO
 from pyrodiff.infer.objectives import HybridLoss, SimpleLoss
 from pyrodiff.infer.timesteps import (
@@ -28,7 +29,6 @@ from pyrodiff.infer.timesteps import (
     TimestepSampler,
     UniformTimesteps,
 )
-from pyrodiff.networks import LinearDenoiser
 
 T, D, N = 5, 2, 3
 ATOL = 1e-10
@@ -84,19 +84,16 @@ def _law(sampler) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _model(param, seed=0):
-    torch.manual_seed(seed)
     schedule = linear_schedule(T, 0.05, 0.4, reference_steps=T)
-    model = Diffusion(
-        LinearDenoiser(D, T),
+    model = random_linear_diffusion(
         schedule,
-        parameterization=param,
-        variance=ReverseVariance.POSTERIOR,
+        D,
+        param,
+        ReverseVariance.POSTERIOR,
         prior_loc=torch.tensor([1.0, -2.0]),
         prior_scale=torch.tensor([2.0, 0.5]),
+        seed=seed,
     )
-    with torch.no_grad():
-        model.denoiser.weight.normal_(0, 0.3)
-        model.denoiser.bias.normal_(0, 0.3)
     return model, ForwardGuide(schedule), torch.randn(N, D) + 0.5
 
 
