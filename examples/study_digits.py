@@ -1,74 +1,72 @@
 """Study (d): test bits/dim on the 8×8 digits, diffusion bounds against exact-likelihood references.
 
-Every diffusion row uses the same model structure (a :class:`~pyrodiff.networks.UNetDenoiser`,
-ε-prediction, a learned variance per step, the discretised Gaussian decoder on the 17 grey
-levels) and the same number of updates on the same split (:func:`~pyrodiff.data.load_digits`);
-only T and the guide change:
+Every model row is a configuration of ``pyrodiff train`` on the digits (train 1300 / validation
+200 / test 297 images, :func:`~pyrodiff.data.load_digits`): the default diffusion model (a
+:class:`~pyrodiff.networks.UNetDenoiser`, ε-prediction, improved DDPM's learned variance range,
+the discretised Gaussian decoder on the 17 grey levels, importance-sampled timesteps, EMA)
 
-* fixed q (the forward chain) at large T and at small T, trained by
-  :class:`~pyrodiff.infer.DiffusionELBO`;
-* a learned guide at small T (:class:`~pyrodiff.guides.LearnedGuide`, top-down, trained with
-  the model by TraceMeanField_ELBO): a hierarchical VAE;
-* a learned schedule (:class:`~pyrodiff.guides.LearnedScheduleGuide`, ends included) at small T.
+* with the fixed forward chain at T = 1000, at the default T = 100 and at a small T = 8;
+* with a learned schedule (:class:`~pyrodiff.guides.LearnedScheduleGuide`, ends included) at
+  T = 100;
 
-The test bound of closed-form guides is summed term by term (:func:`~pyrodiff.infer.elbo_terms`);
-that of the learned guide is a Monte-Carlo ELBO (:func:`~pyrodiff.infer.elbo_estimate`).
+and the default hierarchical VAE (``--model hvae``: 8 latent layers, learned guide). Each is
+trained until doubling its updates no longer raises the validation ELBO by 2 SE
+(``_converge.py``: the budget is chosen on validation data; the digits over-fit, so doubling
+can also lower it). The test split is read once, for the run kept: the bound summed term by
+term for closed-form guides (:func:`~pyrodiff.infer.elbo_terms`), a Monte-Carlo ELBO for the
+learned guide (:func:`~pyrodiff.infer.elbo_estimate`), and IWAE-K where the chain is short.
 References, computed here with exact likelihoods (:mod:`pyrodiff.baselines`): every pixel an
 independent 17-way categorical (add-one smoothed counts), and a small autoregressive model
 (MADE, raster order) trained by maximum likelihood.
 
-    python examples/study_digits.py            # ≈ 10 minutes on one free core
+The runs are run folders under ``outputs/study_digits/runs/`` (``pyrodiff evaluate`` and
+``compare`` read them); a rerun loads finished runs and resumes interrupted ones.
+
+    python examples/study_digits.py            # ≈ 80 CPU-minutes
     python examples/study_digits.py --quick    # seconds; what the tests run
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from _study_common import (
-    Stopwatch,
-    markdown_table,
-    mean_se,
-    parse_args,
-    pm,
-    timed_fit,
-)
+from _converge import Converged, train_to_convergence
+from _outputs import OUTPUTS
+from _study_common import Stopwatch, markdown_table, mean_se, parse_args, pm
 from _tables import table_row
 from matplotlib.figure import Figure
-from pyro.infer import TraceMeanField_ELBO
 
-from pyrodiff import Diffusion, ForwardGuide, ReverseVariance, linear_schedule
 from pyrodiff.baselines import AutoregressiveCategorical, PixelCategorical
+from pyrodiff.config import GuideKind, ModelKind, RunConfig
 from pyrodiff.data import load_digits
-from pyrodiff.guides import GuideStructure, LearnedGuide, LearnedScheduleGuide
-from pyrodiff.infer import DiffusionELBO, elbo_estimate, elbo_terms, iwae_bound
-from pyrodiff.networks import UNetDenoiser
+from pyrodiff.guides import has_closed_forms
+from pyrodiff.infer import elbo_estimate, elbo_terms, iwae_bound
 from pyrodiff.plots import save_figure
 
-
-class GuideKind(enum.Enum):
-    FIXED = "fixed q"
-    LEARNED = "learned q (HVAE)"
-    SCHEDULE = "learned schedule"
+ROWS: dict[str, dict] = {
+    "fixed-T1000": {"num_steps": 1000},
+    "fixed-T100": {},
+    "fixed-T8": {"num_steps": 8},
+    "schedule-T100": {"guide": "learned_schedule"},
+    "hvae-T8": {"model": "hvae"},
+}
+"""The model rows: changes to ``pyrodiff train``'s digits defaults."""
 
 
 @dataclass(frozen=True)
 class DigitsConfig:
-    large_T: int = 1000
-    small_T: int = 4
-    base: int = 16
-    steps: int = 600
-    batch_size: int = 128
-    lr: float = 2e-3
-    guide_hidden: int = 128
+    rows: dict[str, dict] = field(default_factory=lambda: dict(ROWS))
+    overrides: dict = field(default_factory=dict)
+    first_updates: int = 1500
+    max_updates: int = 6000
     test_size: int | None = None
-    elbo_samples: int = 16
     iwae_k: int = 64
+    iwae_max_T: int = 10
+    elbo_samples: int = 16
     ar_hidden: int = 128
     ar_steps: int = 1000
     ar_weight_decay: float = 0.1
@@ -77,83 +75,71 @@ class DigitsConfig:
     @staticmethod
     def quick(seed: int) -> DigitsConfig:
         return DigitsConfig(
-            large_T=20,
-            small_T=2,
-            base=8,
-            steps=4,
-            batch_size=16,
-            guide_hidden=16,
+            rows={
+                "fixed-T20": {"num_steps": 20},
+                "fixed-T2": {"num_steps": 2},
+                "schedule-T2": {"num_steps": 2, "guide": "learned_schedule"},
+                "hvae-T2": {"model": "hvae", "num_steps": 2, "guide_hidden": 8},
+            },
+            overrides={"width": 8, "batch_size": 16},
+            first_updates=3,
+            max_updates=6,
             test_size=12,
-            elbo_samples=4,
             iwae_k=4,
+            elbo_samples=4,
             ar_hidden=16,
             ar_steps=5,
             seed=seed,
         )
 
-    def arms(self) -> list[tuple[GuideKind, int]]:
-        # a learned schedule at large T would cost another large-T run; at small T, where the
-        # fixed chain's first step is coarse (β_1 ≈ 0.48 at T = 4), is where it can matter
-        return [
-            (GuideKind.FIXED, self.large_T),
-            (GuideKind.FIXED, self.small_T),
-            (GuideKind.LEARNED, self.small_T),
-            (GuideKind.SCHEDULE, self.small_T),
-        ]
+    def run_config(self, name: str) -> RunConfig:
+        return RunConfig(device="cpu", seed=self.seed, **self.overrides, **self.rows[name])
 
 
-def run_arm(cfg: DigitsConfig, kind: GuideKind, T: int, data, test) -> dict:
-    torch.manual_seed(cfg.seed)  # the same initial network in every row
-    schedule = linear_schedule(T)
-    model = Diffusion(
-        UNetDenoiser(channels=1, image_size=8, base=cfg.base),
-        schedule,
-        likelihood=data.likelihood(),
-        variance=ReverseVariance.PER_STEP,
-    )
-    if kind is GuideKind.FIXED:
-        guide, loss = ForwardGuide(schedule), DiffusionELBO()
-    elif kind is GuideKind.SCHEDULE:
-        guide, loss = LearnedScheduleGuide.for_model(model), DiffusionELBO()
-    else:
-        guide = LearnedGuide(model, GuideStructure.TOP_DOWN, hidden=cfg.guide_hidden)
-        guide.to(torch.get_default_dtype())
-        loss = TraceMeanField_ELBO()  # valid: the guide is top-down
-    train = data.train.to(torch.get_default_dtype())
-    clock = timed_fit(
-        model,
-        guide,
-        train,
-        loss,
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
-    )
-    D = data.num_dims
+def label(config: RunConfig) -> str:
+    if config.model is ModelKind.HVAE:
+        return f"HVAE (learned q), T = {config.num_steps}"
+    kind = "learned schedule" if config.guide is GuideKind.LEARNED_SCHEDULE else "fixed q"
+    return f"{kind}, T = {config.num_steps}"
+
+
+def measure(cfg: DigitsConfig, name: str, result: Converged, test: torch.Tensor) -> dict:
+    run = result.kept
+    model, guide = run.loaded.chain()
+    config = run.loaded.config
+    T = config.num_steps
+    D = math.prod(test.shape[1:])
+    bits = D * math.log(2)
+    x = test.to(next(model.parameters()).dtype)
+    out: dict = {
+        "name": name,
+        "label": label(config),
+        "T": T,
+        "updates": run.updates,
+        "converged": result.converged,
+        "budgets": result.budget_table(),
+        "cpu_minutes": run.cpu_minutes,
+        "validation_elbo": run.validation,
+        "per_step_bits": None,
+    }
     torch.manual_seed(cfg.seed + 5)
-    out = {"guide": kind, "T": T, "seconds": clock.seconds, "cpu_seconds": clock.cpu_seconds}
     with torch.no_grad():
-        if kind is GuideKind.LEARNED:
-            est = elbo_estimate(model, guide, test, cfg.elbo_samples)
-            elbo, per_step = est.values.double(), None
-        else:
+        if has_closed_forms(guide):
             gen = torch.Generator().manual_seed(cfg.seed + 5)
-            terms = elbo_terms(model, guide, test, generator=gen)
+            terms = elbo_terms(model, guide, x, generator=gen)
             elbo = terms.elbo.double()
-            per_step = (terms.per_step_loss.mean(0) / (D * math.log(2))).tolist()
-            out["prior_bits"] = terms.prior.mean().item() / (D * math.log(2))
+            out["per_step_bits"] = (terms.per_step_loss.double().mean(0) / bits).tolist()
+            out["prior_bits"] = terms.prior.double().mean().item() / bits
+        else:
+            elbo = elbo_estimate(model, guide, x, cfg.elbo_samples).values.double()
         iwae = None
-        if T <= 10:  # the literal chain is T network calls per draw: affordable at small T
-            iwae = iwae_bound(model, guide, test, cfg.iwae_k).values.double()
-    bits = -elbo / (D * math.log(2))
+        if T <= cfg.iwae_max_T:  # the literal chain is T network calls per draw
+            iwae = iwae_bound(model, guide, x, cfg.iwae_k).values.double()
     out["elbo"] = mean_se(elbo)
+    out["bits_per_dim"] = mean_se(-elbo / bits)
     out["iwae"] = None if iwae is None else mean_se(iwae)
-    out["bits_per_dim"] = mean_se(bits)
-    out["per_step_bits"] = per_step
-    if iwae is not None:
-        out["iwae_bits_per_dim"] = mean_se(-iwae / (D * math.log(2)))
-    if kind is GuideKind.SCHEDULE:
+    out["iwae_bits_per_dim"] = None if iwae is None else mean_se(-iwae / bits)
+    if config.guide is GuideKind.LEARNED_SCHEDULE:
         g = guide.schedule.log_snr.detach()
         out["log_snr_ends"] = (g[1].item(), g[T].item())
     return out
@@ -167,7 +153,6 @@ def references(cfg: DigitsConfig, data, test) -> list[dict]:
         {
             "name": "independent pixels (add-one categorical)",
             "bits_per_dim": mean_se(pixel.bits_per_dim(test_lv)),
-            "seconds": clock.seconds,
             "cpu_seconds": clock.cpu_seconds,
         }
     ]
@@ -181,66 +166,108 @@ def references(cfg: DigitsConfig, data, test) -> list[dict]:
         {
             "name": f"autoregressive (MADE, {cfg.ar_hidden} hidden, raster order)",
             "bits_per_dim": mean_se(bits),
-            "seconds": clock.seconds,
             "cpu_seconds": clock.cpu_seconds,
         }
     )
     return rows
 
 
-def _table_row(cfg: DigitsConfig, r: dict, ref: dict, num_dims: int) -> dict:
+def _table_row(r: dict, ref: dict, config: RunConfig, num_dims: int) -> dict:
     """The row as data, in nats per image; the reference is the autoregressive model's exact
     test log-likelihood."""
     nats = num_dims * math.log(2)
-    keys = ("base", "batch_size", "lr", "guide_hidden", "test_size")
+    keys = ("model", "guide", "num_steps", "network", "width", "batch_size", "lr", "ema_decay")
+    d = config.to_dict()
     return table_row(
-        label=_label(r),
-        configuration={k: getattr(cfg, k) for k in keys} | {"guide": r["guide"].name},
+        label=r["label"],
+        configuration={k: d[k] for k in keys},
         T=r["T"],
         elbo=r["elbo"],
         iwae=r["iwae"],
-        iwae_k=cfg.iwae_k if r["iwae"] is not None else None,
+        iwae_k=None if r["iwae"] is None else 64,
         reference=(-ref["bits_per_dim"][0] * nats, ref["bits_per_dim"][1] * nats),
         reference_name="log p (autoregressive)",
-        updates=cfg.steps,
-        cpu_minutes=r["cpu_seconds"] / 60,
-        converged=None,  # doubling the updates was not measured
+        updates=r["updates"],
+        cpu_minutes=r["cpu_minutes"],
+        converged=r["converged"],
         extra={"bits/dim": r["bits_per_dim"]},
     )
 
 
-def _label(r: dict) -> str:
-    return f"{r['guide'].value}, T = {r['T']}"
+def slower_or_looser(rows: list[dict], num_dims: int) -> dict | None:
+    """T = 1000 against T = 100 at equal updates and at convergence (validation, bits/dim)."""
+    by_T = {r["T"]: r for r in rows if r["name"].startswith("fixed")}
+    if 100 not in by_T or 1000 not in by_T:
+        return None
+    bits = num_dims * math.log(2)
+
+    def budgets(r):
+        return {b["updates"]: -b["validation_elbo"] / bits for b in r["budgets"]}
+
+    small, large = budgets(by_T[100]), budgets(by_T[1000])
+    common = sorted(set(small) & set(large))
+    steps = {}
+    for T, r in ((100, by_T[100]), (1000, by_T[1000])):
+        if r["per_step_bits"] is not None:
+            s = np.array(r["per_step_bits"])
+            # the same noise levels: t = 1 of T = 100 spans t ≤ 10 of T = 1000
+            steps[T] = {"first 1%": float(s[: T // 100].sum()), "rest": float(s[T // 100 :].sum())}
+    return {
+        "equal_updates": {u: (small[u], large[u]) for u in common},
+        "kept": (
+            -by_T[100]["validation_elbo"][0] / bits,
+            -by_T[1000]["validation_elbo"][0] / bits,
+        ),
+        "test_terms_bits": steps,
+    }
 
 
-def figure(cfg: DigitsConfig, rows: list[dict], refs: list[dict]) -> Figure:
-    fig = Figure(figsize=(13, 4.6), layout="constrained")
-    left, right = fig.subplots(1, 2, width_ratios=[1.3, 1])
-    labels = [_label(r) for r in rows] + [r["name"] for r in refs]
+def figure(rows: list[dict], refs: list[dict], num_dims: int) -> Figure:
+    fig = Figure(figsize=(19, 4.8), layout="constrained")
+    curves, left, right = fig.subplots(1, 3, width_ratios=[1, 1.3, 1])
+    bits = num_dims * math.log(2)
+    for i, r in enumerate(rows):
+        for b in r["budgets"]:
+            u = [p["updates"] for p in b["curve"]]
+            e = [-p["elbo"] / bits for p in b["curve"]]
+            kept = b["updates"] == r["updates"]
+            curves.plot(
+                u,
+                e,
+                "o-" if kept else "o:",
+                ms=3,
+                color=f"C{i}",
+                label=r["label"] if kept else None,
+            )
+    curves.set_xlabel("updates (dotted: the other budgets of the doubling)")
+    curves.set_ylabel("validation bits/dim (ELBO)")
+    curves.set_title("convergence on the validation split")
+    curves.legend(fontsize=7)
+    curves.grid(alpha=0.3)
+    labels = [r["label"] for r in rows] + [r["name"] for r in refs]
     vals = [r["bits_per_dim"] for r in rows] + [r["bits_per_dim"] for r in refs]
-    colors = [f"C{list(GuideKind).index(r['guide'])}" for r in rows] + ["0.5"] * len(refs)
+    colors = [f"C{i}" for i in range(len(rows))] + ["0.5"] * len(refs)
     y = np.arange(len(labels))[::-1]
     m = np.array([v[0] for v in vals])
     s = np.array([v[1] for v in vals])
     left.barh(y, m, xerr=2 * s, color=colors, capsize=3)
     for yi, mi in zip(y, m, strict=True):
-        left.text(mi, yi, f" {mi:.2f}", va="center", fontsize=8)
+        left.text(mi, yi, f" {mi:.3f}", va="center", fontsize=8)
     left.set_yticks(y, labels, fontsize=8)
-    left.set_xlabel("test bits/dim (upper bound for diffusion rows; exact for grey rows)")
-    left.set_xlim(0, max(m) * 1.18)
-    left.set_title("digits, test split (297 images); lower is better, ±2 SE")
+    left.set_xlabel("test bits/dim (upper bound for model rows; exact for grey rows)")
+    left.set_xlim(0, max(m) * 1.2)
+    left.set_title("digits, test split; lower is better, ±2 SE")
     left.grid(alpha=0.3, axis="x")
-    for r in rows:
+    for i, r in enumerate(rows):
         if r["per_step_bits"] is None or r["T"] < 20:
             continue
-        bits = np.array(r["per_step_bits"])
-        t = np.arange(1, len(bits) + 1)
-        right.plot(t, np.cumsum(bits), lw=2, label=_label(r))
-        right.axhline(bits.sum() + r["prior_bits"], ls=":", lw=1, color=right.lines[-1].get_color())
+        steps = np.array(r["per_step_bits"])
+        t = np.arange(1, len(steps) + 1) / len(steps)
+        right.plot(t, np.cumsum(steps), lw=2, color=f"C{i}", label=r["label"])
     right.set_xscale("log")
-    right.set_xlabel("t (log scale)")
+    right.set_xlabel("t / T (log scale)")
     right.set_ylabel("test bits/dim from steps 1 … t")
-    right.set_title("where the bound is spent (dotted: total)")
+    right.set_title("where the bound is spent")
     right.legend(fontsize=8)
     right.grid(alpha=0.3, which="both")
     return fig
@@ -249,42 +276,51 @@ def figure(cfg: DigitsConfig, rows: list[dict], refs: list[dict]) -> Figure:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(__doc__.splitlines()[0], argv, "study_digits")
     cfg = DigitsConfig.quick(args.seed) if args.quick else DigitsConfig(seed=args.seed)
+    base = args.out if args.out is not None else OUTPUTS / "study_digits"
+    root = base / ("quick_runs" if args.quick else "runs")
     data = load_digits(torch.get_default_dtype())
     test = data.test if cfg.test_size is None else data.test[: cfg.test_size]
-    rows = []
-    for kind, T in cfg.arms():
-        rows.append(run_arm(cfg, kind, T, data, test))
+    rows, configs = [], {}
+    for name in cfg.rows:
+        configs[name] = cfg.run_config(name)
+        result = train_to_convergence(
+            configs[name],
+            root / name,
+            first_updates=cfg.first_updates,
+            max_updates=cfg.max_updates,
+        )
+        rows.append(measure(cfg, name, result, test))
         r = rows[-1]
-        print(f"{_label(r)}: {pm(*r['bits_per_dim'])} bits/dim, {r['seconds']:.0f} s", flush=True)
+        print(
+            f"{r['label']}: {r['updates']} updates (converged: {r['converged']}), "
+            f"test {pm(*r['bits_per_dim'])} bits/dim",
+            flush=True,
+        )
     refs = references(cfg, data, test)
-    save_figure(figure(cfg, rows, refs), args.outputs.figure("study_digits.png"))
+    D = data.num_dims
+    save_figure(figure(rows, refs, D), args.outputs.figure("study_digits.png"))
     k = cfg.iwae_k
     table = []
     for r in rows:
-        iw = r.get("iwae_bits_per_dim")
-        small = ""
-        if r["per_step_bits"] is not None and r["T"] >= 20:
-            steps = np.array(r["per_step_bits"])
-            small = f"{steps[:10].sum():.2f} / {steps[:100].sum():.2f}"
+        iw = r["iwae_bits_per_dim"]
         ends = r.get("log_snr_ends")
         table.append(
             [
-                _label(r),
+                r["label"],
                 pm(*r["bits_per_dim"]),
                 pm(*iw) if iw else "—",
-                small or "—",
+                "; ".join(
+                    f"{b['updates']}: {-b['validation_elbo'] / (D * math.log(2)):.3f}"
+                    for b in r["budgets"]
+                ),
                 f"{ends[0]:.2f} … {ends[1]:.2f}" if ends else "—",
-                f"{r['cpu_seconds']:.0f}",
             ]
         )
     for r in refs:
-        table.append(
-            [r["name"], pm(*r["bits_per_dim"]), "(exact)", "—", "—", f"{r['cpu_seconds']:.0f}"]
-        )
+        table.append([r["name"], pm(*r["bits_per_dim"]), "(exact)", "—", "—"])
     print(
-        f"\ndigits test split ({test.shape[0]} images, 64 pixels, 17 levels). Diffusion rows: "
-        f"U-Net base {cfg.base}, {cfg.steps} updates of {cfg.batch_size}; bits/dim ± one "
-        "standard error over the test images; training time in CPU seconds of one thread.\n"
+        f"\ndigits test split ({test.shape[0]} images, 64 pixels, 17 levels): bits/dim ± one "
+        "standard error over the test images; validation bits/dim of each budget tried.\n"
     )
     print(
         markdown_table(
@@ -292,18 +328,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 "model",
                 "test bits/dim (ELBO)",
                 f"IWAE-{k} bits/dim",
-                "bits/dim from t ≤ 10 / t ≤ 100",
+                "validation bits/dim by updates",
                 "learned log-SNR γ_1 … γ_T",
-                "train CPU s",
             ],
             table,
         )
     )
+    question = slower_or_looser(rows, D)
+    if question is not None:
+        print("\nT = 1000 against T = 100 (validation bits/dim):")
+        for u, (a, b) in question["equal_updates"].items():
+            print(f"  after {u} updates: T = 100 {a:.3f}, T = 1000 {b:.3f}, difference {b - a:.3f}")
+        a, b = question["kept"]
+        print(f"  runs kept: T = 100 {a:.3f}, T = 1000 {b:.3f}, difference {b - a:.3f}")
+        for T, s in question["test_terms_bits"].items():
+            print(
+                f"  T = {T}: test bits/dim from the first 1% of steps {s['first 1%']:.3f}, "
+                f"from the rest {s['rest']:.3f}"
+            )
     results = {
-        "config": asdict(cfg),
-        "rows": [{**r, "guide": r["guide"].name} for r in rows],
+        "config": {**asdict(cfg)},
+        "rows": rows,
         "references": refs,
-        "table": [_table_row(cfg, r, refs[-1], data.num_dims) for r in rows],
+        "t1000_against_t100": question,
+        "table": [_table_row(r, refs[-1], configs[r["name"]], D) for r in rows],
     }
     args.outputs.write_results(results)
     return results

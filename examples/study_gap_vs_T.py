@@ -2,34 +2,44 @@
 
 Data: the eight-Gaussians ring (2-D, standardised), whose log density and entropy H are known
 (:func:`pyrodiff.data.load_toy2d`), so −H = E log p_data is the best expected log-likelihood any
-model can reach. For each T the same model (an :class:`~pyrodiff.networks.MLPDenoiser`,
-ε-prediction, a learned variance per step, Gaussian decoder, linear schedule with the same ᾱ_T
-for every T) is trained with the fixed guide by :class:`~pyrodiff.infer.DiffusionELBO` for the
-same number of updates. On held-out data it reports the ELBO (every per-step term,
-:func:`~pyrodiff.infer.elbo_terms`) and IWAE-K (:func:`~pyrodiff.infer.iwae_bound`), each as a
-gap to the data's own log density, paired per datum:
+model can reach. For each T the same model — the configuration ``pyrodiff train --data
+eight_gaussians --network mlp --width 256 --batch-size 512 --T T`` builds (an
+:class:`~pyrodiff.networks.MLPDenoiser`, ε-prediction, improved DDPM's learned variance range,
+importance-sampled timesteps, EMA) — is trained with the fixed guide until doubling its updates
+no longer raises the validation ELBO by 2 SE (``_converge.py``). On the test split, read once
+per T for the run kept, it reports the ELBO with every per-step term
+(:func:`~pyrodiff.infer.elbo_terms`) and IWAE-K (:func:`~pyrodiff.infer.iwae_bound`), each as
+a gap to the data's own log density, paired per datum:
 
     gap = E[log p_data(x) − bound(x)] = KL(p_data ‖ p_θ) + E[log p_θ(x) − bound(x)] ≥ 0.
 
-    python examples/study_gap_vs_T.py            # ≈ 6 minutes
-    python examples/study_gap_vs_T.py --quick    # seconds; what the tests run
+The runs are run folders under ``outputs/study_gap_vs_T/runs/`` (read them with ``pyrodiff
+evaluate`` or ``compare``); a rerun loads finished runs and resumes interrupted ones.
+
+    python examples/study_gap_vs_T.py             # ≈ 75 CPU-minutes; --jobs 2 halves the wait
+    python examples/study_gap_vs_T.py --quick     # seconds; what the tests run
 """
 
 from __future__ import annotations
 
+import argparse
+import concurrent.futures as futures
+import multiprocessing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from _study_common import markdown_table, mean_se, parse_args, pm, timed_fit
+from _converge import Converged, train_to_convergence
+from _outputs import OUTPUTS
+from _study_common import markdown_table, mean_se, parse_args, pm
 from _tables import table_row
 from matplotlib.figure import Figure
 
-from pyrodiff import Diffusion, ForwardGuide, ReverseVariance, linear_schedule
+from pyrodiff.config import RunConfig
 from pyrodiff.data import Toy2D, load_toy2d
-from pyrodiff.infer import DiffusionELBO, elbo_estimate, elbo_terms, iwae_bound
-from pyrodiff.networks import MLPDenoiser
+from pyrodiff.infer import elbo_terms, iwae_bound
 from pyrodiff.plots import save_figure
 
 
@@ -37,84 +47,115 @@ from pyrodiff.plots import save_figure
 class GapConfig:
     data: Toy2D = Toy2D.EIGHT_GAUSSIANS
     steps_list: tuple[int, ...] = (2, 5, 10, 50, 200, 1000)
-    num_train: int = 20_000
-    num_test: int = 2000
-    hidden: int = 64
-    depth: int = 2
-    steps: int = 4000
-    batch_size: int = 256
-    lr: float = 2e-3
-    iwae_k: int = 16
-    iwae_data: int = 250
-    elbo_samples: int = 64
+    width: int = 256
+    batch_size: int = 512
+    first_updates: int = 5000
+    max_updates: int = 20_000
+    iwae_k: int = 64
+    iwae_data: int = 500
     seed: int = 0
 
     @staticmethod
     def quick(seed: int) -> GapConfig:
         return GapConfig(
             steps_list=(2, 10),
-            num_train=1000,
-            num_test=200,
-            steps=60,
+            width=32,
+            batch_size=64,
+            first_updates=20,
+            max_updates=40,
             iwae_k=4,
             iwae_data=40,
-            elbo_samples=8,
             seed=seed,
         )
 
+    def run_config(self, T: int) -> RunConfig:
+        return RunConfig(
+            data=self.data.value,
+            num_steps=T,
+            network="mlp",
+            width=self.width,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            device="cpu",
+        )
 
-def build(cfg: GapConfig, T: int) -> tuple[Diffusion, ForwardGuide]:
-    torch.manual_seed(cfg.seed)  # the same initial network for every T
-    schedule = linear_schedule(T)
-    net = MLPDenoiser(2, hidden=cfg.hidden, depth=cfg.depth, time_dim=32)
-    model = Diffusion(net, schedule, variance=ReverseVariance.PER_STEP).float()
-    return model, ForwardGuide(schedule)
 
-
-def run_one(cfg: GapConfig, T: int, data) -> dict:
-    model, guide = build(cfg, T)
-    train = data.train.float()
-    test = data.test.float()
-    clock = timed_fit(
-        model,
-        guide,
-        train,
-        DiffusionELBO(),
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
+def converge(cfg: GapConfig, T: int, root: Path) -> Converged:
+    torch.set_num_threads(1)
+    return train_to_convergence(
+        cfg.run_config(T),
+        root / f"T{T}",
+        first_updates=cfg.first_updates,
+        max_updates=cfg.max_updates,
     )
-    log_pd = data.density.log_prob(test.double())
+
+
+T_GROUPS = ((1, 1), (2, 10), (11, 100), (101, 1000))
+"""Ranges of t whose ELBO terms the table adds up: t = 1 is −log p(x_0 | x_1), t ≥ 2 the KL
+terms L_{t−1}."""
+
+
+def measure(cfg: GapConfig, result: Converged, data) -> dict:
+    run = result.kept
+    model, guide = run.loaded.chain()
+    test = data.test.to(next(model.parameters()).dtype)
+    log_pd = data.density.log_prob(data.test.double())
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     with torch.no_grad():
         terms = elbo_terms(model, guide, test, generator=gen)
         torch.manual_seed(cfg.seed + 2)
         sub = test[: cfg.iwae_data]
-        iwae = iwae_bound(model, guide, sub, cfg.iwae_k, num_repeats=4)
-        # the subset's ELBO from draws of the same literal chain, for a like-for-like IWAE − ELBO
-        elbo_sub = elbo_estimate(model, guide, sub, cfg.elbo_samples).values.double()
+        iwae = iwae_bound(model, guide, sub, cfg.iwae_k)
     elbo = terms.elbo.double()
     n = cfg.iwae_data
+    per_step = terms.per_step_loss.double().mean(0)  # t = 1 … T, −log p(x_0|x_1) first
+    T = per_step.numel()
+    groups = {
+        f"t = {a}…{b}" if a < b else f"t = {a}": per_step[a - 1 : min(b, T)].sum().item()
+        for a, b in T_GROUPS
+        if a <= T
+    }
+    gain = result.last_gain
     return {
         "T": T,
-        "train_seconds": clock.seconds,
-        "train_cpu_seconds": clock.cpu_seconds,
+        "updates": run.updates,
+        "converged": result.converged,
+        "budgets": result.budget_table(),
+        "last_doubling_gain": gain,
+        "cpu_minutes": run.cpu_minutes,
+        "validation_elbo": run.validation,
         "elbo": mean_se(elbo),
-        "iwae": (iwae.mean, iwae.stderr),
+        "iwae": mean_se(iwae.values),
         "gap_elbo": mean_se(log_pd - elbo),
-        "gap_elbo_sub": mean_se(log_pd[:n] - elbo[:n]),
         "gap_iwae": mean_se(log_pd[:n] - iwae.values.double()),
-        "iwae_minus_elbo": mean_se(iwae.values.double() - elbo_sub),
-        "reconstruction": terms.reconstruction.mean().item(),
-        "prior": terms.prior.mean().item(),
-        "per_step_loss": terms.per_step_loss.mean(0).tolist(),
+        "iwae_minus_elbo": mean_se(iwae.values.double() - elbo[:n]),
+        "reconstruction": terms.reconstruction.double().mean().item(),
+        "prior": terms.prior.double().mean().item(),
+        "terms_by_t": groups,
+        "per_step_loss": per_step.tolist(),
     }
 
 
 def figure(cfg: GapConfig, rows: list[dict], entropy: float, entropy_se: float) -> Figure:
-    fig = Figure(figsize=(14, 4.6), layout="constrained")
-    left, mid, right = fig.subplots(1, 3, width_ratios=[1, 1, 1.1])
+    fig = Figure(figsize=(18, 4.6), layout="constrained")
+    curves, left, mid, right = fig.subplots(1, 4, width_ratios=[1.1, 1, 1, 1.1])
+    colors = [mpl_color(i, len(rows)) for i in range(len(rows))]
+    for r, c in zip(rows, colors, strict=True):
+        for b in r["budgets"]:
+            u = np.array([p["updates"] for p in b["curve"]])
+            e = np.array([p["elbo"] for p in b["curve"]])
+            kept = b["updates"] == r["updates"]
+            curves.plot(
+                u, e, "-" if kept else ":", color=c, label=f"T = {r['T']}" if kept else None
+            )
+    curves.axhline(-entropy, color="k", ls=":", lw=1)
+    curves.set_xscale("log")
+    curves.set_ylim(-entropy - 2.5, -entropy + 0.1)
+    curves.set_xlabel("updates (log scale; dotted: the other budgets of the doubling)")
+    curves.set_ylabel("validation ELBO (nats per datum)")
+    curves.set_title("convergence: validation ELBO against updates")
+    curves.legend(fontsize=7, ncol=2)
+    curves.grid(alpha=0.3, which="both")
     Ts = np.array([r["T"] for r in rows])
     k = cfg.iwae_k
     for key, label, style in (("elbo", "ELBO", "o-"), ("iwae", f"IWAE-{k}", "s--")):
@@ -139,15 +180,16 @@ def figure(cfg: GapConfig, rows: list[dict], entropy: float, entropy_se: float) 
     mid.set_yscale("log")
     mid.set_xlabel("T (log scale)")
     mid.set_ylabel("log p_data − bound (nats per datum, log scale)")
-    mid.set_title("the gap falls as T grows")
+    mid.set_title("the gap falls as T grows (±2 SE, paired)")
     mid.legend(fontsize=8)
     mid.grid(alpha=0.3, which="both")
-    colors = [mpl_color(i, len(rows)) for i in range(len(rows))]
     for r, c in zip(rows, colors, strict=True):
         T = r["T"]
-        kl = np.array(r["per_step_loss"][1:])  # L_{t−1} for t = 2 … T, each ≥ 0
+        kl = np.array(r["per_step_loss"][1:])  # L_{t−1} for t = 2 … T
         t = np.arange(2, T + 1) / T
-        right.plot(t, kl * T, "o-" if T <= 10 else "-", ms=4, color=c, label=f"T = {T}")
+        right.plot(
+            t, np.maximum(kl * T, 1e-6), "o-" if T <= 10 else "-", ms=4, color=c, label=f"T = {T}"
+        )
     right.set_yscale("log")
     right.set_xlabel("t / T")
     right.set_ylabel("T · L_{t−1} (nats per datum)")
@@ -155,27 +197,33 @@ def figure(cfg: GapConfig, rows: list[dict], entropy: float, entropy_se: float) 
     right.legend(fontsize=7, ncol=2)
     right.grid(alpha=0.3, which="both")
     fig.suptitle(
-        f"{cfg.data.value}: same network, {cfg.steps} updates of {cfg.batch_size} for every T "
-        f"(H = {entropy:.3f} ± {entropy_se:.3f} nats)"
+        f"{cfg.data.value}: MLP {cfg.width} wide, batches of {cfg.batch_size}, each T trained "
+        f"to convergence on validation (H = {entropy:.3f} ± {entropy_se:.3f} nats)"
     )
     return fig
 
 
-def _table_row(cfg: GapConfig, config: dict, r: dict, H: float, H_se: float) -> dict:
+def _table_row(cfg: GapConfig, r: dict, H: float, H_se: float) -> dict:
     """The row as data; IWAE is on the first ``iwae_data`` test points (a subset)."""
     return table_row(
         label=f"fixed q, T = {r['T']}",
-        configuration={k: config[k] for k in ("data", "hidden", "depth", "batch_size", "lr")}
-        | {"iwae_data": cfg.iwae_data},
+        configuration={
+            "data": cfg.data.value,
+            "network": "mlp",
+            "width": cfg.width,
+            "batch_size": cfg.batch_size,
+            "iwae_data": cfg.iwae_data,
+        },
         T=r["T"],
         elbo=r["elbo"],
         iwae=r["iwae"],
         iwae_k=cfg.iwae_k,
         reference=(-H, H_se),
         reference_name="−H",
-        updates=cfg.steps,
-        cpu_minutes=r["train_cpu_seconds"] / 60,
-        converged=None,  # doubling the updates was not measured
+        updates=r["updates"],
+        cpu_minutes=r["cpu_minutes"],
+        converged=r["converged"],
+        extra={"gap to log p_data": r["gap_elbo"]},
     )
 
 
@@ -185,62 +233,93 @@ def mpl_color(i: int, n: int):
     return colormaps["viridis"](i / max(n - 1, 1))
 
 
+def _train_all(cfg: GapConfig, root: Path, jobs: int) -> None:
+    """Train (or resume) every T's doubling sequence, ``jobs`` processes at a time."""
+    if jobs <= 1:
+        for T in sorted(cfg.steps_list, reverse=True):
+            converge(cfg, T, root)
+        return
+    context = multiprocessing.get_context("spawn")
+    # the longest chains first, so the last job to start is a short one
+    order = sorted(cfg.steps_list, reverse=True)
+    with futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        for job in [pool.submit(converge, cfg, T, root) for T in order]:
+            job.result()
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv, "study_gap_vs_T")
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--jobs", type=int, default=1)
+    extra_args, rest = extra.parse_known_args(argv)
+    args = parse_args(__doc__.splitlines()[0], rest, "study_gap_vs_T")
     cfg = GapConfig.quick(args.seed) if args.quick else GapConfig(seed=args.seed)
-    data = load_toy2d(cfg.data, num_train=cfg.num_train, num_test=cfg.num_test, seed=cfg.seed)
+    base = args.out if args.out is not None else OUTPUTS / "study_gap_vs_T"
+    root = base / ("quick_runs" if args.quick else "runs")
+    _train_all(cfg, root, extra_args.jobs)
+    data = load_toy2d(cfg.data, seed=cfg.seed)
     H, H_se = data.density.entropy, data.density.entropy_se
     log_pd = data.density.log_prob(data.test.double())
     rows = []
     for T in cfg.steps_list:
-        rows.append(run_one(cfg, T, data))
+        rows.append(measure(cfg, converge(cfg, T, root), data))
         r = rows[-1]
-        print(f"T = {T}: ELBO {pm(*r['elbo'])}, {r['train_cpu_seconds']:.0f} CPU s", flush=True)
+        print(
+            f"T = {T}: {r['updates']} updates (converged: {r['converged']}), "
+            f"test ELBO {pm(*r['elbo'])}",
+            flush=True,
+        )
     save_figure(figure(cfg, rows, H, H_se), args.outputs.figure("study_gap_vs_T.png"))
-    print(
-        f"\n{cfg.data.value}: −H = {pm(-H, H_se)} nats; mean log p_data on the {cfg.num_test} test "
-        f"data = {pm(*mean_se(log_pd))}. IWAE-{cfg.iwae_k} (4 repeats) on the first "
-        f"{cfg.iwae_data}, and IWAE − ELBO there against an ELBO from {cfg.elbo_samples} draws "
-        "of the same chain. Gaps are paired per datum (log p_data(x) − bound(x)), ± one "
-        "standard error; training time in CPU seconds of one thread.\n"
-    )
     k = cfg.iwae_k
     print(
+        f"\n{cfg.data.value}: −H = {pm(-H, H_se)} nats; mean log p_data on the "
+        f"{data.test.shape[0]} test data = {pm(*mean_se(log_pd))}. IWAE-{k} on the first "
+        f"{cfg.iwae_data}; gaps paired per datum (log p_data(x) − bound(x)), ± one standard "
+        "error; the ELBO terms summed over ranges of t (t = 1: −log p(x_0 | x_1)).\n"
+    )
+    groups = [g for g in rows[-1]["terms_by_t"]]
+    print(
         markdown_table(
-            [
-                "T",
-                "test ELBO",
-                f"IWAE-{k}",
-                "log p_data − ELBO",
-                f"log p_data − IWAE-{k}",
-                f"IWAE-{k} − ELBO",
-                "−log p(x_0|x_1)",
-                "L_T (prior)",
-                "train CPU s",
-            ],
+            ["T", "log p_data − ELBO", f"log p_data − IWAE-{k}", f"IWAE-{k} − ELBO"]
+            + groups
+            + ["L_T (prior)"],
             [
                 [
                     r["T"],
-                    pm(*r["elbo"]),
-                    pm(*r["iwae"]),
                     pm(*r["gap_elbo"]),
                     pm(*r["gap_iwae"]),
                     pm(*r["iwae_minus_elbo"]),
-                    f"{-r['reconstruction']:.3f}",
-                    f"{r['prior']:.1e}",
-                    f"{r['train_cpu_seconds']:.0f}",
+                ]
+                + [f"{r['terms_by_t'][g]:.3f}" if g in r["terms_by_t"] else "—" for g in groups]
+                + [f"{r['prior']:.1e}"]
+                for r in rows
+            ],
+        )
+    )
+    print("\nConvergence: the validation ELBO of each budget of the doubling (nats per datum).\n")
+    print(
+        markdown_table(
+            ["T", "updates: validation ELBO (CPU-minutes)", "kept", "converged"],
+            [
+                [
+                    r["T"],
+                    "; ".join(
+                        f"{b['updates']}: {pm(b['validation_elbo'], b['validation_elbo_se'])} "
+                        f"({b['cpu_minutes']:.1f})"
+                        for b in r["budgets"]
+                    ),
+                    r["updates"],
+                    "yes" if r["converged"] else "no",
                 ]
                 for r in rows
             ],
         )
     )
-    config = {**asdict(cfg), "data": cfg.data.value}
     results = {
-        "config": config,
+        "config": {**asdict(cfg), "data": cfg.data.value},
         "entropy": (H, H_se),
         "log_p_data": mean_se(log_pd),
         "rows": rows,
-        "table": [_table_row(cfg, config, r, H, H_se) for r in rows],
+        "table": [_table_row(cfg, r, H, H_se) for r in rows],
     }
     args.outputs.write_results(results)
     return results

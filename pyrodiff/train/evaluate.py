@@ -112,7 +112,8 @@ def _trace_terms(model, guide, x: Tensor, batch_budget: int) -> dict[str, Any]:
     # batch_budget data per network call, within the memory bound above
     per_datum = max(1, num_steps or 1) * math.prod(x.shape[1:])
     chunk = max(1, min(batch_budget, _TRACE_VALUES // per_datum))
-    elbo_sum, rec_sum, prior_sum, per_step_sum = 0.0, 0.0, 0.0, None
+    rec_sum, prior_sum, per_step_sum = 0.0, 0.0, None
+    per_datum = []
     split = num_steps is not None
     for start in range(0, x.shape[0], chunk):
         xb = x[start : start + chunk]
@@ -120,7 +121,7 @@ def _trace_terms(model, guide, x: Tensor, batch_budget: int) -> dict[str, Any]:
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(xb)
         log_p = _site_log_probs(model_tr)
         log_q = _site_log_probs(guide_tr)
-        elbo_sum += float(sum(log_p.values()).sum() - sum(log_q.values()).sum())
+        per_datum.append((sum(log_p.values()) - sum(log_q.values())).double())
         names = [f"x_{t}" for t in range(num_steps + 1)] if split else []
         if split and all(n in log_p for n in names) and all(n in log_q for n in names[1:]):
             rec_sum += float(log_p["x_0"].sum())
@@ -133,8 +134,10 @@ def _trace_terms(model, guide, x: Tensor, batch_budget: int) -> dict[str, Any]:
         else:
             split = False
     n = x.shape[0]
+    per_datum = torch.cat(per_datum)
     return {
-        "elbo": elbo_sum / n,
+        "elbo": per_datum.mean().item(),
+        "elbo_se": _stderr(per_datum),
         "reconstruction": rec_sum / n if split else None,
         "prior": prior_sum / n if split else None,
         "per_step_loss": (per_step_sum / n).tolist() if split else None,

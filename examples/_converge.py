@@ -1,0 +1,185 @@
+"""Training a study model until more updates stop helping, judged on validation data.
+
+A run is a run folder of ``pyrodiff train`` (config.json, checkpoint.pt, metrics.jsonl), so
+every model of the study can be read again with ``pyrodiff evaluate``, ``sample`` or
+``compare``. :func:`train_to_convergence` trains one configuration at a doubling sequence of
+budgets, each a full run with its own learning-rate schedule:
+
+    updates = N, 2N, 4N, … (at most ``max_updates``)
+
+and stops at the first doubling that does **not** raise the validation ELBO by 2 standard
+errors (the SE over the validation data of the shorter run's ELBO). The run kept is the one of
+the last pair with the better validation ELBO, so the budget is chosen on validation data; when
+the doubling lowered the ELBO (over-fitting) the shorter run is kept. ``converged`` is True
+then, and False when ``max_updates`` came first (the last doubling's gain is the slope to
+report). The test split is never read here: the studies read it once, for the kept run.
+
+A killed job loses nothing: a run folder with a checkpoint is resumed (``fit(resume=True)``,
+bit-identical to an uninterrupted run), and a finished one is only loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyrodiff.cli.runs import LoadedRun, load_run
+from pyrodiff.config import RunConfig, build
+from pyrodiff.train import History, fit
+
+DONE_NAME = "study_budget.json"
+"""Written into a run folder when its training is complete: CPU seconds and updates."""
+
+
+@dataclass
+class TrainedRun:
+    """One finished run: the model with its evaluation parameters, its validation curve and
+    what it cost."""
+
+    folder: Path
+    loaded: LoadedRun
+    history: History
+    cpu_minutes: float
+
+    @property
+    def updates(self) -> int:
+        return self.loaded.config.updates
+
+    @property
+    def curve(self) -> list[dict[str, float]]:
+        """The validation ELBO (nats per datum) against updates within this run."""
+        return [
+            {"updates": r["step"], "elbo": r["elbo"], "elbo_se": r["elbo_se"]}
+            for r in self.history.evals
+            if r.get("split", "validation") == "validation"
+        ]
+
+    @property
+    def validation(self) -> tuple[float, float]:
+        """The validation ELBO at the end of the run, with its SE over the validation data."""
+        last = self.curve[-1]
+        return last["elbo"], last["elbo_se"]
+
+
+@dataclass
+class Converged:
+    """The budgets tried for one configuration, the run kept, and whether the rule was met."""
+
+    runs: list[TrainedRun]
+    kept: TrainedRun
+    converged: bool
+
+    @property
+    def last_gain(self) -> tuple[float, float] | None:
+        """Validation ELBO of the last run minus the one before it, with the SE used in the
+        rule (that of the shorter run); None after a single run."""
+        if len(self.runs) < 2:
+            return None
+        (a, se), (b, _) = self.runs[-2].validation, self.runs[-1].validation
+        return b - a, se
+
+    def budget_table(self) -> list[dict[str, Any]]:
+        """Every budget tried: updates, CPU-minutes, final validation ELBO ± SE, and its curve."""
+        return [
+            {
+                "updates": r.updates,
+                "cpu_minutes": r.cpu_minutes,
+                "validation_elbo": r.validation[0],
+                "validation_elbo_se": r.validation[1],
+                "curve": r.curve,
+            }
+            for r in self.runs
+        ]
+
+
+def train_run(config: RunConfig, folder: Path, *, say=print) -> TrainedRun:
+    """Train ``config`` into ``folder`` (resuming a checkpoint there, or only loading a finished
+    run) on the training split, evaluating on the validation split; the test split is not read."""
+    folder = Path(folder)
+    done = folder / DONE_NAME
+    written = folder / "config.json"
+    if written.is_file() and RunConfig.from_json(written).to_dict() != config.to_dict():
+        raise ValueError(
+            f"{folder} holds a run of another configuration; remove it or choose another folder"
+        )
+    if not done.is_file():
+        built = build(config)
+        data = built.dataset
+        resume = (folder / "checkpoint.pt").is_file()
+        start = _checkpoint_step(folder) if resume else 0
+        if not resume and folder.exists():
+            for stale in folder.iterdir():  # a run killed before its first checkpoint
+                stale.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        say(f"  training {folder} ({config.updates} updates{', resumed' if resume else ''})")
+        cpu, wall = time.process_time(), time.perf_counter()
+        history = fit(
+            built.model,
+            built.guide,
+            data.train,
+            loss=built.loss,
+            **config.fit_options(),
+            **config.checkpoint_options(folder),
+            eval_data=data.validation,
+            resume=resume,
+            config=config,
+            progress=False,
+            log_every=max(1, config.updates // 100),
+        )
+        if history.interrupted:
+            raise KeyboardInterrupt
+        # a resumed run's earlier segments were timed by a process that is gone: scale the
+        # segment timed here to the whole run (evaluations are spread evenly over it)
+        scale = config.updates / max(1, config.updates - start)
+        spent = {
+            "cpu_seconds": (time.process_time() - cpu) * scale,
+            "wall_seconds": (time.perf_counter() - wall) * scale,
+            "updates": config.updates,
+            "resumed_at": start,
+        }
+        done.write_text(json.dumps(spent, indent=2) + "\n")
+    spent = _read(done)
+    loaded = load_run(folder, device="cpu")
+    history = History.load(folder / "metrics.jsonl")
+    return TrainedRun(folder, loaded, history, spent["cpu_seconds"] / 60)
+
+
+def train_to_convergence(
+    config: RunConfig,
+    root: Path,
+    *,
+    first_updates: int,
+    max_updates: int,
+    say=print,
+) -> Converged:
+    """Train ``config`` at ``first_updates``, then double until the validation ELBO stops rising
+    by 2 SE or ``max_updates`` is reached (see the module's docstring)."""
+    if first_updates < 1 or max_updates < first_updates:
+        raise ValueError(
+            f"need 1 <= first_updates <= max_updates, got {first_updates} and {max_updates}"
+        )
+    runs: list[TrainedRun] = []
+    updates = first_updates
+    while True:
+        runs.append(train_run(config.replace(updates=updates), Path(root) / f"u{updates}", say=say))
+        if len(runs) >= 2:
+            (a, se), (b, _) = runs[-2].validation, runs[-1].validation
+            if b - a < 2 * se:
+                kept = runs[-1] if b >= a else runs[-2]
+                return Converged(runs, kept, True)
+        if 2 * updates > max_updates:
+            return Converged(runs, runs[-1], False)
+        updates *= 2
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _checkpoint_step(folder: Path) -> int:
+    from pyrodiff.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(folder / "checkpoint.pt", map_location="cpu")["step"])

@@ -1,0 +1,72 @@
+"""The doubling rule of the study (examples/_converge.py): which budgets it trains, which run it
+keeps, when it calls a configuration converged, and that a run folder is reused only for its
+own configuration."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from pyrodiff.config import RunConfig
+
+
+def _fake_runs(module, monkeypatch, curve: dict[int, tuple[float, float]]) -> list[int]:
+    """train_run replaced by a table: updates -> (validation ELBO, SE); returns the budgets
+    asked for, in order."""
+    asked = []
+
+    def fake(config, folder, say=print):
+        asked.append(config.updates)
+        elbo, se = curve[config.updates]
+        return SimpleNamespace(updates=config.updates, validation=(elbo, se), folder=folder)
+
+    monkeypatch.setattr(module, "train_run", fake)
+    return asked
+
+
+@pytest.mark.parametrize(
+    ("curve", "budgets", "kept", "converged"),
+    [
+        # rises by > 2 SE once, then by < 2 SE: the longer run of the last pair is kept
+        ({10: (-3.0, 0.1), 20: (-2.0, 0.1), 40: (-1.9, 0.1)}, [10, 20, 40], 40, True),
+        # over-fitting: the doubling lowers the ELBO, so the shorter run is kept
+        ({10: (-3.0, 0.1), 20: (-2.0, 0.1), 40: (-2.5, 0.1)}, [10, 20, 40], 20, True),
+        # still rising by > 2 SE when the cap is reached: not converged, the last run kept
+        ({10: (-3.0, 0.1), 20: (-2.0, 0.1), 40: (-1.0, 0.1)}, [10, 20, 40], 40, False),
+        # exactly 2 SE is a rise that counts (the rule is "less than 2 SE")
+        ({10: (-3.0, 0.5), 20: (-2.0, 0.1), 40: (-2.0, 0.1)}, [10, 20, 40], 40, True),
+    ],
+)
+def test_doubling_rule(load_example, monkeypatch, tmp_path, curve, budgets, kept, converged):
+    module = load_example("_converge")
+    asked = _fake_runs(module, monkeypatch, curve)
+    result = module.train_to_convergence(
+        RunConfig(data="eight_gaussians"), tmp_path, first_updates=10, max_updates=40
+    )
+    assert asked == budgets
+    assert result.kept.updates == kept and result.converged is converged
+
+
+def test_single_budget_is_not_converged(load_example, monkeypatch, tmp_path):
+    module = load_example("_converge")
+    _fake_runs(module, monkeypatch, {10: (-1.0, 0.1)})
+    result = module.train_to_convergence(
+        RunConfig(data="eight_gaussians"), tmp_path, first_updates=10, max_updates=19
+    )
+    assert result.converged is False and result.last_gain is None
+    with pytest.raises(ValueError, match="first_updates <= max_updates"):
+        module.train_to_convergence(
+            RunConfig(data="eight_gaussians"), tmp_path, first_updates=20, max_updates=10
+        )
+
+
+def test_run_folder_of_another_configuration_is_refused(load_example, tmp_path):
+    module = load_example("_converge")
+    small = RunConfig(data="eight_gaussians", network="mlp", width=8, batch_size=16, num_steps=2)
+    run = module.train_run(small.replace(updates=4), tmp_path / "run", say=lambda _: None)
+    assert run.updates == 4 and run.cpu_minutes > 0 and run.curve[-1]["updates"] == 4
+    # a finished run is loaded, not trained again: the same parameters come back
+    again = module.train_run(small.replace(updates=4), tmp_path / "run", say=pytest.fail)
+    for a, b in zip(run.loaded.model.parameters(), again.loaded.model.parameters(), strict=True):
+        assert (a == b).all()
+    with pytest.raises(ValueError, match="another configuration"):
+        module.train_run(small.replace(updates=8), tmp_path / "run")
