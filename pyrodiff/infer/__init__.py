@@ -34,6 +34,7 @@ from .elbo import (
     step_terms,
 )
 from .exact import affine_reverse_kernels, exact_elbo_terms, exact_log_evidence
+from .kernel_limit import KernelLimit, best_gaussian_kernel_bound, mixture_parameters
 from .objectives import HybridLoss, SimpleLoss, simple_weights
 from .timesteps import (
     AntitheticTimesteps,
@@ -80,6 +81,9 @@ __all__ = [
     "exact_elbo_terms",
     "exact_log_evidence",
     "iwae_bound",
+    "KernelLimit",
+    "best_gaussian_kernel_bound",
+    "mixture_parameters",
     "log_spaced_bins",
     "log_weights",
     "pareto_khat",
