@@ -6,9 +6,12 @@ files, below a marker naming the file::
 
     <!-- results: docs/results/study_exact.json -->
 
-and tests/test_docs_numbers.py checks that every such table still matches its file.
+A study's further tables are kept in the same file under ``"tables"`` (:func:`named_table`)
+and named by ``FILE#name`` in the marker. tests/test_docs_numbers.py checks that every such
+table still matches its file.
 
-    python examples/_tables.py docs/results/study_exact.json   # print the table
+    python examples/_tables.py docs/results/study_exact.json          # print the table
+    python examples/_tables.py docs/results/study_gap_vs_T.json#gap   # a named table
 """
 
 from __future__ import annotations
@@ -113,9 +116,26 @@ def render(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def named_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> dict[str, Any]:
+    """A further table of a study, kept in its results file under ``"tables"`` as the cells it
+    printed (``render_file("FILE#name")`` prints it again)."""
+    return {"header": [str(h) for h in header], "rows": [[str(c) for c in r] for r in rows]}
+
+
+def markdown(table: Mapping[str, Any]) -> str:
+    """The markdown of a :func:`named_table`."""
+    header = table["header"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in table["rows"]]
+    return "\n".join(lines)
+
+
 def render_file(path: str | Path) -> str:
-    """The markdown table of a results file's ``"table"`` rows."""
-    return render(json.loads(Path(path).read_text())["table"])
+    """The markdown table of a results file's ``"table"`` rows, or with ``FILE#name`` that of
+    its named table ``"tables"[name]``."""
+    path, _, name = str(path).partition("#")
+    results = json.loads(Path(path).read_text())
+    return markdown(results["tables"][name]) if name else render(results["table"])
 
 
 if __name__ == "__main__":

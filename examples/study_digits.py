@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from _converge import Converged, train_to_convergence
 from _outputs import OUTPUTS
-from _study_common import Stopwatch, markdown_table, mean_se, parse_args, pm
-from _tables import table_row
+from _study_common import Stopwatch, mean_se, parse_args, pm
+from _tables import markdown, named_table, table_row
 from matplotlib.figure import Figure
 
 from pyrodiff.baselines import AutoregressiveCategorical, PixelCategorical
@@ -195,30 +195,38 @@ def _table_row(r: dict, ref: dict, config: RunConfig, num_dims: int) -> dict:
 
 
 def slower_or_looser(rows: list[dict], num_dims: int) -> dict | None:
-    """T = 1000 against T = 100 at equal updates and at convergence (validation, bits/dim)."""
-    by_T = {r["T"]: r for r in rows if r["name"].startswith("fixed")}
-    if 100 not in by_T or 1000 not in by_T:
+    """The fixed-q rows with the two largest T (1000 and 100 in the study) at equal updates and
+    as kept (validation bits/dim), and their test bits/dim split at the same noise level:
+    the first step of the smaller T against the first T_large / T_small steps of the larger."""
+    fixed = sorted((r for r in rows if r["name"].startswith("fixed")), key=lambda r: r["T"])
+    if len(fixed) < 2:
         return None
+    small, large = fixed[-2], fixed[-1]
     bits = num_dims * math.log(2)
 
     def budgets(r):
         return {b["updates"]: -b["validation_elbo"] / bits for b in r["budgets"]}
 
-    small, large = budgets(by_T[100]), budgets(by_T[1000])
-    common = sorted(set(small) & set(large))
-    steps = {}
-    for T, r in ((100, by_T[100]), (1000, by_T[1000])):
-        if r["per_step_bits"] is not None:
-            s = np.array(r["per_step_bits"])
-            # the same noise levels: t = 1 of T = 100 spans t ≤ 10 of T = 1000
-            steps[T] = {"first 1%": float(s[: T // 100].sum()), "rest": float(s[T // 100 :].sum())}
+    a, b = budgets(small), budgets(large)
+    ratio = large["T"] // small["T"]
+    split = {}
+    for r, first in ((small, 1), (large, ratio)):
+        steps = np.array(r["per_step_bits"])
+        rest = float(steps[first:].sum()) + r["prior_bits"]
+        split[r["T"]] = {"first": float(steps[:first].sum()), "rest": rest}
+    split["difference"] = {
+        part: split[large["T"]][part] - split[small["T"]][part] for part in ("first", "rest")
+    }
     return {
-        "equal_updates": {u: (small[u], large[u]) for u in common},
+        "T": (small["T"], large["T"]),
+        "equal_updates": {u: (a[u], b[u], b[u] - a[u]) for u in sorted(set(a) & set(b))},
         "kept": (
-            -by_T[100]["validation_elbo"][0] / bits,
-            -by_T[1000]["validation_elbo"][0] / bits,
+            -small["validation_elbo"][0] / bits,
+            -large["validation_elbo"][0] / bits,
+            (small["validation_elbo"][0] - large["validation_elbo"][0]) / bits,
         ),
-        "test_terms_bits": steps,
+        "test_split_bits": split,
+        "first_steps": ratio,
     }
 
 
@@ -300,11 +308,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     D = data.num_dims
     save_figure(figure(rows, refs, D), args.outputs.figure("study_digits.png"))
     k = cfg.iwae_k
-    table = []
+    cells = []
     for r in rows:
         iw = r["iwae_bits_per_dim"]
         ends = r.get("log_snr_ends")
-        table.append(
+        cells.append(
             [
                 r["label"],
                 pm(*r["bits_per_dim"]),
@@ -317,13 +325,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ]
         )
     for r in refs:
-        table.append([r["name"], pm(*r["bits_per_dim"]), "(exact)", "—", "—"])
-    print(
-        f"\ndigits test split ({test.shape[0]} images, 64 pixels, 17 levels): bits/dim ± one "
-        "standard error over the test images; validation bits/dim of each budget tried.\n"
-    )
-    print(
-        markdown_table(
+        cells.append([r["name"], pm(*r["bits_per_dim"]), "(exact)", "—", "—"])
+    tables = {
+        "bits": named_table(
             [
                 "model",
                 "test bits/dim (ELBO)",
@@ -331,27 +335,43 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 "validation bits/dim by updates",
                 "learned log-SNR γ_1 … γ_T",
             ],
-            table,
+            cells,
         )
+    }
+    print(
+        f"\ndigits test split ({test.shape[0]} images, 64 pixels, 17 levels): bits/dim ± one "
+        "standard error over the test images; validation bits/dim of each budget tried.\n"
     )
+    print(markdown(tables["bits"]))
     question = slower_or_looser(rows, D)
     if question is not None:
-        print("\nT = 1000 against T = 100 (validation bits/dim):")
-        for u, (a, b) in question["equal_updates"].items():
-            print(f"  after {u} updates: T = 100 {a:.3f}, T = 1000 {b:.3f}, difference {b - a:.3f}")
-        a, b = question["kept"]
-        print(f"  runs kept: T = 100 {a:.3f}, T = 1000 {b:.3f}, difference {b - a:.3f}")
-        for T, s in question["test_terms_bits"].items():
-            print(
-                f"  T = {T}: test bits/dim from the first 1% of steps {s['first 1%']:.3f}, "
-                f"from the rest {s['rest']:.3f}"
-            )
+        Ts, Tl = question["T"]
+        cells = [
+            [f"validation, {u} updates each", f"{a:.3f}", f"{b:.3f}", f"{d:+.3f}"]
+            for u, (a, b, d) in question["equal_updates"].items()
+        ]
+        a, b, d = question["kept"]
+        cells.append(["validation, runs kept", f"{a:.3f}", f"{b:.3f}", f"{d:+.3f}"])
+        split = question["test_split_bits"]
+        first = question["first_steps"]
+        for part, what in (
+            ("first", f"t = 1 of T = {Ts} / t ≤ {first} of T = {Tl}"),
+            ("rest", "the other steps and the prior"),
+        ):
+            a, b, d = split[Ts][part], split[Tl][part], split["difference"][part]
+            cells.append([f"test, {what}", f"{a:.3f}", f"{b:.3f}", f"{d:+.3f}"])
+        tables["slower_or_looser"] = named_table(
+            ["bits/dim", f"T = {Ts}", f"T = {Tl}", "difference"], cells
+        )
+        print(f"\nT = {Tl} against T = {Ts}:\n")
+        print(markdown(tables["slower_or_looser"]))
     results = {
         "config": {**asdict(cfg)},
         "rows": rows,
         "references": refs,
-        "t1000_against_t100": question,
+        "slower_or_looser": question,
         "table": [_table_row(r, refs[-1], configs[r["name"]], D) for r in rows],
+        "tables": tables,
     }
     args.outputs.write_results(results)
     return results

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from _converge import Converged, train_to_convergence
 from _outputs import OUTPUTS
-from _study_common import markdown_table, mean_se, parse_args, pm
-from _tables import table_row
+from _study_common import mean_se, parse_args, pm
+from _tables import markdown, named_table, table_row
 from matplotlib.figure import Figure
 
 from pyrodiff.config import RunConfig
@@ -147,6 +147,7 @@ def measure(cfg: GapConfig, result: Converged, data) -> dict:
         "best_kernel_elbo": (best.elbo, best.elbo_se),
         "best_kernel_gap": (-H - best.elbo, math.hypot(best.elbo_se, data.density.entropy_se)),
         "best_kernel_terms_by_t": by_t(best.per_step),
+        "network_terms_by_t": {g: v - by_t(best.per_step)[g] for g, v in groups.items()},
         "network_excess": (
             best.elbo - mean_se(elbo)[0],
             math.hypot(best.elbo_se, mean_se(elbo)[1]),
@@ -246,6 +247,65 @@ def _table_row(cfg: GapConfig, r: dict, H: float, H_se: float) -> dict:
     )
 
 
+def _tables(cfg: GapConfig, rows: list[dict]) -> dict[str, dict]:
+    """The gap split into the bound's and the network's shares, the network's share by ranges
+    of t, and the budgets of the doubling: the study's further tables (``_tables.named_table``)."""
+    k = cfg.iwae_k
+    gap = named_table(
+        [
+            "T",
+            "test ELBO",
+            "log p_data − ELBO",
+            f"log p_data − IWAE-{k}",
+            f"IWAE-{k} − ELBO",
+            "−H − ELBO* (bound)",
+            "ELBO* − ELBO (network)",
+        ],
+        [
+            [
+                r["T"],
+                pm(*r["elbo"]),
+                pm(*r["gap_elbo"]),
+                pm(*r["gap_iwae"]),
+                pm(*r["iwae_minus_elbo"]),
+                pm(*r["best_kernel_gap"]),
+                pm(*r["network_excess"]),
+            ]
+            for r in rows
+        ],
+    )
+    groups = list(rows[-1]["terms_by_t"])
+    breakdown = named_table(
+        ["T", *groups, "L_T (prior)"],
+        [
+            [r["T"]]
+            + [
+                f"{r['network_terms_by_t'][g]:+.3f}" if g in r["terms_by_t"] else "—"
+                for g in groups
+            ]
+            + [f"{r['prior']:.1e}"]
+            for r in rows
+        ],
+    )
+    convergence = named_table(
+        ["T", "updates: validation ELBO (CPU-minutes)", "kept", "converged"],
+        [
+            [
+                r["T"],
+                "; ".join(
+                    f"{b['updates']}: {pm(b['validation_elbo'], b['validation_elbo_se'])} "
+                    f"({b['cpu_minutes']:.1f})"
+                    for b in r["budgets"]
+                ),
+                r["updates"],
+                "yes" if r["converged"] else "no",
+            ]
+            for r in rows
+        ],
+    )
+    return {"gap": gap, "breakdown": breakdown, "convergence": convergence}
+
+
 def mpl_color(i: int, n: int):
     from matplotlib import colormaps
 
@@ -297,77 +357,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "schedule (pyrodiff.infer.best_gaussian_kernel_bound): −H − ELBO* is the bound's share "
         "of the gap, ELBO* − ELBO the network's.\n"
     )
-    print(
-        markdown_table(
-            [
-                "T",
-                "test ELBO",
-                "log p_data − ELBO",
-                f"log p_data − IWAE-{k}",
-                f"IWAE-{k} − ELBO",
-                "−H − ELBO* (bound)",
-                "ELBO* − ELBO (network)",
-            ],
-            [
-                [
-                    r["T"],
-                    pm(*r["elbo"]),
-                    pm(*r["gap_elbo"]),
-                    pm(*r["gap_iwae"]),
-                    pm(*r["iwae_minus_elbo"]),
-                    pm(*r["best_kernel_gap"]),
-                    pm(*r["network_excess"]),
-                ]
-                for r in rows
-            ],
-        )
-    )
-    groups = list(rows[-1]["terms_by_t"])
+    tables = _tables(cfg, rows)
+    print(markdown(tables["gap"]))
     print(
         "\nWhere the network's share goes: its −ELBO terms minus those of the best kernels, "
         "summed over ranges of t (t = 1: −log p(x_0 | x_1); nats per datum).\n"
     )
-    print(
-        markdown_table(
-            ["T", *groups, "L_T (prior)"],
-            [
-                [r["T"]]
-                + [
-                    f"{r['terms_by_t'][g] - r['best_kernel_terms_by_t'][g]:+.3f}"
-                    if g in r["terms_by_t"]
-                    else "—"
-                    for g in groups
-                ]
-                + [f"{r['prior']:.1e}"]
-                for r in rows
-            ],
-        )
-    )
+    print(markdown(tables["breakdown"]))
     print("\nConvergence: the validation ELBO of each budget of the doubling (nats per datum).\n")
-    print(
-        markdown_table(
-            ["T", "updates: validation ELBO (CPU-minutes)", "kept", "converged"],
-            [
-                [
-                    r["T"],
-                    "; ".join(
-                        f"{b['updates']}: {pm(b['validation_elbo'], b['validation_elbo_se'])} "
-                        f"({b['cpu_minutes']:.1f})"
-                        for b in r["budgets"]
-                    ),
-                    r["updates"],
-                    "yes" if r["converged"] else "no",
-                ]
-                for r in rows
-            ],
-        )
-    )
+    print(markdown(tables["convergence"]))
     results = {
         "config": {**asdict(cfg), "data": cfg.data.value},
         "entropy": (H, H_se),
         "log_p_data": mean_se(log_pd),
         "rows": rows,
         "table": [_table_row(cfg, r, H, H_se) for r in rows],
+        "tables": tables,
     }
     args.outputs.write_results(results)
     return results

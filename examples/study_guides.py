@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from _converge import Converged, train_to_convergence
 from _outputs import OUTPUTS
-from _study_common import markdown_table, mean_se, parse_args, pm
-from _tables import table_row
+from _study_common import mean_se, parse_args, pm
+from _tables import markdown, named_table, table_row
 from matplotlib.figure import Figure
 
 from pyrodiff.config import RunConfig, build
@@ -253,8 +253,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"from {cfg.elbo_samples} draws per datum, IWAE-{k}, k̂ from {cfg.psis_samples}; ± one "
         "standard error over the data.\n"
     )
-    print(
-        markdown_table(
+    tables = {
+        "guides": named_table(
             [
                 "T",
                 "guide",
@@ -281,12 +281,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 for r in rows
             ],
         )
-    )
+    }
+    print(markdown(tables["guides"]))
     for T, seconds in skipped.items():
         print(
             f"\nlearned q at T = {T}: not trained here; one update costs {seconds:.2f} CPU s, so "
-            f"{cfg.first_updates} updates would take {seconds * cfg.first_updates / 3600:.1f} "
-            "CPU-hours."
+            f"the first two budgets of the doubling ({cfg.first_updates} and "
+            f"{2 * cfg.first_updates} updates) would take "
+            f"{seconds * 3 * cfg.first_updates / 3600:.1f} CPU-hours."
         )
     results = {
         "config": {**asdict(cfg), "data": cfg.data.value},
@@ -294,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "rows": rows,
         "learned_update_cpu_seconds": skipped,
         "table": [_table_row(cfg, r, H, H_se) for r in rows],
+        "tables": tables,
     }
     args.outputs.write_results(results)
     return results

@@ -3,6 +3,7 @@
 A table declares its source with a marker line just above it::
 
     <!-- results: docs/results/study_exact.json -->
+    <!-- results: docs/results/study_gap_vs_T.json#gap -->   (a named table of the file)
 
 Each such table must equal the markdown that ``examples/_tables.py`` prints from the file, and,
 checked independently of that printer, every number in its cells must be a value of the file
@@ -52,7 +53,7 @@ def _values(obj) -> list[float]:
     return [v for x in items for v in _values(x)]
 
 
-def _render(path: Path) -> str:
+def _render(path: str) -> str:
     sys.path.insert(0, str(ROOT / "examples"))
     try:
         from _tables import render_file
@@ -69,19 +70,27 @@ def test_the_page_declares_its_sourced_tables():
     # the checks below would have nothing to check
     assert any(src == "docs/results/study_exact.json" for src, _ in SOURCED)
     for src, table in SOURCED:
-        assert (ROOT / src).is_file(), f"{src} is named by docs/study.md but does not exist"
+        path, _, name = src.partition("#")
+        assert (ROOT / path).is_file(), f"{path} is named by docs/study.md but does not exist"
+        if name:
+            assert name in json.loads((ROOT / path).read_text())["tables"], src
         assert table, f"no table follows the marker of {src}"
 
 
 @pytest.mark.parametrize(("src", "table"), SOURCED, ids=[s for s, _ in SOURCED])
 def test_sourced_table_is_printed_from_its_file(src, table):
-    assert table == _render(ROOT / src)
+    assert table == _render(f"{ROOT}/{src}")
 
 
 @pytest.mark.parametrize(("src", "table"), SOURCED, ids=[s for s, _ in SOURCED])
 def test_every_number_of_a_sourced_table_is_in_its_file(src, table):
-    rows = json.loads((ROOT / src).read_text())["table"]
-    values = _values(rows)
+    path, _, name = src.partition("#")
+    results = json.loads((ROOT / path).read_text())
+    # a row table's numbers are among its rows'; a named table's among the file's numeric
+    # values (its own printed cells are strings, so they do not count)
+    values = _values(
+        {k: v for k, v in results.items() if k != "tables"} if name else results["table"]
+    )
     body = table.splitlines()[2:]  # the header names columns (IWAE-16, …), not results
     cells = [c for line in body for c in line.strip("|").split("|")]
     numbers = [n for c in cells for n in NUMBER.findall(c)]

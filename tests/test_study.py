@@ -112,9 +112,10 @@ def test_study_gap_vs_T(tmp_path, load_example, capsys):
         # the grouped terms add up to the whole bound
         assert -sum(r["terms_by_t"].values()) - r["prior"] == pytest.approx(r["elbo"][0], abs=1e-6)
         _check_doubling(r)
+    assert set(res["tables"]) == {"gap", "breakdown", "convergence"}
     H, H_se = res["entropy"]
     assert math.isfinite(H) and H_se >= 0
-    assert len(_table_rows(out)) == 2 * (2 + len(res["rows"]))
+    assert len(_table_rows(out)) == 3 * (2 + len(res["rows"]))
     for row, r in zip(res["table"], res["rows"], strict=True):
         assert row["T"] == r["T"] and [row["elbo"], row["elbo_se"]] == r["elbo"]
         assert row["reference"] == -H and row["converged"] is r["converged"]
@@ -159,8 +160,17 @@ def test_study_digits(tmp_path, load_example, capsys):
             first, last = r["log_snr_ends"]
             assert first > last
         _check_doubling(r)
+    # the two largest fixed-q T: the split at equal noise adds up to each row's test bits/dim
+    question = res["slower_or_looser"]
+    Ts, Tl = question["T"]
+    for T in (Ts, Tl):
+        row = next(r for r in res["rows"] if r["T"] == T and r["name"].startswith("fixed"))
+        split = question["test_split_bits"][str(T)]
+        assert split["first"] + split["rest"] == pytest.approx(row["bits_per_dim"][0], rel=1e-9)
     pixel, ar = res["references"]
     # exact likelihoods of models that put mass on all 17 levels of all 64 pixels
     assert 0 < pixel["bits_per_dim"][0] < math.log2(17)
     assert 0 < ar["bits_per_dim"][0] < math.log2(17)
-    assert len(_table_rows(out)) == 2 + len(res["rows"]) + 2
+    assert (
+        len(_table_rows(out)) == 2 + len(res["rows"]) + 2 + 2 + len(question["equal_updates"]) + 3
+    )
