@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyrodiff.cli.runs import LoadedRun, load_run
 from pyrodiff.config import RunConfig, build
 from pyrodiff.train import History, fit
+
+R = TypeVar("R")
 
 DONE_NAME = "study_budget.json"
 """Written into a run folder when its training is complete: CPU seconds and updates."""
@@ -147,6 +150,33 @@ def train_run(config: RunConfig, folder: Path, *, say=print) -> TrainedRun:
     return TrainedRun(folder, loaded, history, spent["cpu_seconds"] / 60)
 
 
+def doubling(
+    train: Callable[[int], R],
+    validation: Callable[[R], tuple[float, float]],
+    *,
+    first_updates: int,
+    max_updates: int,
+) -> tuple[list[R], R, bool]:
+    """The doubling rule for any trainer: ``train(updates)`` returns a trained result and
+    ``validation(result)`` its validation ELBO with that ELBO's SE. Returns every result in
+    order of budget, the one kept, and whether the rule was met (see the module's docstring)."""
+    if first_updates < 1 or max_updates < first_updates:
+        raise ValueError(
+            f"need 1 <= first_updates <= max_updates, got {first_updates} and {max_updates}"
+        )
+    runs: list[R] = []
+    updates = first_updates
+    while True:
+        runs.append(train(updates))
+        if len(runs) >= 2:
+            (a, se), (b, _) = validation(runs[-2]), validation(runs[-1])
+            if b - a < 2 * se:
+                return runs, (runs[-1] if b >= a else runs[-2]), True
+        if 2 * updates > max_updates:
+            return runs, runs[-1], False
+        updates *= 2
+
+
 def train_to_convergence(
     config: RunConfig,
     root: Path,
@@ -157,22 +187,13 @@ def train_to_convergence(
 ) -> Converged:
     """Train ``config`` at ``first_updates``, then double until the validation ELBO stops rising
     by 2 SE or ``max_updates`` is reached (see the module's docstring)."""
-    if first_updates < 1 or max_updates < first_updates:
-        raise ValueError(
-            f"need 1 <= first_updates <= max_updates, got {first_updates} and {max_updates}"
-        )
-    runs: list[TrainedRun] = []
-    updates = first_updates
-    while True:
-        runs.append(train_run(config.replace(updates=updates), Path(root) / f"u{updates}", say=say))
-        if len(runs) >= 2:
-            (a, se), (b, _) = runs[-2].validation, runs[-1].validation
-            if b - a < 2 * se:
-                kept = runs[-1] if b >= a else runs[-2]
-                return Converged(runs, kept, True)
-        if 2 * updates > max_updates:
-            return Converged(runs, runs[-1], False)
-        updates *= 2
+    runs, kept, converged = doubling(
+        lambda n: train_run(config.replace(updates=n), Path(root) / f"u{n}", say=say),
+        lambda run: run.validation,
+        first_updates=first_updates,
+        max_updates=max_updates,
+    )
+    return Converged(runs, kept, converged)
 
 
 def _read(path: Path) -> dict[str, Any]:

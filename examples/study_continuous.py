@@ -4,7 +4,9 @@ Data: the eight-Gaussians ring (2-D, standardised), whose log density and entrop
 so −H = E log p_data is the best expected log-likelihood any model can reach. One
 :class:`~pyrodiff.ContinuousDiffusion` (MLP, ε-prediction, conditioned on γ, linear log-SNR
 from −13.3 to 5, Gaussian decoder) is trained on the T = ∞ bound
-(:class:`~pyrodiff.infer.ContinuousELBO`). Then, on held-out data:
+(:class:`~pyrodiff.infer.ContinuousELBO`) until doubling its updates no longer raises the
+validation bound by 2 SE (``_converge.doubling``; 6000, 12000, … updates, each a fresh run).
+Then, on the test data:
 
 1. the discrete bounds of the same trained model at T = 10, 100, 1000 (``model.discretize(T)``,
    every per-step term, :func:`~pyrodiff.infer.elbo_terms`) and the T = ∞ bound, each as a gap
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+from _converge import doubling
 from _outputs import add_output_arguments, outputs
 from _study_common import mean_se
 from _tables import render, table_row
@@ -67,6 +70,8 @@ class ContinuousStudyConfig:
     hidden: int = 128
     depth: int = 3
     updates: int = 6000
+    """the first budget of the doubling (``_converge.doubling``)"""
+    max_updates: int = 24_000
     batch_size: int = 512
     lr: float = 2e-3
     passes: int = 64
@@ -83,6 +88,7 @@ class ContinuousStudyConfig:
             hidden=16,
             depth=1,
             updates=20,
+            max_updates=40,
             batch_size=64,
             passes=4,
             schedule_updates=5,
@@ -90,20 +96,22 @@ class ContinuousStudyConfig:
         )
 
 
-def train(model: ContinuousDiffusion, data: torch.Tensor, cfg: ContinuousStudyConfig) -> None:
+def train(
+    model: ContinuousDiffusion, data: torch.Tensor, cfg: ContinuousStudyConfig, updates: int
+) -> None:
     """Adam on the T = ∞ bound, linear warm-up then cosine decay, gradients clipped at 1."""
     loss = ContinuousELBO(timesteps=LowDiscrepancyTimesteps())(model, ContinuousForwardGuide())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    warm = max(1, cfg.updates // 20)
+    warm = max(1, updates // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda n: (
             (n + 1) / warm
             if n < warm
-            else 0.5 * (1 + math.cos(math.pi * (n - warm) / max(1, cfg.updates - warm)))
+            else 0.5 * (1 + math.cos(math.pi * (n - warm) / max(1, updates - warm)))
         ),
     )
-    for _ in range(cfg.updates):
+    for _ in range(updates):
         idx = torch.randint(0, data.shape[0], (cfg.batch_size,))
         opt.zero_grad(set_to_none=True)
         loss(data[idx]).backward()
@@ -149,17 +157,51 @@ def with_schedule(model: ContinuousDiffusion, schedule) -> ContinuousDiffusion:
     return ContinuousDiffusion(model.denoiser, schedule, likelihood=model.likelihood)
 
 
-def run(cfg: ContinuousStudyConfig) -> list[dict]:
-    torch.manual_seed(cfg.seed)
+@dataclass
+class Trained:
+    model: ContinuousDiffusion
+    updates: int
+    cpu_minutes: float
+    validation: tuple[float, float]
+
+
+def run(cfg: ContinuousStudyConfig) -> tuple[list[dict], dict]:
     data = get_dataset(
         "eight_gaussians", num_train=cfg.num_train, num_test=cfg.num_test, seed=cfg.seed
     )
     neg_h = -data.density.entropy
-    net = MLPDenoiser(2, hidden=cfg.hidden, depth=cfg.depth)
-    model = ContinuousDiffusion(net, LinearLogSNR(cfg.gamma_min, cfg.gamma_max))
-    start = time.process_time()
-    train(model, data.train, cfg)
-    cpu_minutes = (time.process_time() - start) / 60
+
+    def train_budget(updates: int) -> Trained:
+        torch.manual_seed(cfg.seed)  # the same initial network and batches for every budget
+        net = MLPDenoiser(2, hidden=cfg.hidden, depth=cfg.depth)
+        model = ContinuousDiffusion(net, LinearLogSNR(cfg.gamma_min, cfg.gamma_max))
+        start = time.process_time()
+        train(model, data.train, cfg, updates)
+        minutes = (time.process_time() - start) / 60
+        bound, _ = continuous_bound(model, data.validation, cfg.passes, cfg.seed + 4)
+        print(f"  {updates} updates: validation T = ∞ bound {mean_se(bound)}", flush=True)
+        return Trained(model, updates, minutes, mean_se(bound))
+
+    runs, kept, converged = doubling(
+        train_budget,
+        lambda r: r.validation,
+        first_updates=cfg.updates,
+        max_updates=cfg.max_updates,
+    )
+    model, cpu_minutes = kept.model, kept.cpu_minutes
+    budgets = {
+        "budgets": [
+            {
+                "updates": r.updates,
+                "cpu_minutes": r.cpu_minutes,
+                "validation_elbo": r.validation[0],
+                "validation_elbo_se": r.validation[1],
+            }
+            for r in runs
+        ],
+        "updates": kept.updates,
+        "converged": converged,
+    }
     x = data.test
     log_p = data.density.log_prob(x).double()
     rows: list[dict] = []
@@ -182,7 +224,7 @@ def run(cfg: ContinuousStudyConfig) -> list[dict]:
     for r in rows:
         r["neg_entropy_se"] = data.density.entropy_se
         r["cpu_minutes"] = cpu_minutes
-    return rows
+    return rows, budgets
 
 
 def _row(table, label, T, bound, log_p, neg_h, spread=None) -> dict:
@@ -201,20 +243,21 @@ def _row(table, label, T, bound, log_p, neg_h, spread=None) -> dict:
     }
 
 
-def _table_row(cfg: ContinuousStudyConfig, r: dict) -> dict:
+def _table_row(cfg: ContinuousStudyConfig, r: dict, budgets: dict) -> dict:
     """One row of the study's table: the bound, −H as the reference, and the gap to the data's
     log density paired per datum (not the difference of the two columns' SEs)."""
     return table_row(
         label=r["label"] if r["table"] == "gap_vs_T" else f"interior: {r['label']}",
-        configuration={"part": r["table"], "updates": cfg.updates, "batch_size": cfg.batch_size},
+        configuration={"part": r["table"], "batch_size": cfg.batch_size},
         T=r["num_steps"],
         elbo=(r["bound"], r["bound_se"]),
         iwae=None,
         iwae_k=None,
         reference=(r["neg_entropy"], r["neg_entropy_se"]),
         reference_name="−H",
-        updates=cfg.updates,
+        updates=budgets["updates"],
         cpu_minutes=r["cpu_minutes"],
+        converged=budgets["converged"],
         extra={
             "gap to log p_data": (r["gap"], r["gap_se"]),
             "one-sample SD": r["estimator_std"],
@@ -230,8 +273,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cfg = ContinuousStudyConfig.quick(args.seed) if args.quick else ContinuousStudyConfig()
-    rows = run(cfg)
-    results = {"config": asdict(cfg), "table": [_table_row(cfg, r) for r in rows]}
+    rows, budgets = run(cfg)
+    results = {
+        "config": asdict(cfg),
+        "convergence": budgets,
+        "table": [_table_row(cfg, r, budgets) for r in rows],
+    }
     print(render(results["table"]))
     path = outputs(args, NAME).write_results(results)
     print(f"wrote {path}")
