@@ -1,4 +1,4 @@
-"""The tables of docs/study.md that name a results file are exactly what that file says.
+"""The tables of the docs pages that name a results file are exactly what that file says.
 
 A table declares its source with a marker line just above it::
 
@@ -20,14 +20,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "study.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 MARKER = re.compile(r"^<!-- results: (\S+) -->$")
 NUMBER = re.compile(r"(?<![\w.])[−-]?\d+(?:\.\d+)?(?:e[−-]?\d+)?")
 
 
 def _sourced_tables() -> list[tuple[str, str]]:
-    """(results path, the table's markdown) for every marked table of the page."""
-    lines = DOC.read_text().splitlines()
+    """(results path, the table's markdown) for every marked table of the docs pages."""
+    return [t for page in DOCS for t in _page_tables(page)]
+
+
+def _page_tables(page: Path) -> list[tuple[str, str]]:
+    lines = page.read_text().splitlines()
     out = []
     for i, line in enumerate(lines):
         m = MARKER.match(line.strip())
@@ -63,6 +67,7 @@ def _render(path: str) -> str:
 
 
 SOURCED = _sourced_tables()
+IDS = [f"{src}-{i}" for i, (src, _) in enumerate(SOURCED)]
 
 
 def test_the_page_declares_its_sourced_tables():
@@ -71,18 +76,18 @@ def test_the_page_declares_its_sourced_tables():
     assert any(src == "docs/results/study_exact.json" for src, _ in SOURCED)
     for src, table in SOURCED:
         path, _, name = src.partition("#")
-        assert (ROOT / path).is_file(), f"{path} is named by docs/study.md but does not exist"
+        assert (ROOT / path).is_file(), f"{path} is named by a docs page but does not exist"
         if name:
             assert name in json.loads((ROOT / path).read_text())["tables"], src
         assert table, f"no table follows the marker of {src}"
 
 
-@pytest.mark.parametrize(("src", "table"), SOURCED, ids=[s for s, _ in SOURCED])
+@pytest.mark.parametrize(("src", "table"), SOURCED, ids=IDS)
 def test_sourced_table_is_printed_from_its_file(src, table):
     assert table == _render(f"{ROOT}/{src}")
 
 
-@pytest.mark.parametrize(("src", "table"), SOURCED, ids=[s for s, _ in SOURCED])
+@pytest.mark.parametrize(("src", "table"), SOURCED, ids=IDS)
 def test_every_number_of_a_sourced_table_is_in_its_file(src, table):
     path, _, name = src.partition("#")
     results = json.loads((ROOT / path).read_text())
