@@ -12,6 +12,7 @@ table still matches its file.
 
     python examples/_tables.py docs/results/study_exact.json          # print the table
     python examples/_tables.py docs/results/study_gap_vs_T.json#gap   # a named table
+    python examples/_tables.py --update docs/study.md                 # rewrite its marked tables
 """
 
 from __future__ import annotations
@@ -138,6 +139,35 @@ def render_file(path: str | Path) -> str:
     return markdown(results["tables"][name]) if name else render(results["table"])
 
 
+def update_page(page: str | Path, root: str | Path = ".") -> int:
+    """Rewrite every marked table of a markdown ``page`` from its results file (paths in the
+    markers are relative to ``root``); returns how many tables were written."""
+    lines = Path(page).read_text().splitlines()
+    out, i, count = [], 0, 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        if not line.strip().startswith(MARKER):
+            continue
+        src = line.strip()[len(MARKER) :].removesuffix("-->").strip()
+        while i < len(lines) and not lines[i].strip():
+            out.append(lines[i])
+            i += 1
+        while i < len(lines) and lines[i].startswith("|"):
+            i += 1  # the old table
+        out.extend(render_file(Path(root) / src).splitlines())
+        count += 1
+    Path(page).write_text("\n".join(out) + "\n")
+    return count
+
+
 if __name__ == "__main__":
-    for name in sys.argv[1:]:
-        print(render_file(name))
+    args = sys.argv[1:]
+    if args[:1] == ["--update"]:
+        # python examples/_tables.py --update docs/study.md: refresh its marked tables
+        for page in args[1:]:
+            print(f"{page}: {update_page(page)} tables written")
+    else:
+        for name in args:
+            print(render_file(name))

@@ -137,3 +137,19 @@ def test_readme_says_where_the_default_runs_bound_is_paid_as_evaluate_prints_it(
     assert f"{-bound:.2f} nats".replace("-", "−") in text
     assert f"t ≤ 10 is {100 * sum(per_step[:10]) / bound:.1f} %" in text
     assert f"(t > {T // 2}) costs {sum(per_step[T // 2 :]):.2f} nats" in text
+
+
+def test_update_page_rewrites_only_the_marked_tables(tmp_path):
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from _tables import named_table, update_page
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    results = {"table": [], "tables": {"t": named_table(["a", "b"], [[1, "2 ± 0.1"]])}}
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    page = tmp_path / "page.md"
+    stale = "| a | b |\n| --- | --- |\n| 1 | 3 ± 0.1 |"
+    page.write_text(f"text\n\n<!-- results: r.json#t -->\n{stale}\n\nafter\n\n{stale}\n")
+    assert update_page(page, root=tmp_path) == 1
+    fresh = "| a | b |\n| --- | --- |\n| 1 | 2 ± 0.1 |"
+    assert page.read_text() == f"text\n\n<!-- results: r.json#t -->\n{fresh}\n\nafter\n\n{stale}\n"
