@@ -75,6 +75,7 @@ class GuidesConfig:
     elbo_samples: int = 64
     iwae_k: int = 64
     psis_samples: int = 256
+    psis_data: int = 100
     seed: int = 0
 
     @staticmethod
@@ -90,6 +91,7 @@ class GuidesConfig:
             elbo_samples=8,
             iwae_k=4,
             psis_samples=64,
+            psis_data=20,
             seed=seed,
         )
 
@@ -132,7 +134,7 @@ def measure(cfg: GuidesConfig, arm: Arm, result: Converged, x, log_pd) -> dict:
     with torch.no_grad():
         elbo = elbo_estimate(model, guide, x, cfg.elbo_samples).values.double()
         iwae = iwae_bound(model, guide, x, cfg.iwae_k).values.double()
-        psis = psis_diagnostic(model, guide, x, cfg.psis_samples)
+        psis = psis_diagnostic(model, guide, x[: cfg.psis_data], cfg.psis_samples)
     return {
         "arm": arm.name,
         "T": run.loaded.config.num_steps,
@@ -250,8 +252,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     k = cfg.iwae_k
     print(
         f"\n{cfg.data.value} (−H = {pm(-H, H_se)} nats), the first {x.shape[0]} test data: ELBO "
-        f"from {cfg.elbo_samples} draws per datum, IWAE-{k}, k̂ from {cfg.psis_samples}; ± one "
-        "standard error over the data.\n"
+        f"from {cfg.elbo_samples} draws per datum, IWAE-{k}; k̂ from {cfg.psis_samples} draws "
+        f"on the first {cfg.psis_data}; ± one standard error over the data.\n"
     )
     tables = {
         "guides": named_table(
