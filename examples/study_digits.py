@@ -117,7 +117,10 @@ def measure(cfg: DigitsConfig, name: str, result: Converged, test: torch.Tensor)
         "T": T,
         "updates": run.updates,
         "converged": result.converged,
-        "budgets": result.budget_table(),
+        "budgets": [
+            {**b, "validation_bits_per_dim": -b["validation_elbo"] / bits}
+            for b in result.budget_table()
+        ],
         "cpu_minutes": run.cpu_minutes,
         "validation_elbo": run.validation,
         "per_step_bits": None,
@@ -318,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 pm(*r["bits_per_dim"]),
                 pm(*iw) if iw else "—",
                 "; ".join(
-                    f"{b['updates']}: {-b['validation_elbo'] / (D * math.log(2)):.3f}"
+                    f"{b['updates']}: {b['validation_bits_per_dim']:.3f}"
                     for b in r["budgets"]
                 ),
                 f"{ends[0]:.2f} … {ends[1]:.2f}" if ends else "—",
