@@ -321,8 +321,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 pm(*r["bits_per_dim"]),
                 pm(*iw) if iw else "—",
                 "; ".join(
-                    f"{b['updates']}: {b['validation_bits_per_dim']:.3f}"
-                    for b in r["budgets"]
+                    f"{b['updates']}: {b['validation_bits_per_dim']:.3f}" for b in r["budgets"]
                 ),
                 f"{ends[0]:.2f} … {ends[1]:.2f}" if ends else "—",
             ]

@@ -38,7 +38,7 @@ import torch
 from _converge import Converged, train_to_convergence
 from _outputs import OUTPUTS
 from _study_common import mean_se, parse_args, pm
-from _tables import markdown, named_table, table_row
+from _tables import convergence_table, markdown, named_table, table_row
 from matplotlib.figure import Figure
 
 from pyrodiff.config import RunConfig, build
@@ -197,6 +197,38 @@ def _table_row(cfg: GuidesConfig, r: dict, H: float, H_se: float) -> dict:
     )
 
 
+def guides_table(cfg: GuidesConfig, rows: list[dict]) -> dict:
+    """The study's main table (``_tables.named_table``): bounds, gap, k̂ and the verdict."""
+    k = cfg.iwae_k
+    return named_table(
+        [
+            "T",
+            "guide",
+            "ELBO",
+            f"IWAE-{k}",
+            f"IWAE-{k} − ELBO",
+            "log p_data − ELBO",
+            "PSIS k̂ (share > 0.7)",
+            "updates",
+            "converged",
+        ],
+        [
+            [
+                r["T"],
+                Arm[r["arm"]].label,
+                pm(*r["elbo"]),
+                pm(*r["iwae"]),
+                pm(*r["iwae_minus_elbo"]),
+                pm(*r["gap_elbo"]),
+                f"{pm(*r['khat'], digits=2)} ({r['khat_fraction_bad']:.2f})",
+                r["updates"],
+                "yes" if r["converged"] else "no",
+            ]
+            for r in rows
+        ],
+    )
+
+
 def figure(cfg: GuidesConfig, rows: list[dict], entropy: float) -> Figure:
     fig = Figure(figsize=(13, 4.4), layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -255,36 +287,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"from {cfg.elbo_samples} draws per datum, IWAE-{k}; k̂ from {cfg.psis_samples} draws "
         f"on the first {cfg.psis_data}; ± one standard error over the data.\n"
     )
-    tables = {
-        "guides": named_table(
-            [
-                "T",
-                "guide",
-                "ELBO",
-                f"IWAE-{k}",
-                f"IWAE-{k} − ELBO",
-                "log p_data − ELBO",
-                "PSIS k̂ (share > 0.7)",
-                "updates",
-                "converged",
-            ],
-            [
-                [
-                    r["T"],
-                    Arm[r["arm"]].label,
-                    pm(*r["elbo"]),
-                    pm(*r["iwae"]),
-                    pm(*r["iwae_minus_elbo"]),
-                    pm(*r["gap_elbo"]),
-                    f"{pm(*r['khat'], digits=2)} ({r['khat_fraction_bad']:.0%})",
-                    r["updates"],
-                    "yes" if r["converged"] else "no",
-                ]
-                for r in rows
-            ],
-        )
-    }
+    tables = {"guides": guides_table(cfg, rows)}
     print(markdown(tables["guides"]))
+    labels = [f"{Arm[r['arm']].label}, T = {r['T']}" for r in rows]
+    tables["convergence"] = convergence_table("configuration", labels, rows)
+    print("\nConvergence: the validation ELBO of each budget of the doubling (nats per datum).\n")
+    print(markdown(tables["convergence"]))
     for T, seconds in skipped.items():
         print(
             f"\nlearned q at T = {T}: not trained here; one update costs {seconds:.2f} CPU s, so "

@@ -141,7 +141,7 @@ def test_study_guides(tmp_path, load_example, capsys):
         assert not math.isnan(r["khat"][0])
         assert 0.0 <= r["khat_fraction_bad"] <= 1.0
         _check_doubling(r)
-    assert len(_table_rows(out)) == 2 + len(res["rows"])
+    assert len(_table_rows(out)) == 2 * (2 + len(res["rows"]))
 
 
 def test_study_digits(tmp_path, load_example, capsys):
