@@ -196,7 +196,8 @@ def figure(cfg: GapConfig, rows: list[dict], entropy: float, entropy_se: float) 
     left.legend(fontsize=8)
     left.grid(alpha=0.3, which="both")
     for key, label, style in (
-        ("gap_elbo", "log p_data − ELBO", "o-"),
+        ("gap_elbo", "log p_data − ELBO (term by term)", "o-"),
+        ("gap_elbo_k", f"log p_data − ELBO ({k} draws)", "d-"),
         ("gap_iwae", f"log p_data − IWAE-{k}", "s--"),
     ):
         m = np.array([r[key][0] for r in rows])
