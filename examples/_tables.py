@@ -126,17 +126,13 @@ def named_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> dict
 def convergence_table(first: str, labels: Sequence[object], rows: Sequence[Mapping[str, Any]]):
     """The budgets of each row's doubling (``rows[i]["budgets"]``, as ``_converge`` reports
     them): validation ELBO ± SE and CPU-minutes per budget, the budget kept, and the verdict."""
-
-    def pm(m: float, se: float) -> str:
-        return f"{m:.3f} ± {se:.3f}"
-
     return named_table(
         [first, "updates: validation ELBO (CPU-minutes)", "kept", "converged"],
         [
             [
                 label,
                 "; ".join(
-                    f"{b['updates']}: {pm(b['validation_elbo'], b['validation_elbo_se'])} "
+                    f"{b['updates']}: {_pm(b['validation_elbo'], b['validation_elbo_se'], 3)} "
                     f"({b['cpu_minutes']:.1f})"
                     for b in r["budgets"]
                 ),

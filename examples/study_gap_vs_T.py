@@ -128,7 +128,7 @@ def measure(cfg: GapConfig, result: Converged, data) -> dict:
             if a <= T
         }
 
-    groups = by_t(per_step)
+    groups, best_groups = by_t(per_step), by_t(best.per_step)
     H = data.density.entropy
     gain = result.last_gain
     return {
@@ -152,8 +152,8 @@ def measure(cfg: GapConfig, result: Converged, data) -> dict:
         # the best any Gaussian reverse kernel can do at this schedule (kernel_limit.py)
         "best_kernel_elbo": (best.elbo, best.elbo_se),
         "best_kernel_gap": (-H - best.elbo, math.hypot(best.elbo_se, data.density.entropy_se)),
-        "best_kernel_terms_by_t": by_t(best.per_step),
-        "network_terms_by_t": {g: v - by_t(best.per_step)[g] for g, v in groups.items()},
+        "best_kernel_terms_by_t": best_groups,
+        "network_terms_by_t": {g: v - best_groups[g] for g, v in groups.items()},
         "network_excess": (
             best.elbo - mean_se(elbo)[0],
             math.hypot(best.elbo_se, mean_se(elbo)[1]),
