@@ -129,10 +129,20 @@ def setup_distributed(backend: Backend | None = None) -> DistributedContext:
     return DistributedContext(rank, world_size, device, is_main=rank == 0)
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group (a no-op outside one)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup_distributed(*, synchronize: bool = True) -> None:
+    """Leave the process group (a no-op outside one).
+
+    With ``synchronize`` (the default) the ranks first meet at a barrier, so that no rank shuts
+    its connections down while a peer is still receiving from it: the source of a broadcast
+    returns as soon as its sends are buffered, and a peer that is still reading them when the
+    source's connections close can bring a process down. Pass ``synchronize=False`` on an
+    error path, where peers may never arrive at the barrier.
+    """
+    if not dist.is_initialized():
+        return
+    if synchronize and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def _sum_allreduce_hook(process_group, bucket):  # unannotated: DDP checks hooks' annotations

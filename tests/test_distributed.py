@@ -3,6 +3,7 @@ the combined batch, because wrap_module sums gradients over ranks (the loss is a
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
 from pathlib import Path
@@ -77,9 +78,12 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
         LOCAL_RANK=str(rank),
     )
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    # a rank killed by a signal then prints where it was, not only the signal's name
+    faulthandler.enable()
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
     ctx = setup_distributed(Backend.GLOO)
+    finished = False
     try:
         x, t, noise = _problem()
         idx = shard_indices(N, ctx.rank, ctx.world_size)
@@ -94,8 +98,9 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
         )
         _fit_worker(ctx, Path(out))
         assert ctx.broadcast_object(f"from rank {ctx.rank}") == "from rank 0"
+        finished = True
     finally:
-        cleanup_distributed()
+        cleanup_distributed(synchronize=finished)
 
 
 def _fit_worker(ctx: DistributedContext, out: Path) -> None:

@@ -118,13 +118,17 @@ def train(args: argparse.Namespace) -> int:
         from ..distributed import setup_distributed
 
         distributed = setup_distributed()
+    finished = False
     try:
-        return _train(args, config, distributed)
+        code = _train(args, config, distributed)
+        finished = True
+        return code
     finally:
         if distributed is not None:
             from ..distributed import cleanup_distributed
 
-            cleanup_distributed()
+            # a rank that failed must not wait at a barrier its peers may never reach
+            cleanup_distributed(synchronize=finished)
 
 
 def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
