@@ -205,3 +205,26 @@ def test_setup_outside_torchrun_says_how_to_launch(monkeypatch):
 def test_single_process_context_broadcast_is_identity():
     ctx = DistributedContext(0, 1, torch.device("cpu"), True)
     assert ctx.broadcast_object({"a": 1}) == {"a": 1}
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_cli_meets_at_the_barrier_only_when_the_run_finished(fails, monkeypatch, tmp_path):
+    import pyrodiff.cli.commands as commands
+    import pyrodiff.distributed as distributed
+    from pyrodiff.cli import main
+
+    left = []
+    ctx = DistributedContext(0, 1, torch.device("cpu"), True)
+    monkeypatch.setattr(distributed, "setup_distributed", lambda: ctx)
+    monkeypatch.setattr(distributed, "cleanup_distributed", lambda **kw: left.append(kw))
+
+    def train(args, config, given):
+        assert given is ctx
+        if fails:
+            raise RuntimeError("a rank failed")
+        return 0
+
+    monkeypatch.setattr(commands, "_train", train)
+    code = main(["train", "--distributed", "--data", "moons", "--out", str(tmp_path / "run")])
+    assert (code != 0) == fails
+    assert left == [{"synchronize": not fails}]
