@@ -2,10 +2,12 @@
 
 Data x_0 ~ N(m, s² I) in D = 2. The model is a linear-Gaussian :class:`~pyrodiff.Diffusion`
 (a :class:`~pyrodiff.networks.LinearDenoiser`, ε-prediction, Gaussian decoder) trained with
-the fixed forward-chain guide by :class:`~pyrodiff.infer.DiffusionELBO`. Over training it
-records, on held-out data, the exact log p_θ(x_0) (:func:`~pyrodiff.infer.exact_log_evidence`),
-the ELBO in closed form (:func:`~pyrodiff.infer.exact_elbo_terms`) and IWAE-K
-(:func:`~pyrodiff.infer.iwae_bound`), for two reverse variances:
+the fixed forward-chain guide by :class:`~pyrodiff.infer.DiffusionELBO`, at 1500, 3000, …
+updates until doubling them no longer raises the validation ELBO by 2 SE
+(``_converge.doubling``). Over training it records, on the validation data, the exact
+log p_θ(x_0) (:func:`~pyrodiff.infer.exact_log_evidence`), the ELBO in closed form
+(:func:`~pyrodiff.infer.exact_elbo_terms`) and IWAE-K (:func:`~pyrodiff.infer.iwae_bound`); the
+test data are read once, for the run kept. Two reverse variances:
 
 * ``PER_STEP`` (a learned σ_t² per step): the family contains the true reverse process
   q(x_{t−1} | x_t) of any isotropic Gaussian (see :func:`~pyrodiff.gaussian_oracle`), so the
@@ -25,11 +27,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
+from _converge import doubling
 from _study_common import Stopwatch, markdown_table, mean_se, parse_args, pm
-from _tables import render, table_row
+from _tables import convergence_table, markdown, render, table_row
 from matplotlib.figure import Figure
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
@@ -55,7 +58,9 @@ class ExactConfig:
     num_steps: int = 10
     num_train: int = 4000
     num_test: int = 1000
-    steps: int = 3000
+    num_validation: int = 1000
+    first_updates: int = 1500
+    max_updates: int = 24_000
     batch_size: int = 256
     lr: float = 0.02
     iwae_k: int = 16
@@ -65,7 +70,15 @@ class ExactConfig:
 
     @staticmethod
     def quick(seed: int) -> ExactConfig:
-        return ExactConfig(num_train=500, num_test=100, steps=100, spread_repeats=5, seed=seed)
+        return ExactConfig(
+            num_train=500,
+            num_test=100,
+            num_validation=100,
+            first_updates=50,
+            max_updates=100,
+            spread_repeats=5,
+            seed=seed,
+        )
 
 
 VARIANCES = (ReverseVariance.PER_STEP, ReverseVariance.BETA)
@@ -80,63 +93,114 @@ def eval_steps(total: int) -> set[int]:
     return out
 
 
-def _data(cfg: ExactConfig) -> tuple[torch.Tensor, torch.Tensor, torch.distributions.Normal]:
+def _data(
+    cfg: ExactConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.distributions.Normal]:
+    """Train, validation and test draws; the validation data are drawn last, so the training
+    and test data do not depend on how many there are."""
     gen = torch.Generator().manual_seed(cfg.seed)
     mean = torch.tensor(cfg.data_mean, dtype=torch.float64)
     law = torch.distributions.Normal(mean, cfg.data_std)
-    x = mean + cfg.data_std * torch.randn(cfg.num_train + cfg.num_test, cfg.dim, generator=gen)
-    return x[: cfg.num_train], x[cfg.num_train :], law
+    n = cfg.num_train + cfg.num_test + cfg.num_validation
+    x = mean + cfg.data_std * torch.randn(n, cfg.dim, generator=gen)
+    test_end = cfg.num_train + cfg.num_test
+    return x[: cfg.num_train], x[test_end:], x[cfg.num_train : test_end], law
 
 
-def train_one(cfg: ExactConfig, variance: ReverseVariance, train, test) -> dict:
+def train_one(cfg: ExactConfig, variance: ReverseVariance, updates: int, train, validation) -> dict:
+    """One run of ``updates`` updates; its curve and final ELBO are on the validation data."""
     schedule = linear_schedule(cfg.num_steps)
     model = Diffusion(LinearDenoiser(cfg.dim, cfg.num_steps), schedule, variance=variance)
     guide = ForwardGuide(schedule)
     curve: list[dict] = []
-    when = eval_steps(cfg.steps)
+    when = eval_steps(updates)
 
     def record(step: int, _loss: float) -> None:
         if step not in when:
             return
         with torch.no_grad():
-            log_p = exact_log_evidence(model, test)
-            elbo = exact_elbo_terms(model, guide, test).elbo
-            iwae = iwae_bound(model, guide, test, cfg.iwae_k).values
+            log_p = exact_log_evidence(model, validation)
+            elbo = exact_elbo_terms(model, guide, validation).elbo
+            iwae = iwae_bound(model, guide, validation, cfg.iwae_k).values
         curve.append(
             {
                 "step": step,
                 "log_p": log_p.mean().item(),
                 "elbo": elbo.mean().item(),
+                "elbo_se": mean_se(elbo)[1],
                 f"iwae_{cfg.iwae_k}": iwae.mean().item(),
                 "gap_elbo": (log_p - elbo).mean().item(),
                 "gap_iwae": (log_p - iwae).mean().item(),
             }
         )
 
-    record(0, math.nan)
-    fit(
-        model,
-        guide,
-        train,
-        loss=DiffusionELBO(),
-        updates=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        lr_schedule=LRSchedule.COSINE,
-        seed=cfg.seed,
-        device="cpu",
-        progress=False,
-        log_every=cfg.steps,
-        callback=record,
+    with Stopwatch() as clock:
+        record(0, math.nan)
+        fit(
+            model,
+            guide,
+            train,
+            loss=DiffusionELBO(),
+            updates=updates,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            lr_schedule=LRSchedule.COSINE,
+            seed=cfg.seed,
+            device="cpu",
+            progress=False,
+            log_every=updates,
+            callback=record,
+        )
+    return {
+        "variance": variance.value,
+        "updates": updates,
+        "curve": curve,
+        "cpu_seconds": clock.cpu_seconds,
+        "model": model,
+        "guide": guide,
+    }
+
+
+def validation_elbo(run: dict) -> tuple[float, float]:
+    """The run's exact ELBO on the validation data at its last update, with its SE."""
+    last = run["curve"][-1]
+    return last["elbo"], last["elbo_se"]
+
+
+def converge(cfg: ExactConfig, variance: ReverseVariance, train, validation) -> dict:
+    """Train at first_updates, 2 × first_updates, … until the validation ELBO stops rising by
+    2 SE (``_converge.doubling``); the run kept, its budgets and the verdict."""
+    runs, kept, converged = doubling(
+        lambda n: train_one(cfg, variance, n, train, validation),
+        validation_elbo,
+        first_updates=cfg.first_updates,
+        max_updates=cfg.max_updates,
     )
+    budgets = [
+        {
+            "updates": r["updates"],
+            "cpu_minutes": r["cpu_seconds"] / 60,
+            "validation_elbo": validation_elbo(r)[0],
+            "validation_elbo_se": validation_elbo(r)[1],
+            "curve": [
+                {"updates": c["step"], "elbo": c["elbo"], "elbo_se": c["elbo_se"]}
+                for c in r["curve"]
+            ],
+        }
+        for r in runs
+    ]
+    return {**kept, "budgets": budgets, "converged": converged}
+
+
+def measure(cfg: ExactConfig, run: dict, test) -> dict:
+    """The kept run on the test data (read once): exact log p_θ, the exact ELBO and IWAE-K."""
+    model, guide = run["model"], run["guide"]
     with torch.no_grad():
         log_p = exact_log_evidence(model, test)
         terms = exact_elbo_terms(model, guide, test)
         iwae = iwae_bound(model, guide, test, cfg.iwae_k, num_repeats=4)
     gap = log_p - terms.elbo
     return {
-        "variance": variance.value,
-        "curve": curve,
         "log_p": mean_se(log_p),
         "elbo": mean_se(terms.elbo),
         "iwae": (iwae.mean, iwae.stderr),
@@ -145,32 +209,30 @@ def train_one(cfg: ExactConfig, variance: ReverseVariance, train, test) -> dict:
         "gap_elbo_min": gap.min().item(),
         "gap_iwae": mean_se(log_p - iwae.values),
         "prior_kl": terms.prior.mean().item(),
-        "model": model,
     }
 
 
-def _table_row(cfg: ExactConfig, run: dict, half_elbo: tuple[float, float], best) -> dict:
-    """The row as data. Converged: the run with half the updates has a held-out ELBO within
-    2 SE (the standard error of the full run's ELBO over the test data) of the full run's."""
+def _label(name: str) -> str:
+    return "σ_t² learned per step (PER_STEP)" if name == "per_step" else "σ_t² = β_t (BETA)"
+
+
+def _table_row(cfg: ExactConfig, run: dict, best) -> dict:
+    """The row as data: the run kept by the doubling rule, measured on the test data."""
     name = run["variance"]
-    elbo, se = run["elbo"]
     keys = ("dim", "data_mean", "data_std", "num_test", "batch_size", "lr")
     return table_row(
-        label="σ_t² learned per step (PER_STEP)" if name == "per_step" else "σ_t² = β_t (BETA)",
+        label=_label(name),
         configuration={k: getattr(cfg, k) for k in keys} | {"variance": name},
         T=cfg.num_steps,
-        elbo=(elbo, se),
+        elbo=run["elbo"],
         iwae=run["iwae"],
         iwae_k=cfg.iwae_k,
         reference=best,
         reference_name="E log p_data",
-        updates=cfg.steps,
+        updates=run["updates"],
         cpu_minutes=run["cpu_seconds"] / 60,
-        converged=bool(abs(elbo - half_elbo[0]) < 2 * se),
-        extra={
-            "log p_θ (exact)": run["log_p"],
-            f"ELBO after {cfg.steps // 2} updates": half_elbo,
-        },
+        converged=run["converged"],
+        extra={"log p_θ (exact)": run["log_p"]},
     )
 
 
@@ -217,11 +279,11 @@ def figure(cfg: ExactConfig, runs: dict[str, dict], best: float) -> Figure:
         left.plot(steps, [r["elbo"] for r in run["curve"]], color=c, ls=":", lw=2, label="ELBO")
         gap = [r["gap_elbo"] for r in run["curve"]]
         right.plot(steps, gap, "o-", ms=3, color=c, lw=2, label=f"log p_θ − ELBO, {label}")
-    left.axhline(best, color="k", ls="-.", lw=1, label=f"E log p_data = {best:.3f}")
+    left.axhline(best, color="k", ls="-.", lw=1, label=f"E log p_data = {best:.3f} (validation)")
     left.set_ylim(best - 0.4, best + 0.05)
     left.set_xscale("log")
     left.set_xlabel("training step + 1 (log scale)")
-    left.set_ylabel("test nats per datum")
+    left.set_ylabel("validation nats per datum")
     left.set_title(f"exact evidence and bounds (Gaussian data, D = {cfg.dim}, T = {cfg.num_steps})")
     left.legend(fontsize=7, ncol=2, loc="lower right")
     left.grid(alpha=0.3, which="both")
@@ -249,17 +311,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def _main(args) -> dict:
     cfg = ExactConfig.quick(args.seed) if args.quick else ExactConfig(seed=args.seed)
     torch.manual_seed(cfg.seed)
-    train, test, law = _data(cfg)
+    train, validation, test, law = _data(cfg)
     best = law.log_prob(test).sum(-1)
-    runs, half = {}, {}
+    runs = {}
     for v in VARIANCES:
-        with Stopwatch() as clock:
-            runs[v.value] = train_one(cfg, v, train, test)
-        runs[v.value]["cpu_seconds"] = clock.cpu_seconds
-        # the convergence check: the same run with half the updates
-        half[v.value] = train_one(replace(cfg, steps=cfg.steps // 2), v, train, test)["elbo"]
+        kept = converge(cfg, v, train, validation)
+        runs[v.value] = {**kept, **measure(cfg, kept, test)}
     oracle = oracle_check(cfg, test)
-    save_figure(figure(cfg, runs, best.mean().item()), args.outputs.figure("study_exact.png"))
+    # the figure's curves are on the validation data, so its reference line is too
+    best_validation = law.log_prob(validation).sum(-1).mean().item()
+    save_figure(figure(cfg, runs, best_validation), args.outputs.figure("study_exact.png"))
 
     rows = []
     for name, run in runs.items():
@@ -267,7 +328,7 @@ def _main(args) -> dict:
             kl = best - exact_log_evidence(run["model"], test)
         rows.append(
             [
-                "σ_t² learned per step (PER_STEP)" if name == "per_step" else "σ_t² = β_t (BETA)",
+                _label(name),
                 pm(*run["log_p"]),
                 pm(*run["elbo"]),
                 pm(*run["iwae"]),
@@ -276,11 +337,17 @@ def _main(args) -> dict:
                 pm(*mean_se(kl), digits=4),
             ]
         )
-    table = [_table_row(cfg, run, half[k], mean_se(best)) for k, run in runs.items()]
+    table = [_table_row(cfg, run, mean_se(best)) for run in runs.values()]
+    tables = {
+        "convergence": convergence_table(
+            "reverse variance", [_label(k) for k in runs], list(runs.values())
+        )
+    }
+    updates = ", ".join(f"{_label(k)} {run['updates']}" for k, run in runs.items())
     print(
         f"Gaussian data N({list(cfg.data_mean)}, {cfg.data_std}² I), T = {cfg.num_steps}, "
-        f"{cfg.steps} updates of {cfg.batch_size}; {cfg.num_test} test data; E log p_data = "
-        f"{pm(*mean_se(best))} nats\n"
+        f"updates of {cfg.batch_size} kept on validation ({updates}); {cfg.num_test} test "
+        f"data; E log p_data = {pm(*mean_se(best))} nats\n"
     )
     print(
         markdown_table(
@@ -298,6 +365,8 @@ def _main(args) -> dict:
     )
     print("\nThe same runs as data (docs/results/study_exact.json under --write-docs):\n")
     print(render(table))
+    print("\nConvergence: the validation ELBO of each budget of the doubling (nats per datum).\n")
+    print(markdown(tables["convergence"]))
     sp = oracle["spread"]
     print(
         "\nOracle (exact reverse process): max |ELBO − log p| = "
@@ -317,9 +386,13 @@ def _main(args) -> dict:
     results = {
         "config": asdict(cfg),
         "log_p_data": mean_se(best),
-        "runs": {k: {kk: vv for kk, vv in v.items() if kk != "model"} for k, v in runs.items()},
+        "runs": {
+            k: {kk: vv for kk, vv in v.items() if kk not in ("model", "guide")}
+            for k, v in runs.items()
+        },
         "oracle": oracle,
         "table": table,
+        "tables": tables,
     }
     args.outputs.write_results(results)
     return results
