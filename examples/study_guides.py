@@ -22,7 +22,7 @@ kept) it reports the ELBO (:func:`~pyrodiff.infer.elbo_estimate`), IWAE-K
 A learned guide reads the literal chain, T network calls per datum and update: at T = 1000 that
 arm is not trained here, and the table says what one update costs.
 
-    python examples/study_guides.py            # ≈ 40 CPU-minutes
+    python examples/study_guides.py            # ≈ 2.5 CPU-hours on a fresh clone (runs cached)
     python examples/study_guides.py --quick    # seconds; what the tests run
 """
 
@@ -70,7 +70,7 @@ class GuidesConfig:
     width: int = 128
     batch_size: int = 256
     first_updates: int = 4000
-    max_updates: int = 16_000
+    max_updates: int = 64_000
     test_size: int = 500
     elbo_samples: int = 64
     iwae_k: int = 64
