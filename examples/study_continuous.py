@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from _converge import doubling
+from _converge import budget_entry, doubling
 from _outputs import add_output_arguments, outputs
 from _study_common import mean_se
 from _tables import render, table_row
@@ -190,15 +190,7 @@ def run(cfg: ContinuousStudyConfig) -> tuple[list[dict], dict]:
     )
     model, cpu_minutes = kept.model, kept.cpu_minutes
     budgets = {
-        "budgets": [
-            {
-                "updates": r.updates,
-                "cpu_minutes": r.cpu_minutes,
-                "validation_elbo": r.validation[0],
-                "validation_elbo_se": r.validation[1],
-            }
-            for r in runs
-        ],
+        "budgets": [budget_entry(r.updates, r.cpu_minutes, r.validation) for r in runs],
         "updates": kept.updates,
         "converged": converged,
     }

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from _converge import doubling
+from _converge import budget_entry, doubling
 from _study_common import Stopwatch, markdown_table, mean_se, parse_args, pm
 from _tables import convergence_table, markdown, render, table_row
 from matplotlib.figure import Figure
@@ -177,16 +177,15 @@ def converge(cfg: ExactConfig, variance: ReverseVariance, train, validation) -> 
         max_updates=cfg.max_updates,
     )
     budgets = [
-        {
-            "updates": r["updates"],
-            "cpu_minutes": r["cpu_seconds"] / 60,
-            "validation_elbo": validation_elbo(r)[0],
-            "validation_elbo_se": validation_elbo(r)[1],
-            "curve": [
+        budget_entry(
+            r["updates"],
+            r["cpu_seconds"] / 60,
+            validation_elbo(r),
+            [
                 {"updates": c["step"], "elbo": c["elbo"], "elbo_se": c["elbo_se"]}
                 for c in r["curve"]
             ],
-        }
+        )
         for r in runs
     ]
     return {**kept, "budgets": budgets, "converged": converged}
