@@ -53,10 +53,18 @@ class Units(enum.Enum):
     """nats / (D ln 2): needs the number of dimensions D"""
 
 
-def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.2) -> tuple[Figure, list[Axes]]:
+def _figure(
+    ncols: int = 1,
+    width: float = 6.0,
+    height: float = 4.2,
+    width_ratios: Sequence[float] | None = None,
+) -> tuple[Figure, list[Axes]]:
+    """A constrained-layout figure on the Agg canvas with ``ncols`` axes in a row, ``width``
+    inches per column on average."""
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    grid = fig.add_gridspec(1, ncols, width_ratios=width_ratios)
+    axes = [fig.add_subplot(grid[0, i]) for i in range(ncols)]
     return fig, axes
 
 
@@ -133,7 +141,13 @@ def plot_elbo(
         for split, _ in _splits(rows)
     )
     overview = _fit_ylim(*_elbo_values(runs), entropy) is not None
-    fig, axes = _figure(2 if has_bpd else 1, width=8.5, height=5.4 if overview else 4.2)
+    # the ELBO panel also holds its legend beside the axes: it gets the wider column
+    fig, axes = _figure(
+        2 if has_bpd else 1,
+        width=7.0 if has_bpd else 8.5,
+        height=5.4 if overview else 4.2,
+        width_ratios=[1.6, 1.0] if has_bpd else None,
+    )
     draw_elbo(axes[0], runs, entropy=entropy, title=title)
     if has_bpd:
         for (label, rows), color in zip(runs.items(), _colors(len(runs)), strict=True):
