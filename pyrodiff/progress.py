@@ -137,6 +137,7 @@ class TrainingProgress:
             self._bar = _auto_tqdm(
                 total=total,
                 initial=initial,
+                desc=self._status(),
                 file=self.stream,
                 dynamic_ncols=True,
                 bar_format=desc + ": {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{desc}]",
