@@ -494,3 +494,15 @@ def test_samples_stand_out_on_every_level_of_the_density():
     # images get the same title
     grid = plot_samples(torch.zeros(4, 1, 8, 8), sampler="ancestral", steps=100)
     assert grid.axes[0].get_title() == "4 samples (ancestral, 100 steps)"
+
+
+def test_the_sample_figure_names_the_sampler_and_its_steps(tmp_path, monkeypatch):
+    from pyrodiff.cli import figures
+    from pyrodiff.cli.commands import SamplerKind
+
+    drawn = []
+    monkeypatch.setattr(figures.plots, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    x = torch.zeros(5, 2)
+    figures.samples_figure(x, None, tmp_path / "s.png", sampler=SamplerKind.DDIM, steps=10)
+    figures.samples_figure(x, None, tmp_path / "t.png")
+    assert [f.axes[0].get_title() for f in drawn] == ["5 samples (ddim, 10 steps)", "5 samples"]
