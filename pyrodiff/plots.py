@@ -53,10 +53,18 @@ class Units(enum.Enum):
     """nats / (D ln 2): needs the number of dimensions D"""
 
 
-def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.2) -> tuple[Figure, list[Axes]]:
+def _figure(
+    ncols: int = 1,
+    width: float = 6.0,
+    height: float = 4.2,
+    width_ratios: Sequence[float] | None = None,
+) -> tuple[Figure, list[Axes]]:
+    """A constrained-layout figure on the Agg canvas with ``ncols`` axes in a row, ``width``
+    inches per column on average."""
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    grid = fig.add_gridspec(1, ncols, width_ratios=width_ratios)
+    axes = [fig.add_subplot(grid[0, i]) for i in range(ncols)]
     return fig, axes
 
 
@@ -119,12 +127,12 @@ def plot_elbo(
     above it, so the distance to it is the bound's gap plus the model's misfit. The first
     updates' ELBO lies orders of magnitude below where training ends; the main axes span the
     5th percentile of the training values to the top (always holding every evaluation and −H)
-    and, when that leaves values out, an inset draws the whole run on its own scale, so no
-    record is off every axis. Right, when some
-    split was evaluated at least twice and evals carry bits/dim: those over training, per
-    split. A split evaluated once (the default: at the end) is a labelled marker on the left
-    instead, its bits/dim in the label; a panel holding one dot would say nothing more.
-    ``runs`` is one run's records or ``{label: records}`` for several.
+    and, when that leaves values out, a short panel below them draws the whole run on its own
+    scale, so no record is off every axes. Right, when some split was evaluated at least twice
+    and evals carry bits/dim: those over training, per split. A split evaluated once (the
+    default: at the end) is a labelled marker on the left instead, its bits/dim in the label;
+    a panel holding one dot would say nothing more. Legends sit beside the axes, never on the
+    data. ``runs`` is one run's records or ``{label: records}`` for several.
     """
     runs = _runs(runs)
     has_bpd = any(
@@ -132,7 +140,14 @@ def plot_elbo(
         for rows in runs.values()
         for split, _ in _splits(rows)
     )
-    fig, axes = _figure(2 if has_bpd else 1)
+    overview = _fit_ylim(*_elbo_values(runs), entropy) is not None
+    # the ELBO panel also holds its legend beside the axes: it gets the wider column
+    fig, axes = _figure(
+        2 if has_bpd else 1,
+        width=7.0 if has_bpd else 8.5,
+        height=5.4 if overview else 4.2,
+        width_ratios=[1.6, 1.0] if has_bpd else None,
+    )
     draw_elbo(axes[0], runs, entropy=entropy, title=title)
     if has_bpd:
         for (label, rows), color in zip(runs.items(), _colors(len(runs)), strict=True):
@@ -149,7 +164,7 @@ def plot_elbo(
         axes[1].set_xlabel("training step")
         axes[1].set_ylabel("negative ELBO (bits/dim)")
         axes[1].set_title("held-out bound (lower is better; last value in legend)")
-        axes[1].legend(fontsize=8)
+        _legend_beside(axes[1])
         axes[1].grid(alpha=0.3)
     return fig
 
@@ -162,22 +177,30 @@ def draw_elbo(
     title: str | None = None,
 ) -> Axes | None:
     """The left panel of :func:`plot_elbo` on ``ax``: each run's training ELBO and evaluations,
-    −H when ``entropy`` is given, the axes fitted to the run and an inset with the whole run
-    when the first updates lie far below the rest. Returns the inset, or None."""
+    −H when ``entropy`` is given, the legend to the right of the axes, and the axes fitted to
+    the run. When the first updates lie far below the rest, ``ax`` gives up its lower quarter
+    to a panel showing the whole run on its own scale (``ax``'s window shaded), placed below
+    it and sharing its step axis, so it covers no data; that panel is returned (else None).
+    """
     runs = _runs(runs)
     colors = _colors(len(runs))
     for (label, rows), color in zip(runs.items(), colors, strict=True):
         _draw_elbo_run(ax, rows, color, f"{label}: " if label else "")
     if entropy is not None:
         ax.axhline(-entropy, color="k", ls=":", lw=1.2, label=f"−H = {-entropy:.3f} (data)")
-    ax.set_xlabel("training step")
     ax.set_ylabel("ELBO per datum (nats)")
     ax.set_title(title or "ELBO over training (higher is better)")
-    # a zoomed run rises to a plateau near the top: the inset and legend sit below it
-    inset = _whole_run_inset(ax, runs, colors, entropy)
-    ax.legend(fontsize=8, loc="best" if inset is None else "lower right")
+    overview = _whole_run_panel(ax, runs, colors, entropy)
+    (overview if overview is not None else ax).set_xlabel("training step")
+    _legend_beside(ax)
     ax.grid(alpha=0.3)
-    return inset
+    return overview
+
+
+def _legend_beside(ax: Axes) -> None:
+    """The legend outside ``ax``, to the right of its top: a legend inside the axes would hide
+    whichever curve happens to run there, usually the last updates, the ones worth reading."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _draw_elbo_run(ax: Axes, rows: list[Record], color, prefix: str, labels: bool = True) -> None:
@@ -201,7 +224,7 @@ def _draw_elbo_run(ax: Axes, rows: list[Record], color, prefix: str, labels: boo
             if bits is not None:
                 value += f" = {bits:.4f} bits/dim"
             when = f"step {last['step']}" if len(ev) > 1 else f"once, at step {last['step']}"
-            label = f"{prefix}{split} (eval): {value}, {when}"
+            label = f"{prefix}{split} (eval), {when}:\n{value}"
         ax.plot(
             [r["step"] for r in ev],
             [r["elbo"] for r in ev],
@@ -222,7 +245,7 @@ def _splits(rows: list[Record]) -> list[tuple[str, str]]:
 
 
 def _split_order(name: str) -> tuple[int, str]:
-    return ({"train": 0, "test": 1}.get(name, 2), name)
+    return ({"train": 0, "validation": 1, "test": 2}.get(name, 3), name)
 
 
 def _elbo_values(runs: dict[str, list[Record]]) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +269,8 @@ def _fit_ylim(
     below where it ends), and on a linear axis they would flatten the part worth reading. The
     limits span the 5th percentile of the training values to the highest value, padded by 8 %,
     and always hold every held-out evaluation and −H: evaluations are the numbers the figure
-    reports, so they are never cut; a training record below the limits is drawn in the inset.
+    reports, so they are never cut; a training record below the limits is drawn in the panel
+    of the whole run.
     """
     if train.size < 10:
         return None
@@ -261,27 +285,43 @@ def _fit_ylim(
     return float(lo - pad), float(hi + pad)
 
 
-def _whole_run_inset(
+def _below(ax: Axes, height_ratio: float) -> Axes:
+    """A new axes under ``ax`` sharing its x axis, made by splitting ``ax``'s grid cell (so the
+    figure's layout spaces the two and neither covers the other). An axes placed by hand,
+    without a grid cell, gets the new one as a child below its lower edge instead."""
+    spec = ax.get_subplotspec()
+    if spec is None:
+        below = ax.inset_axes([0.0, -0.55, 1.0, 0.3], sharex=ax)
+    else:
+        grid = spec.subgridspec(2, 1, height_ratios=[1.0, height_ratio], hspace=0.05)
+        ax.set_subplotspec(grid[0])
+        below = ax.figure.add_subplot(grid[1], sharex=ax)
+    ax.tick_params(labelbottom=False)
+    return below
+
+
+def _whole_run_panel(
     ax: Axes, runs: dict[str, list[Record]], colors: list, entropy: float | None
 ) -> Axes | None:
-    """Zoom ``ax`` onto the converged part and show the whole run, early transient included,
-    in an inset (right, mid-height) with the main axes' window shaded; returns the inset, if any."""
+    """Zoom ``ax`` onto the converged part and draw the whole run, early transient included,
+    in a short panel below it with ``ax``'s window shaded; returns the panel, if any."""
     train, evals = _elbo_values(runs)
     limits = _fit_ylim(train, evals, entropy)
     if limits is None:
         return None
     ax.set_ylim(*limits)
-    inset = ax.inset_axes([0.55, 0.3, 0.42, 0.34])
+    panel = _below(ax, 0.3)
     for rows, color in zip(runs.values(), colors, strict=True):
-        _draw_elbo_run(inset, rows, color, "", labels=False)
-    inset.axhspan(*limits, color="0.5", alpha=0.15, lw=0, zorder=0)
+        _draw_elbo_run(panel, rows, color, "", labels=False)
+    panel.axhspan(*limits, color="0.5", alpha=0.15, lw=0, zorder=0)
     everything = np.concatenate([train, evals])
     span = everything.max() - everything.min()
-    inset.set_ylim(everything.min() - 0.05 * span, everything.max() + 0.05 * span)
-    inset.set_title("whole run (shaded: main axes)", fontsize=7)
-    inset.tick_params(labelsize=6)
-    inset.grid(alpha=0.3)
-    return inset
+    panel.set_ylim(everything.min() - 0.05 * span, everything.max() + 0.05 * span)
+    panel.set_title("whole run, first updates included (shaded: the axes above)", fontsize=8)
+    panel.set_ylabel("nats/datum", fontsize=8)
+    panel.tick_params(labelsize=7)
+    panel.grid(alpha=0.3)
+    return panel
 
 
 def _colors(n: int) -> list:
@@ -407,7 +447,8 @@ def plot_image_grid(
     ``value_range`` is drawn black to white. With ``num_levels`` K (quantised data, whose
     model scale maps level k to lo + k (hi − lo)/(K − 1), as ``Dataset.to_levels`` inverts),
     the colour bar and the axis label read in levels 0 … K − 1, the scale of the ``.npy`` files
-    ``pyrodiff sample`` writes; without it they read in ``value_range``.
+    ``pyrodiff sample`` writes; without it they read in ``value_range``. The scale is named
+    once, on the colour bar (on the image's y axis for RGB, which has no bar).
     """
     arr = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.ndim == 3:
@@ -444,8 +485,7 @@ def plot_image_grid(
         else:
             bar.set_ticks([0.0, 0.5, 1.0], labels=[f"{lo:g}", f"{(lo + hi) / 2:g}", f"{hi:g}"])
             scale = f"grey value in [{lo:g}, {hi:g}] (black … white)"
-        bar.set_label(scale)
-        ax.set_ylabel(scale)
+        bar.set_label(scale)  # the image's axes are pixel positions: no scale there
     else:
         ax.imshow(canvas, interpolation="nearest")
         ax.set_ylabel(f"RGB in [{lo:g}, {hi:g}]")
@@ -456,6 +496,22 @@ def plot_image_grid(
     return fig
 
 
+def _sampler_title(n: int, sampler: Any, steps: int | None) -> str:
+    """``n samples``, and how they were drawn when known: ``(ddim, 10 steps)``."""
+    how = [str(getattr(sampler, "value", sampler))] if sampler is not None else []
+    if steps is not None:
+        how.append(f"{steps} step{'s' if steps != 1 else ''}")
+    return f"{n} samples" + (f" ({', '.join(how)})" if how else "")
+
+
+# The density is drawn in light tones only (the lower half of "Blues") and the samples in a dark
+# red with a white rim, opaque enough that each stands out at a contrast ratio above 3 (the
+# usual threshold for graphics) on every level, in the modes included.
+_DENSITY_SHADES = (0.0, 0.5)
+_SAMPLE_COLOR = "#67000d"
+_SAMPLE_EDGE = "white"
+
+
 def plot_scatter(
     x: torch.Tensor | np.ndarray,
     *,
@@ -463,12 +519,21 @@ def plot_scatter(
     limit: float | None = None,
     title: str | None = None,
     max_points: int = 5000,
+    sampler: Any | None = None,
+    steps: int | None = None,
 ) -> Figure:
     """2-D points over the filled contours of a true density p(x), when one is given.
 
     ``density`` is anything with ``log_prob`` on (N, 2) tensors (e.g. a data set's
     ``density``); the square [−limit, limit]² is shown (default: fits the points, at most 6).
+    The density is shaded in light tones and the points are dark with a light rim, so they
+    stand out on every level; their size and opacity fall with their number, so a thousand
+    points still show where they pile up. ``sampler`` (a name or an enum such as the CLI's
+    sampler kind) and ``steps`` (reverse steps taken) go into the default title.
     """
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
     arr = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise DataError(f"scatter plots take points of shape (N, 2), got {arr.shape}")
@@ -477,23 +542,35 @@ def plot_scatter(
         finite = arr[np.isfinite(arr).all(1)]
         q = np.percentile(np.abs(finite), 99.5) if finite.size else 3.0
         limit = float(min(6.0, max(2.5, 1.15 * q)))
-    fig, (ax,) = _figure(1, width=5.6, height=5.0)
+    fig, (ax,) = _figure(1, width=6.2, height=5.4)
     if density is not None:
         g = np.linspace(-limit, limit, 240)
         gx, gy = np.meshgrid(g, g)
         pts = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1))
         with torch.no_grad():
             p = density.log_prob(pts).exp().double().numpy().reshape(gx.shape)
-        filled = ax.contourf(gx, gy, p, levels=10, cmap="Blues")
+        light = ListedColormap(colormaps["Blues"](np.linspace(*_DENSITY_SHADES, 256)))
+        filled = ax.contourf(gx, gy, p, levels=10, cmap=light)
         fig.colorbar(filled, ax=ax, label="true density p(x) (per unit area)")
-    ax.scatter(arr[:, 0], arr[:, 1], s=3, color="tab:orange", alpha=0.6, lw=0, label="samples")
+    n = len(arr)
+    size = float(np.clip(250.0 / math.sqrt(max(n, 1)), 5.0, 30.0))
+    ax.scatter(
+        arr[:, 0],
+        arr[:, 1],
+        s=size,
+        color=_SAMPLE_COLOR,
+        edgecolors=_SAMPLE_EDGE,
+        linewidths=0.4,
+        alpha=float(np.clip(25.0 / math.sqrt(max(n, 1)), 0.75, 1.0)),
+        zorder=3,
+    )
     ax.set_xlim(-limit, limit)
     ax.set_ylim(-limit, limit)
     ax.set_aspect("equal")
     ax.set_xlabel("x₁ (standardised units)")
     ax.set_ylabel("x₂ (standardised units)")
-    ax.set_title(title or f"{len(arr)} samples" + (" over the true density" if density else ""))
-    ax.legend(loc="upper right", fontsize=8, markerscale=3)
+    default = _sampler_title(n, sampler, steps)
+    ax.set_title(title or default + ("\nover the true density" if density is not None else ""))
     return fig
 
 
@@ -504,13 +581,17 @@ def plot_samples(
     value_range: tuple[float, float] = (-1.0, 1.0),
     num_levels: int | None = None,
     title: str | None = None,
+    sampler: Any | None = None,
+    steps: int | None = None,
 ) -> Figure:
     """A scatter for (N, 2) points (over ``density`` if given), an image grid for images
-    (``value_range`` and ``num_levels`` as in :func:`plot_image_grid`)."""
+    (``value_range`` and ``num_levels`` as in :func:`plot_image_grid`). Without a ``title``,
+    it says how many samples, and ``sampler`` and ``steps`` when given."""
     shape = tuple(x.shape)
     if len(shape) == 2 and shape[1] == 2:
-        return plot_scatter(x, density=density, title=title)
+        return plot_scatter(x, density=density, title=title, sampler=sampler, steps=steps)
     if len(shape) in (3, 4):
+        title = title or _sampler_title(shape[0], sampler, steps)
         return plot_image_grid(x, value_range=value_range, num_levels=num_levels, title=title)
     raise DataError(f"cannot draw samples of shape {shape}: expected (N, 2) or (N, C, H, W)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,28 +36,42 @@ def training_figures(history: History, out: Path, dataset=None) -> list[Path]:
     return written
 
 
-def samples_figure(x: torch.Tensor, dataset, path: Path) -> Path:
+def samples_figure(
+    x: torch.Tensor,
+    dataset,
+    path: Path,
+    *,
+    sampler: Any | None = None,
+    steps: int | None = None,
+) -> Path:
     """A digit grid for images, a scatter over the true density for 2-D points. A quantised
-    data set's grid reads in its integer levels, the scale of the ``.npy`` beside it."""
+    data set's grid reads in its integer levels, the scale of the ``.npy`` beside it. The title
+    gives the number of samples and, when given, the ``sampler`` (a name or an enum member,
+    shown by its value) and the number of reverse ``steps`` it took."""
     fig = plots.plot_samples(
         x,
         density=getattr(dataset, "density", None),
         num_levels=getattr(dataset, "num_levels", None),
-        title=f"{x.shape[0]} samples",
+        sampler=sampler,
+        steps=steps,
     )
     return plots.save_figure(fig, path)
 
 
-def comparison_figure(histories: dict[str, History], path: Path) -> Path:
+def comparison_figure(
+    histories: dict[str, History], path: Path, *, entropy: float | None = None
+) -> Path:
     """Left: each run's ELBO per datum over training (:func:`pyrodiff.plots.draw_elbo`: the
-    training estimate as a running mean, its held-out evaluations as labelled markers, the
-    first updates in an inset); right: each run's per-step terms L_t at its last held-out
-    evaluation, on log axes (:func:`pyrodiff.plots.plot_step_terms`)."""
+    training estimate as a running mean, its held-out evaluations as labelled markers, −H when
+    the data's ``entropy`` is known, the first updates in a panel below); right: each run's
+    per-step terms L_t at its last held-out evaluation, on log axes
+    (:func:`pyrodiff.plots.plot_step_terms`)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 4.6), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    plots.draw_elbo(left, {label: list(hist) for label, hist in histories.items()})
+    fig = Figure(figsize=(15, 5.6), layout="constrained")
+    # the left panel also holds its legend beside the axes
+    left, right = fig.subplots(1, 2, width_ratios=[1.35, 1.0])
+    plots.draw_elbo(left, {label: list(hist) for label, hist in histories.items()}, entropy=entropy)
     finals = {
         label: hist.evals[-1]
         for label, hist in histories.items()

@@ -23,6 +23,7 @@ from ..data import Dataset, Split
 from ..distributed import DistributedContext
 from ..errors import ConfigError
 from ..infer import DiffusionELBO
+from ..progress import TrainingProgress
 from .evaluate import EVAL_SEED_OFFSET, evaluate_split
 from .guards import InterruptFlag, non_finite_error
 from .history import History, MetricsWriter, RecordKind
@@ -186,7 +187,7 @@ def fit(
         "grad_clip": grad_clip,
         "precision": precision,
     }
-    bar = _progress_bar(progress and run.is_main, updates, run.ts.step)
+    bar = _progress_bar(progress and run.is_main, updates, run.ts.step, eval_every)
     try:
         return _run(run, options, evaluations, checkpoints, log_every, bar, callback)
     finally:
@@ -324,9 +325,10 @@ def _run(
                 elbo_now = -step.loss / batch_size
                 running = elbo_now if running is None else 0.95 * running + 0.05 * elbo_now
                 if bar is not None:
-                    bar.set_postfix_str(f"elbo/datum {running:.4g}", refresh=False)
-                    bar.update(1)
-                evaluations.after_update(writer)
+                    bar.update(f"elbo/datum {running:.4g}")
+                # evaluation time stays out of the bar's time per update, so its ETA holds still
+                with bar.paused() if bar is not None else contextlib.nullcontext():
+                    evaluations.after_update(writer)
                 checkpoints.after_update()
                 if callback is not None:
                     callback(ts.step, step.loss)
@@ -370,9 +372,7 @@ def _divergence_error(
     )
 
 
-def _progress_bar(enabled: bool, updates: int, start: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=updates, initial=start, desc="train", unit="update", dynamic_ncols=True)
+def _progress_bar(
+    enabled: bool, updates: int, start: int, eval_every: int | None
+) -> TrainingProgress | None:
+    return TrainingProgress(updates, start, eval_every=eval_every) if enabled else None
