@@ -13,7 +13,16 @@ from torch import Tensor
 
 from .errors import ConfigError, DataError, ModelMismatchError
 
-__all__ = ["AUTO", "UNSET", "Option", "OptionSet", "check_data", "check_pair", "parse_enum"]
+__all__ = [
+    "AUTO",
+    "UNSET",
+    "Option",
+    "OptionSet",
+    "check_batch_size",
+    "check_data",
+    "check_pair",
+    "parse_enum",
+]
 
 
 def check_data(
@@ -44,6 +53,23 @@ def check_data(
         raise DataError(f"{name} contains NaN or inf values; expected finite numbers")
     if likelihood is not None:
         likelihood.validate(x0)
+
+
+def check_batch_size(
+    batch_size: int, num_train: int, dataset: str | None = None, shard: bool = False
+) -> None:
+    """Raise :class:`DataError` when a batch would need more data than training has (of the
+    named ``dataset``; of this rank's ``shard`` in a distributed run): fit and
+    :func:`pyrodiff.config.build` check it alike."""
+    if batch_size <= num_train:
+        return
+    where = "this rank's shard of the" if shard else "the"
+    of = f" of {dataset!r}" if dataset is not None else ""
+    raise DataError(
+        f"batch_size {batch_size} is larger than {where} {num_train} training data{of}; "
+        f"expected batch_size <= {num_train}",
+        fields=("batch_size",),
+    )
 
 
 def check_pair(model, guide) -> None:

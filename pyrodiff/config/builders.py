@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.diffusion import ReverseVariance
+from ..validation import check_batch_size
 from .kinds import GuideKind, ModelKind, NetworkKind, Objective, ScheduleKind, TimestepKind
 from .run import RunConfig
 
@@ -227,15 +228,7 @@ def build(config: RunConfig, dataset=None, dtype=None) -> Built:
         raise ConfigError(f"build needs a RunConfig, got {type(config).__name__}")
     if dataset is None:
         dataset = load_data(config, dtype=dtype)
-    n_train = dataset.train.shape[0]
-    if config.batch_size > n_train:
-        from ..errors import DataError
-
-        raise DataError(
-            f"batch_size {config.batch_size} is larger than the {n_train} training data of "
-            f"{dataset.name!r}; expected batch_size <= {n_train}",
-            fields=("batch_size",),
-        )
+    check_batch_size(config.batch_size, dataset.train.shape[0], dataset.name)
     # the initial weights are a function of the configuration (its seed), so config.json is
     # enough to rerun a run; the caller's random stream is left as it was
     with torch.random.fork_rng(devices=[]):

@@ -19,7 +19,7 @@ from ..data import Dataset
 from ..devices import param_dtype, resolve_device
 from ..distributed import DistributedContext, rank_seed, shard_indices, wrap_module
 from ..errors import CheckpointError, ConfigError, DataError
-from ..validation import check_data
+from ..validation import check_batch_size, check_data
 from .ema import EMA
 from .history import METRICS_NAME
 from .options import LRSchedule
@@ -97,12 +97,7 @@ def resolve_data(
             check_data(held_out, tuple(event_shape), likelihood, name=name)
     if shard is not None:
         train = train[shard]
-    if batch_size > train.shape[0]:
-        where = "this rank's shard of the" if shard is not None else "the"
-        raise DataError(
-            f"batch_size {batch_size} is larger than {where} {train.shape[0]} training data; "
-            f"expected at most {train.shape[0]}"
-        )
+    check_batch_size(batch_size, train.shape[0], shard=shard is not None)
     to = {"device": device, "dtype": dtype}
     return TrainData(
         train.to(**to),
