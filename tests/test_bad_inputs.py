@@ -354,6 +354,24 @@ def test_config_json_with_an_unknown_key(run_copy):
     assert_one_line_error(["plot", str(run_copy)], "unknown configuration key", "hidden_size")
 
 
+@pytest.mark.parametrize("command", ["evaluate", "sample", "config"])
+def test_a_key_of_config_json_that_does_not_fit_the_data_names_the_file(run_copy, command):
+    """Checked only against the data (by build): still the file and the key, not --batch-size."""
+    path = run_copy / "config.json"
+    values = json.loads(path.read_text())
+    values["batch_size"] = 50_000
+    path.write_text(json.dumps(values))
+    argv = {"config": ["train", "--config", str(path), "--out", str(run_copy / "new")]}.get(
+        command, [command, str(run_copy)]
+    )
+    line = assert_one_line_error(argv)
+    assert line == (
+        f"pyrodiff: error: {path}: batch_size 50000 is larger than the 10000 training data of "
+        "'eight_gaussians'; expected batch_size <= 10000"
+    )
+    assert not (run_copy / "new").exists()
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PyrodiffError
 from ..models.diffusion import ReverseVariance
 from ..validation import check_batch_size
 from .kinds import GuideKind, ModelKind, NetworkKind, Objective, ScheduleKind, TimestepKind
@@ -222,10 +222,20 @@ def build(config: RunConfig, dataset=None, dtype=None) -> Built:
 
     Loads the data (unless ``dataset`` is given), checks it against the configuration (the
     batch size must not exceed the training set) and builds the model on the data's shape and
-    likelihood. Raises ConfigError / DataError, before anything is trained or written.
+    likelihood. Raises ConfigError / DataError, before anything is trained or written; for a
+    configuration read from a file, an error about one of its keys names the file.
     """
     if not isinstance(config, RunConfig):
         raise ConfigError(f"build needs a RunConfig, got {type(config).__name__}")
+    try:
+        return _build(config, dataset, dtype)
+    except PyrodiffError as exc:
+        if config.source is None or not exc.fields:
+            raise
+        raise type(exc)(f"{config.source}: {exc}") from None
+
+
+def _build(config: RunConfig, dataset, dtype) -> Built:
     if dataset is None:
         dataset = load_data(config, dtype=dtype)
     check_batch_size(config.batch_size, dataset.train.shape[0], dataset.name)

@@ -151,12 +151,21 @@ class RunConfig:
         integer >= 1, got 'abc'``, or where its JSON breaks (line and column)."""
         values, path = migrate.read_json(source)
         try:
-            return cls.from_dict(values)
+            config = cls.from_dict(values)
         except ConfigError as exc:
             if path is None:
                 raise
             # a key of this file, not a flag: said as the file and the key
             raise ConfigError(f"{path}: {exc}") from None
+        object.__setattr__(config, "_source", path)
+        return config
+
+    @property
+    def source(self) -> Path | None:
+        """The file this configuration was read from (:meth:`from_json`), so that
+        :func:`~pyrodiff.config.build` can name it in an error about one of its keys; None
+        for one built in Python or changed by :meth:`replace`. It is not part of its value."""
+        return getattr(self, "_source", None)
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed (validated like a new one). Fields that were not
@@ -167,7 +176,10 @@ class RunConfig:
             for f in dataclasses.fields(self)
             if f.name not in self._auto
         }
-        return type(self)(**{**kept, **changes})
+        changed = type(self)(**{**kept, **changes})
+        if not changes:
+            object.__setattr__(changed, "_source", self.source)  # the same values, the same file
+        return changed
 
 
 def _old_steps(steps: int, updates: int) -> int:
