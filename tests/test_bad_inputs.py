@@ -99,7 +99,7 @@ TRAIN_CASES = [
     (["--eval-every", "-1"], ["--eval-every must be an integer >= 0"]),
     (["--lr", "-1"], ["lr must be a finite number > 0"]),
     (["--lr", "nan"], ["lr must be a finite number > 0"]),
-    (["--ema-decay", "1.5"], ["--ema-decay must lie in [0, 1)"]),
+    (["--ema-decay", "1.5"], ["--ema-decay must be a number in (0, 1), got 1.5"]),
     (["--batch-size", "0"], ["--batch-size must be an integer >= 1"]),
     (["--data", "mnist"], ["unknown data set 'mnist'", "digits"]),
     (["--data", "/nonexistent/x.npy"], ["x.npy"]),
@@ -310,8 +310,41 @@ def test_checkpoint_with_a_pickle_payload_is_refused_and_never_run(run_copy, tmp
 
 
 def test_corrupt_config_json(run_copy):
-    (run_copy / "config.json").write_text('{"data": "digits", ')
-    assert_one_line_error(["evaluate", str(run_copy)], "not valid JSON")
+    path = run_copy / "config.json"
+    path.write_text('{"data": "digits", ')
+    # the file, and where its JSON breaks
+    line = assert_one_line_error(["evaluate", str(run_copy)], "not valid JSON")
+    assert line.startswith(f"pyrodiff: error: {path} is not valid JSON: ")
+    assert line.endswith("at line 1, column 20")
+    path.write_text('{\n  "data": "digits",\n  "num_steps": 3,\n}\n')
+    line = assert_one_line_error(["sample", str(run_copy)], str(path), "line 4, column 1")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample", "plot", "resume", "config"])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("num_steps", "abc", "num_steps must be an integer >= 1, got 'abc'"),
+        ("ema_decay", 1.0, "ema_decay must be a number in (0, 1), got 1.0"),
+        ("objective", "adam", "unknown objective 'adam'; expected one of elbo"),
+    ],
+)
+def test_a_bad_value_in_config_json_names_the_file_and_the_key(
+    run_copy, command, key, value, message
+):
+    """Not the flag that sets it (``--T``): the user typed no flag, the file holds the key."""
+    path = run_copy / "config.json"
+    values = json.loads(path.read_text())
+    values[key] = value
+    path.write_text(json.dumps(values))
+    argv = {
+        "resume": ["train", "--resume", str(run_copy)],
+        "config": ["train", "--config", str(path), "--out", str(run_copy / "new")],
+    }.get(command, [command, str(run_copy)])
+    line = assert_one_line_error(argv)
+    assert line.startswith(f"pyrodiff: error: {path}: {message}")
+    assert "--" not in line.removeprefix(f"pyrodiff: error: {path}")
+    assert not (run_copy / "new").exists()
 
 
 def test_config_json_with_an_unknown_key(run_copy):
@@ -319,6 +352,24 @@ def test_config_json_with_an_unknown_key(run_copy):
     values["hidden_size"] = 3
     (run_copy / "config.json").write_text(json.dumps(values))
     assert_one_line_error(["plot", str(run_copy)], "unknown configuration key", "hidden_size")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample", "config"])
+def test_a_key_of_config_json_that_does_not_fit_the_data_names_the_file(run_copy, command):
+    """Checked only against the data (by build): still the file and the key, not --batch-size."""
+    path = run_copy / "config.json"
+    values = json.loads(path.read_text())
+    values["batch_size"] = 50_000
+    path.write_text(json.dumps(values))
+    argv = {"config": ["train", "--config", str(path), "--out", str(run_copy / "new")]}.get(
+        command, [command, str(run_copy)]
+    )
+    line = assert_one_line_error(argv)
+    assert line == (
+        f"pyrodiff: error: {path}: batch_size 50000 is larger than the 10000 training data of "
+        "'eight_gaussians'; expected batch_size <= 10000"
+    )
+    assert not (run_copy / "new").exists()
 
 
 @pytest.mark.parametrize(

@@ -314,18 +314,23 @@ def test_auto_asks_for_the_fitting_default_and_off_means_none_or_at_the_end(tmp_
     assert cfg.checkpoint_options(tmp_path)["checkpoint_every"] is None
 
 
-def test_the_old_flag_names_still_work_and_warn(tmp_path, capsys, run):
+def test_the_old_flag_name_steps_means_updates_and_warns(tmp_path, capsys, run):
     assert main(["train", "--dry-run", "--steps", "30", "--out", str(tmp_path / "n")]) == 0
     captured = capsys.readouterr()
     assert "--steps is deprecated; use --updates" in captured.err
     start = captured.out.index("{")
     assert RunConfig.from_json(captured.out[start : captured.out.rindex("}") + 1]).updates == 30
+    # --steps has one meaning, train's updates: under sample (where it once meant
+    # --sampler-steps) it is refused with the flag to use, and nothing is drawn
     out = tmp_path / "s.npy"
     argv = ["sample", str(run), "--sampler", "strided", "--steps", "2", "--num", "2"]
-    assert main([*argv, "--out", str(out)]) == 0
+    assert main([*argv, "--out", str(out)]) == 2
     captured = capsys.readouterr()
-    assert "--steps is deprecated; use --sampler-steps" in captured.err
-    assert "2 sampler steps" in captured.out
+    assert "sample: --steps is not a flag of this command; use --sampler-steps" in captured.err
+    assert not out.exists()
+    argv[argv.index("--steps")] = "--sampler-steps"
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "2 sampler steps" in capsys.readouterr().out
 
 
 def test_help_names_the_data_sets_the_seeds_and_what_plot_does(capsys):

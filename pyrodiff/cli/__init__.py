@@ -35,9 +35,10 @@ def _as_flags(text: str, fields: tuple[str, ...]) -> str:
     return text
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, command: str | None = None) -> str:
     text = " ".join(str(exc).split())
-    if isinstance(exc, PyrodiffError) and exc.fields:
+    if isinstance(exc, PyrodiffError) and exc.fields and command == "train":
+        # only train has a flag per field; an error from a file names the file and its key
         text = _as_flags(text, exc.fields)
     if isinstance(exc, PyrodiffError):
         return text or type(exc).__name__
@@ -73,10 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
+    command = None
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
             args = build_parser().parse_args(["train", *argv])
+        command = args.command
         from .commands import COMMANDS
 
         _set_threads(getattr(args, "threads", None))
@@ -91,7 +94,7 @@ def _main(argv: list[str]) -> int:
         if debug:
             traceback.print_exc()
         status = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
-        message = _one_line(exc)
+        message = _one_line(exc, command)
         hint = "" if debug or isinstance(exc, PyrodiffError) else " (run with --debug for details)"
         print(f"pyrodiff: error: {message}{hint}", file=sys.stderr, flush=True)
         return status

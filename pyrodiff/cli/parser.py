@@ -1,7 +1,11 @@
 """The argparse parser of the ``pyrodiff`` command: every RunConfig field is a ``train`` flag.
 
-Parsing errors raise :class:`UsageError` instead of printing usage and exiting, so that
-:func:`pyrodiff.cli.main` reports them, like every other error, as one line.
+A flag's help, default and "off" value come from the field's one declaration
+(:data:`pyrodiff.config.fields.FIELDS`, :data:`pyrodiff.train.options.OPTIONS`); its value is
+checked by RunConfig against that declaration, so the command line refuses exactly what the
+Python API refuses. Parsing errors raise :class:`UsageError` instead of printing usage and
+exiting, so that :func:`pyrodiff.cli.main` reports them, like every other error, as one line.
+Flags are never abbreviated: ``--update 5`` is an unknown flag, not ``--updates``.
 """
 
 from __future__ import annotations
@@ -9,13 +13,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
-import types
+import sys
 import typing
 from typing import Any
 
 from ..config import RunConfig
 from ..data import Split, dataset_names
 from ..errors import PyrodiffError
+from ..validation import AUTO, UNSET, Option
 
 __all__ = ["UsageError", "build_parser", "config_overrides", "flag_for", "NONE_WORDS"]
 
@@ -36,22 +41,35 @@ class UsageError(PyrodiffError, ValueError):
     """The command line itself is wrong: an unknown flag, a missing argument, a bad value."""
 
 
+FLAG_NAMES = {"num_steps": ("--T", "--num-steps")}
+"""The flags of the fields not spelt ``--`` + the field's name with '-' for '_': the first is
+the one errors name."""
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # a prefix of a flag is not that flag: --update would be --updates today and an error
+        # the day another flag starting so is added
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(self._where(message))
+
+    def _where(self, message: str) -> str:
         command = self.prog.removeprefix("pyrodiff").strip()
-        raise UsageError(f"{command}: {message}" if command else message)
+        return f"{command}: {message}" if command else message
 
 
-def _flag_name(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+def _flag_names(name: str) -> tuple[str, ...]:
+    return FLAG_NAMES.get(name, ("--" + name.replace("_", "-"),))
 
 
 def flag_for(name: str) -> str:
     """The ``train`` flag that sets the RunConfig field ``name`` (``num_steps`` → ``--T``)."""
-    for f in dataclasses.fields(RunConfig):
-        if f.name == name:
-            return _flag_name(f)
-    raise KeyError(name)
+    if name not in {f.name for f in dataclasses.fields(RunConfig)}:
+        raise KeyError(name)
+    return _flag_names(name)[0]
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -62,8 +80,6 @@ class _DeprecatedAlias(argparse.Action):
         super().__init__(*args, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        import sys
-
         print(
             f"pyrodiff: warning: {option_string} is deprecated; use {self.new}",
             file=sys.stderr,
@@ -72,11 +88,18 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _unwrap(hint: Any) -> tuple[Any, bool]:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], True
-    return hint, False
+class _RemovedFlag(argparse.Action):
+    """A flag name that meant something else in an older version: refused, naming the flag
+    that does what it did."""
+
+    def __init__(self, *args: Any, use: str, **kwargs: Any) -> None:
+        self.use = use
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        raise UsageError(
+            parser._where(f"{option_string} is not a flag of this command; use {self.use}")
+        )
 
 
 def _number(kind: type, optional: bool, name: str, auto: bool = False, off: Any = None):
@@ -105,34 +128,30 @@ def _number(kind: type, optional: bool, name: str, auto: bool = False, off: Any 
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig field. Defaults are suppressed: only flags the user gave reach
-    the namespace, so they can override a loaded configuration."""
-    hints = typing.get_type_hints(RunConfig)
+    """One flag per RunConfig field, from the field's declaration. Defaults are suppressed:
+    only flags the user gave reach the namespace, so they can override a loaded configuration."""
     group = parser.add_argument_group("run configuration (defaults train the digits)")
-    default = RunConfig()
     for f in dataclasses.fields(RunConfig):
-        hint, optional = _unwrap(hints[f.name])
-        flag = _flag_name(f)
-        auto = bool(f.metadata.get("auto"))
-        value = getattr(default, f.name)
-        shown = value.value if isinstance(value, enum.Enum) else value
+        spec: Option = f.metadata["option"]
+        names = _flag_names(f.name)
+        auto = spec.default_for_run is AUTO
+        shown = spec.default_for_run
+        shown = shown.value if isinstance(shown, enum.Enum) else shown
         # a default that fits the rest of the run is described in the help text itself
-        help_text = f.metadata.get("help", "") + ("" if auto else f" (default: {shown})")
+        help_text = spec.help + ("" if auto else f" (default: {shown})")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if isinstance(spec.kind, type) and issubclass(spec.kind, enum.Enum):
             # values are checked by RunConfig, whose error lists the valid ones
-            kwargs["metavar"] = "{" + ",".join(str(m.value) for m in hint) + "}"
+            kwargs["metavar"] = "{" + ",".join(str(m.value) for m in spec.kind) + "}"
             if auto:
                 kwargs["type"] = _auto_word
-        elif hint in (int, float):
-            # a field whose None means "choose for me" takes off/none only where it has an
-            # "off" value of its own (eval_every 0: at the end only); T has none
-            offable = optional and (not auto or "off" in f.metadata)
-            kwargs["type"] = _number(hint, offable, flag, auto, f.metadata.get("off"))
-            kwargs["metavar"] = "N" if hint is int else "X"
-        names = [flag]
-        if f.name == "num_steps":
-            names.append("--num-steps")
+        elif spec.kind in (int, float):
+            # off/none only where the option has an "off" value (eval_every 0: at the end
+            # only; ema_decay None: no EMA); auto where its default is a rule
+            offable = spec.off is not UNSET
+            off = None if spec.off is UNSET else spec.off
+            kwargs["type"] = _number(spec.kind, offable, names[0], auto, off)
+            kwargs["metavar"] = "N" if spec.kind is int else "X"
         group.add_argument(*names, **kwargs)
         if f.name == "updates":
             group.add_argument(
@@ -296,13 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="network calls for strided/ddim (default: T/10)",
     )
     p.add_argument(
+        # --steps names one thing, train's updates (deprecated); here it meant --sampler-steps
         "--steps",
         dest="sampler_steps",
-        type=_number(int, False, "--steps"),
-        action=_DeprecatedAlias,
-        new="--sampler-steps",
+        action=_RemovedFlag,
+        use="--sampler-steps for the network calls of strided/ddim (--steps is the old name of "
+        "train's --updates)",
         metavar="S",
-        help="deprecated name of --sampler-steps",
+        help=argparse.SUPPRESS,
     )
     p.add_argument(
         "--eta",

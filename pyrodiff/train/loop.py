@@ -27,9 +27,9 @@ from ..progress import TrainingProgress
 from .evaluate import EVAL_SEED_OFFSET, evaluate_split
 from .guards import InterruptFlag, non_finite_error
 from .history import History, MetricsWriter, RecordKind
-from .options import LRSchedule, Precision, default_warmup
+from .options import OPTIONS, LRSchedule, Precision, check_options, default_warmup
 from .rng import capture_rng, restore_rng
-from .setup import Run, RunRecord, check_options, set_up_run
+from .setup import Run, RunRecord, check_run_options, set_up_run
 from .step import Divergence, Phase, take_step
 
 __all__ = ["RunRecord", "fit"]
@@ -41,23 +41,23 @@ def fit(
     data: Dataset | Tensor,
     *,
     loss: ELBO | None = None,
-    updates: int = 1000,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    lr_schedule: LRSchedule = LRSchedule.CONSTANT,
-    warmup_steps: int | None = None,
-    weight_decay: float = 0.0,
-    grad_clip: float | None = None,
-    ema_decay: float | None = None,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    precision: Precision = Precision.FP32,
-    eval_every: int | None = None,
+    updates: int = OPTIONS.updates.default,
+    batch_size: int = OPTIONS.batch_size.default,
+    lr: float = OPTIONS.lr.default,
+    lr_schedule: LRSchedule = OPTIONS.lr_schedule.default,
+    warmup_steps: int | None = OPTIONS.warmup_steps.default,
+    weight_decay: float = OPTIONS.weight_decay.default,
+    grad_clip: float | None = OPTIONS.grad_clip.default,
+    ema_decay: float | None = OPTIONS.ema_decay.default,
+    seed: int = OPTIONS.seed.default,
+    device: str | torch.device = OPTIONS.device.default,
+    precision: Precision = OPTIONS.precision.default,
+    eval_every: int | None = OPTIONS.eval_every.default,
     eval_data: Tensor | None = None,
-    eval_batch_budget: int = 4096,
-    log_every: int = 1,
+    eval_batch_budget: int = OPTIONS.eval_batch_budget.default,
+    log_every: int = OPTIONS.log_every.default,
     run_dir: str | Path | None = None,
-    checkpoint_every: int | None = None,
+    checkpoint_every: int | None = OPTIONS.checkpoint_every.default,
     resume: bool = False,
     config: RunRecord | dict[str, Any] | None = None,
     progress: bool = True,
@@ -72,6 +72,10 @@ def fit(
     the batch, summed over data) and takes one AdamW step over the parameters of the model and
     the guide. Any Pyro ELBO works: :class:`~pyrodiff.infer.DiffusionELBO` (the default; one
     network call per datum, needs a closed-form guide), Trace_ELBO, TraceMeanField_ELBO.
+
+    Every training option is checked against its one declaration,
+    :data:`pyrodiff.train.options.OPTIONS` (type, range, default, help), which RunConfig and
+    ``pyrodiff train`` check against too.
 
     Args:
         model, guide: ``nn.Module`` s (``PyroModule`` s) taking the data batch as first argument.
@@ -92,7 +96,8 @@ def fit(
             also to the parameters' floating dtype).
         precision: FP32, or BF16 autocast of the loss computation.
         eval_every: evaluate on the validation data every this many updates (records with
-            ``"split": "validation"``); ``eval_data`` replaces ``data.validation``. At the end
+            ``"split": "validation"``; None or 0: only at the end); ``eval_data`` replaces
+            ``data.validation``. At the end
             the validation data is evaluated once more (unless it just was) and a Dataset's
             test split once (``"split": "test"``): the only time fit reads the test split.
         eval_batch_budget: at most this many network inputs per call during evaluation.
@@ -101,7 +106,8 @@ def fit(
         run_dir: folder for ``metrics.jsonl`` and ``checkpoint.pt``, and ``config.json`` when
             ``config`` is a RunConfig: then it is the run folder ``pyrodiff train`` writes, which
             ``pyrodiff evaluate``, ``sample``, ``plot`` and ``compare`` read. A checkpoint is
-            written every ``checkpoint_every`` updates, at the end and on Ctrl-C.
+            written every ``checkpoint_every`` updates (None or 0: only at the end), at the end
+            and on Ctrl-C.
         resume: continue the run in ``run_dir`` from its checkpoint; with the same arguments the
             result is bit-identical to a run that was never interrupted.
         config: a :class:`pyrodiff.config.RunConfig` (written to ``run_dir/config.json`` and
@@ -129,20 +135,35 @@ def fit(
         )
         updates = steps
     record = config if isinstance(config, RunRecord) else None
-    check_options(
-        updates=updates,
-        batch_size=batch_size,
-        lr=lr,
-        lr_schedule=lr_schedule,
-        warmup_steps=warmup_steps,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        ema_decay=ema_decay,
-        seed=seed,
-        precision=precision,
-        eval_every=eval_every,
-        eval_batch_budget=eval_batch_budget,
-        log_every=log_every,
+    # one schema for every training option: fit refuses exactly what RunConfig and the
+    # pyrodiff command refuse, with the same message (pyrodiff.train.options.OPTIONS)
+    opts = check_options(
+        {
+            "updates": updates,
+            "batch_size": batch_size,
+            "lr": lr,
+            "lr_schedule": lr_schedule,
+            "warmup_steps": warmup_steps,
+            "weight_decay": weight_decay,
+            "grad_clip": grad_clip,
+            "ema_decay": ema_decay,
+            "seed": seed,
+            "device": device,
+            "precision": precision,
+            "eval_every": eval_every,
+            "eval_batch_budget": eval_batch_budget,
+            "checkpoint_every": checkpoint_every,
+            "log_every": log_every,
+        }
+    )
+    # integral floats become integers, integers floats, as RunConfig reads them
+    updates, batch_size, warmup_steps = opts["updates"], opts["batch_size"], opts["warmup_steps"]
+    lr, weight_decay, grad_clip = opts["lr"], opts["weight_decay"], opts["grad_clip"]
+    ema_decay, seed, eval_batch_budget = opts["ema_decay"], opts["seed"], opts["eval_batch_budget"]
+    log_every = opts["log_every"]
+    # 0 and None both mean "only at the end"
+    eval_every, checkpoint_every = opts["eval_every"] or None, opts["checkpoint_every"] or None
+    check_run_options(
         run_dir=run_dir,
         checkpoint_every=checkpoint_every,
         resume=resume,

@@ -1,4 +1,4 @@
-"""fit's set-up: options and data are checked, once, before anything is trained or written;
+"""fit's set-up: the run folder's options and the data are checked, once, before anything is trained or written;
 then the state of the run (placed model and data, optimizer, EMA, batch order, a resumed
 checkpoint, the run folder) is built by :func:`set_up_run`."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -20,10 +19,10 @@ from ..data import Dataset
 from ..devices import param_dtype, resolve_device
 from ..distributed import DistributedContext, rank_seed, shard_indices, wrap_module
 from ..errors import CheckpointError, ConfigError, DataError
-from ..validation import check_data
+from ..validation import check_batch_size, check_data
 from .ema import EMA
 from .history import METRICS_NAME
-from .options import LRSchedule, Precision
+from .options import LRSchedule
 from .rng import capture_rng, restore_rng, seed_everything
 from .sampler import EpochSampler
 from .state import TrainState, stateful_parts
@@ -32,7 +31,7 @@ __all__ = [
     "Run",
     "RunRecord",
     "TrainData",
-    "check_options",
+    "check_run_options",
     "create_lazy_params",
     "resolve_data",
     "set_up_run",
@@ -50,72 +49,13 @@ class TrainData:
     num_levels: int | None
 
 
-def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_options(
-    *,
-    updates: Any,
-    batch_size: Any,
-    lr: Any,
-    lr_schedule: Any,
-    warmup_steps: Any,
-    weight_decay: Any,
-    grad_clip: Any,
-    ema_decay: Any,
-    seed: Any,
-    precision: Any,
-    eval_every: Any,
-    eval_batch_budget: Any,
-    log_every: Any,
-    run_dir: Any,
-    checkpoint_every: Any,
-    resume: Any,
-    config: Any,
+def check_run_options(
+    *, run_dir: Any, checkpoint_every: int | None, resume: Any, config: Any
 ) -> None:
-    """Raise :class:`ConfigError` (one line: what is wrong, what was expected) for a bad option."""
-    for name, value in (
-        ("updates", updates),
-        ("batch_size", batch_size),
-        ("log_every", log_every),
-        ("eval_batch_budget", eval_batch_budget),
-    ):
-        _positive_int(name, value)
-    _positive_int("eval_every", eval_every, allow_none=True)
-    _positive_int("checkpoint_every", checkpoint_every, allow_none=True)
-    if not _number(lr) or lr <= 0:
-        raise ConfigError(f"lr must be a positive finite number, got {lr!r}")
-    if not _number(weight_decay) or weight_decay < 0:
-        raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    if grad_clip is not None and (not _number(grad_clip) or grad_clip <= 0):
-        raise ConfigError(f"grad_clip must be None or a positive number, got {grad_clip!r}")
-    if ema_decay is not None and (not _number(ema_decay) or not 0.0 < ema_decay < 1.0):
-        raise ConfigError(f"ema_decay must be None or a number in (0, 1), got {ema_decay!r}")
-    if not isinstance(lr_schedule, LRSchedule):
-        names = ", ".join(f"LRSchedule.{s.name}" for s in LRSchedule)
-        raise ConfigError(f"lr_schedule must be an LRSchedule ({names}), got {lr_schedule!r}")
-    if not isinstance(precision, Precision):
-        names = ", ".join(f"Precision.{p.name}" for p in Precision)
-        raise ConfigError(f"precision must be a Precision ({names}), got {precision!r}")
-    if warmup_steps is not None and (
-        isinstance(warmup_steps, bool)
-        or not isinstance(warmup_steps, int)
-        or not 0 <= warmup_steps <= updates
-    ):
-        raise ConfigError(
-            f"warmup_steps must be an integer in [0, updates={updates}], got {warmup_steps!r}"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    if run_dir is None and (resume or checkpoint_every is not None):
+    """Raise :class:`ConfigError` for what only ``fit`` takes: a checkpoint or a resume needs a
+    run folder, and a config must be JSON-able. (The training options themselves are checked
+    against their schema, :func:`pyrodiff.train.options.check_options`.)"""
+    if run_dir is None and (resume or checkpoint_every):
         what = "resume" if resume else "checkpoint_every"
         raise ConfigError(f"{what} needs a run_dir to hold the checkpoint")
     if config is not None:
@@ -157,12 +97,7 @@ def resolve_data(
             check_data(held_out, tuple(event_shape), likelihood, name=name)
     if shard is not None:
         train = train[shard]
-    if batch_size > train.shape[0]:
-        where = "this rank's shard of the" if shard is not None else "the"
-        raise DataError(
-            f"batch_size {batch_size} is larger than {where} {train.shape[0]} training data; "
-            f"expected at most {train.shape[0]}"
-        )
+    check_batch_size(batch_size, train.shape[0], shard=shard is not None)
     to = {"device": device, "dtype": dtype}
     return TrainData(
         train.to(**to),
