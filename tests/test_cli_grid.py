@@ -47,7 +47,7 @@ COMMANDS = {
                        "--sampler-steps", "2"],
     "sample-ddim": ["sample", "{run}", "--num", "16", "--sampler", "ddim", "--sampler-steps", "2"],
     "compare": ["compare", "{run}", "{partial}"],
-    "plot": ["plot", "{run}"],
+    "plot": ["plot", "{partial}"],  # (the finished run's sample scatters are slow to redraw)
     "resume": ["train", "--resume", "{partial}", "--no-progress"],
     "resume-finished": ["train", "--resume", "{run}", "--no-progress"],
 }  # fmt: skip
@@ -124,7 +124,8 @@ def _check_output(command: str, run: Path, partial: Path, printed: str) -> None:
         assert [r.split()[0] for r in rows] == [run.name, partial.name]
         assert "-1.8" in rows[0].split("  ")[-1]  # −H of two moons (about −1.845)
     elif command == "plot":
-        assert (run / "figures" / "elbo.png").stat().st_size > 0
+        (figure,) = [line.removeprefix("wrote ") for line in printed.splitlines()[:1]]
+        assert figure == str(partial / "figures" / "elbo.png") and Path(figure).stat().st_size > 0
     elif command == "resume":
         assert f"from update {INTERRUPT_AT} of 4 updates" in printed.splitlines()[0]
         assert torch.load(partial / "checkpoint.pt", weights_only=True)["step"] == 4

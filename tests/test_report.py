@@ -67,5 +67,8 @@ def test_the_comparison_labels_the_last_batch_as_noisy_and_shows_minus_h():
     assert "last batch ELBO (noisy)" in header and "-H (data)" in header
     assert "-1.8450 ± 0.0012" in row and "-2.4000 ± 0.0200" in row
     assert report.to_dict()["runs"][0]["neg_entropy"] == -1.845
-    # no density known: no −H column
+    assert report.entropy == 1.845  # one reference line for the figure
+    # no density known: no −H column, no line
+    unknown = ComparisonReport.of({"a": History(records), "b": History(records)}, {"a": Density()})
+    assert "-H" in unknown.table() and unknown.entropy is None
     assert "-H" not in ComparisonReport.of({"a": History(records)}).table()

@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -357,8 +357,8 @@ def sample(args: argparse.Namespace) -> int:
     if num is None:
         num = GRID_SAMPLES if len(dataset.event_shape) > 1 else SCATTER_SAMPLES
     gen = torch.Generator(device=loaded.device).manual_seed(args.seed)
-    x, tag, how = _draw(loaded, kind, num, args, gen)
-    x = x.detach().cpu()
+    drawn = _draw(loaded, kind, num, args, gen)
+    x, tag = drawn.x.detach().cpu(), drawn.tag
     array = dataset.to_levels(x).numpy().astype(np.int64) if dataset.num_levels else x.numpy()
     npy = Path(args.out) if args.out else loaded.path / f"samples-{tag}.npy"
     if npy.suffix != ".npy":
@@ -368,15 +368,30 @@ def sample(args: argparse.Namespace) -> int:
     np.save(tmp, array)
     tmp.replace(npy)
     png = figures.samples_figure(x, dataset, figures_dir(loaded.path) / f"samples-{tag}.png")
+    how = (
+        kind.value
+        if kind is SamplerKind.ANCESTRAL
+        else f"{kind.value}, {drawn.steps} sampler steps"
+    )
     _say(f"{num} samples ({how}) from step {loaded.step}{' (EMA)' if loaded.used_ema else ''}")
     _say(f"wrote {npy}")
     _say(f"wrote {png}")
     return 0
 
 
-def _draw(loaded, kind: SamplerKind, num: int, args: argparse.Namespace, gen: torch.Generator):
-    """Samples, the file tag and the words that say how they were drawn; ConfigError for a
-    sampler the run's model cannot use, naming why."""
+class _Drawn(NamedTuple):
+    x: torch.Tensor
+    tag: str
+    """names the files: samples-<tag>.npy, figures/samples-<tag>.png."""
+    steps: int
+    """the reverse steps the sampler took (T, or an hvae's L layers, for ancestral)."""
+
+
+def _draw(
+    loaded, kind: SamplerKind, num: int, args: argparse.Namespace, gen: torch.Generator
+) -> _Drawn:
+    """Samples from the run's model by ``kind``; ConfigError, naming why, for a sampler the
+    model cannot use."""
     from .. import sampling
     from ..models import ContinuousDiffusion, Diffusion, ReverseVariance
 
@@ -387,7 +402,8 @@ def _draw(loaded, kind: SamplerKind, num: int, args: argparse.Namespace, gen: to
                 f"--sampler {kind.value} needs a diffusion's noise schedule, which a run of "
                 f"--model {model_kind} does not have: it samples ancestrally (drop --sampler)"
             )
-        return _run_program(loaded.model, num, args.seed, loaded.device), "ancestral", "ancestral"
+        x = _run_program(loaded.model, num, args.seed, loaded.device)
+        return _Drawn(x, "ancestral", loaded.model.num_steps)
     model, _ = loaded.chain()
     T = model.num_steps
     # strided re-discretises a continuous-time run, whose coarsest grid holds z_0 and z_1
@@ -398,9 +414,8 @@ def _draw(loaded, kind: SamplerKind, num: int, args: argparse.Namespace, gen: to
         raise ConfigError(
             f"--sampler-steps must be an integer in {fewest}..T = {T} for this run, got {steps}"
         )
-    where = f"{steps} sampler steps"
     if kind is SamplerKind.ANCESTRAL:
-        return sampling.ancestral_sample(model, num, generator=gen), "ancestral", "ancestral"
+        return _Drawn(sampling.ancestral_sample(model, num, generator=gen), "ancestral", T)
     if kind is SamplerKind.STRIDED:
         if continuous:
             # the continuous model on a grid of S steps: its own discretisation, not a respacing
@@ -414,9 +429,9 @@ def _draw(loaded, kind: SamplerKind, num: int, args: argparse.Namespace, gen: to
             )
         else:
             x = sampling.strided_sample(model, num, steps, generator=gen)
-        return x, f"strided{steps}", f"strided, {where}"
+        return _Drawn(x, f"strided{steps}", steps)
     x = sampling.ddim_sample(model, num, steps, eta=args.eta, generator=gen)
-    return x, f"ddim{steps}-eta{args.eta:g}", f"ddim, {where}"
+    return _Drawn(x, f"ddim{steps}-eta{args.eta:g}", steps)
 
 
 def _run_program(model, num: int, seed: int, device: torch.device) -> torch.Tensor:

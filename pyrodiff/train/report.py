@@ -348,6 +348,15 @@ class ComparisonReport:
         densities = densities or {}
         return cls(tuple(RunSummary.of(k, h, densities.get(k)) for k, h in histories.items()))
 
+    @property
+    def entropy(self) -> float | None:
+        """H of the data, when every run's data has the same known density (one reference
+        line for a figure of them all); None otherwise."""
+        values = {r.neg_entropy for r in self.runs}
+        if len(values) != 1 or None in values:
+            return None
+        return -values.pop()
+
     def to_dict(self) -> dict[str, Any]:
         return {"runs": [r.to_dict() for r in self.runs]}
 
