@@ -1,6 +1,7 @@
 """The report objects behind ``pyrodiff evaluate`` and ``compare``: what their numbers are."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -49,6 +50,8 @@ def test_the_report_says_whether_it_drew_training_noise():
     assert "the same noise" in same.table()
     assert "new evaluation noise" in other.table() and "seed 7919" in other.table()
     assert other.to_dict()["seed"] == 0
+    # nothing of training's to compare with (a split it never evaluated): the seed alone
+    assert "noise" not in base.table()
     # the ELBO is printed with its SE
     assert f"-2.0000 ± {base.elbo.elbo_se:.4f} nats/datum" in base.table()
 
@@ -72,3 +75,22 @@ def test_the_comparison_labels_the_last_batch_as_noisy_and_shows_minus_h():
     unknown = ComparisonReport.of({"a": History(records), "b": History(records)}, {"a": Density()})
     assert "-H" in unknown.table() and unknown.entropy is None
     assert "-H" not in ComparisonReport.of({"a": History(records)}).table()
+
+
+def test_the_share_of_the_bound_at_small_noise_is_given_for_quantised_data_only():
+    """On continuous data log p(x_0 | x_1) is a density and can exceed 0, so a "share of
+    −ELBO" at t ≤ 10 could be negative; with a discretised decoder every term is a loss."""
+    per_datum = torch.tensor([-2.0, -2.0], dtype=torch.float64)
+    terms = [-3.0] + [0.5] * 11  # a reconstruction density above 1, then KL terms
+    continuous = ELBOEvaluation(
+        elbo=-2.5, elbo_se=0.1, estimator="closed_form", per_datum=per_datum,
+        reconstruction=3.0, prior=0.0, per_step_loss=terms,
+    )  # fmt: skip
+    assert "share" not in EvaluationReport(num_data=2, seed=0, elbo=continuous).table()
+    losses = [1.0] * 12
+    quantised = ELBOEvaluation(
+        elbo=-12.0, elbo_se=0.1, estimator="closed_form", per_datum=per_datum,
+        reconstruction=-1.0, prior=0.0, per_step_loss=losses, bits_per_dim=8.6,
+    )  # fmt: skip
+    table = EvaluationReport(num_data=2, seed=0, elbo=quantised).table()
+    assert re.search(r"^-ELBO share at t <= 10 +83\.3 %$", table, re.M)

@@ -161,7 +161,7 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
 
     if args.resume and done >= config.updates:
         if is_main:
-            _say_complete(run_dir, config, done, built.dataset)
+            _say_complete(run_dir, config, done)
         return 0
     created = False
     if is_main and not args.resume:
@@ -220,7 +220,7 @@ def _checkpoint_step(run_dir: Path) -> int:
     return int(load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")["step"])
 
 
-def _say_complete(run_dir: Path, config: RunConfig, done: int, dataset) -> None:
+def _say_complete(run_dir: Path, config: RunConfig, done: int) -> None:
     """What ``--resume`` says of a run that has nothing left to do."""
     _say(f"{run_dir} is already complete: {done} of {config.updates} updates")
     metrics = run_dir / METRICS_NAME
@@ -299,11 +299,9 @@ def evaluate(args: argparse.Namespace) -> int:
             seed=seed,
             progress=True,
         )
-    same_noise = (
-        seed == training_seed
-        and whole_split
-        and _training_evaluated(loaded.path, split, loaded.step)
-    )
+    # None: training has no evaluation of this split at this step to compare with
+    evaluated = _training_evaluated(loaded.path, split, loaded.step)
+    same_noise = (seed == training_seed and whole_split) if evaluated else None
     report = dataclasses.replace(
         report,
         run=str(loaded.path),

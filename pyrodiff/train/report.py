@@ -94,9 +94,11 @@ class ELBOEvaluation:
             rows.append(("sum of L_t, t = 2..T", f"{sum(per_step[1:]):.4f} nats"))
             worst = max(range(len(per_step)), key=lambda i: per_step[i])
             rows.append(("largest per-step loss", f"{per_step[worst]:.4f} nats at t = {worst + 1}"))
-            # where the bound is paid: the small-noise end against the second half of the chain
+            # where the bound is paid: the small-noise end against the second half of the chain;
+            # a share of −ELBO only where every term is a loss ≥ 0 (quantised data: the decoder
+            # gives a mass), not where the reconstruction is a density that may exceed 1
             T, bound = len(per_step), -self.elbo
-            if T > 10 and bound > 0:
+            if T > 10 and bound > 0 and self.bits_per_dim is not None:
                 rows.append(("-ELBO share at t <= 10", f"{100 * sum(per_step[:10]) / bound:.1f} %"))
             if T > 1:
                 rows.append((f"-ELBO at t > {T // 2}", f"{sum(per_step[T // 2 :]):.4f} nats"))
@@ -184,7 +186,7 @@ class EvaluationReport:
     folder). ``seed`` is the evaluation noise's; ``training_seed`` the one ``fit`` evaluates
     the run with, and ``same_noise_as_training`` whether this evaluation drew exactly the
     noise of training's own evaluation of the split at this step (then, with the same
-    parameters, it prints training's numbers).
+    parameters, it prints training's numbers; None when training made no such evaluation).
     """
 
     num_data: int
@@ -243,7 +245,7 @@ class EvaluationReport:
     def _noise_row(self) -> tuple[str, str]:
         if self.same_noise_as_training:
             text = f"{self.seed}, as training's own evaluation of this split: the same noise"
-        elif self.training_seed is not None:
+        elif self.same_noise_as_training is False and self.training_seed is not None:
             text = (
                 f"{self.seed}: new evaluation noise (training evaluates whole splits with seed "
                 f"{self.training_seed}), which moves the ELBO within its SE"
