@@ -249,8 +249,9 @@ def evaluation_report(
     )
     gap = None
     if density is not None:
-        log_p = density.log_prob(x).detach().to(torch.float64).reshape(-1)
-        gap = DataGap.paired(log_p, elbo.per_datum.to(log_p.device))
+        # the densities hold their tables on the CPU
+        log_p = density.log_prob(x.detach().cpu()).to(torch.float64).reshape(-1)
+        gap = DataGap.paired(log_p, elbo.per_datum.cpu())
     bound = psis = None
     chain_steps = None
     if iwae is not None or psis_num is not None:
