@@ -83,25 +83,73 @@ def test_train_prints_the_final_validation_and_test_elbo(trained):
     for split in ("validation", "test"):
         final = history.final_eval_on(split)
         assert final["step"] == 12
-        assert f"{split} ELBO {final['elbo']:.4f} nats/datum" in printed
+        line = f"{split} ELBO {final['elbo']:.4f} ± {final['elbo_se']:.4f} nats/datum"
+        assert line in printed.splitlines()
     assert f"run folder: {run}" in printed
 
 
 @pytest.mark.parametrize("split", [[], ["--split", "test"], ["--split", "validation"]])
-def test_evaluate_reproduces_the_training_evaluation(run, capsys, split):
-    """Same parameters (the EMA ones, from the checkpoint) and the same evaluation noise as
-    fit's last evaluation of the split: the ELBO must agree to rounding. A checkpoint or EMA
-    loaded wrongly would not. The default split is test."""
-    seed = RunConfig.from_json(run).seed + EVAL_SEED_OFFSET
-    assert main(["evaluate", str(run), "--seed", str(seed), "--threads", "1", *split]) == 0
+def test_evaluate_prints_the_numbers_training_printed(trained, capsys, split):
+    """By default evaluate draws the noise of fit's own evaluation of the split (seed + the
+    evaluation offset) on the same parameters (the EMA ones, from the checkpoint): the same
+    numbers, exactly, and the same printed ELBO ± SE. A checkpoint or EMA loaded wrongly, or
+    other noise, would not give them. The default split is test."""
+    run, printed_by_train = trained
+    assert main(["evaluate", str(run), "--threads", "1", *split]) == 0
     result = json.loads((run / "evaluation.json").read_text())
     name = split[-1] if split else "test"
     final = History.load(run / "metrics.jsonl").final_eval_on(name)
     assert result["ema"] is True and result["step"] == 12 and result["num_data"] == 2000
     assert result["split"] == name
-    assert result["elbo"] == pytest.approx(final["elbo"], rel=1e-5)
-    assert np.allclose(result["per_step_loss"], final["per_step_loss"], rtol=1e-4, atol=1e-6)
-    assert "ELBO" in capsys.readouterr().out
+    assert result["seed"] == RunConfig.from_json(run).seed + EVAL_SEED_OFFSET
+    for key in ("elbo", "elbo_se", "per_step_loss", "reconstruction", "prior"):
+        assert result[key] == final[key], key
+    trained_line = next(ln for ln in printed_by_train.splitlines() if ln.startswith(f"{name} ELBO"))
+    number = trained_line.removeprefix(f"{name} ELBO ")
+    out = capsys.readouterr().out
+    assert any(
+        ln.startswith("ELBO ") and ln.split(None, 1)[1] == number for ln in out.splitlines()
+    ), (number, out)
+    assert "the same noise" in out
+
+
+def test_evaluate_with_other_noise_says_so_and_agrees_within_the_se(run, capsys):
+    """Another seed draws new evaluation noise: the output says so, and the ELBO moves by
+    noise only (the same parameters and data): within 4 SEs of the paired difference."""
+    final = History.load(run / "metrics.jsonl").final_eval_on("test")
+    assert main(["evaluate", str(run), "--seed", "0", "--threads", "1"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    assert result["seed"] == 0 and result["elbo"] != final["elbo"]
+    assert abs(result["elbo"] - final["elbo"]) < 4 * (result["elbo_se"] + final["elbo_se"])
+    assert "new evaluation noise" in capsys.readouterr().out
+    # a subset draws other noise for its data too
+    assert main(["evaluate", str(run), "--num", "50", "--threads", "1"]) == 0
+    assert "new evaluation noise" in capsys.readouterr().out
+
+
+def test_evaluate_prints_the_gap_to_the_data_density_with_its_paired_se(run, capsys):
+    """On data with an exact density the headline number is log p_data − ELBO per datum: its
+    mean and the SE of the per-datum differences (paired), not the two SEs combined."""
+    from pyrodiff.train import evaluate_elbo
+
+    assert main(["evaluate", str(run), "--num", "300", "--threads", "1"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    loaded = load_run(run)
+    dataset = loaded.built.dataset
+    x = dataset.test[:300].to(torch.float32)
+    with torch.no_grad():
+        elbo = evaluate_elbo(
+            loaded.model, loaded.guide, x, num_levels=None, seed=result["seed"]
+        ).per_datum
+    log_p = dataset.density.log_prob(x).double()
+    diff = log_p - elbo
+    assert elbo.mean().item() == pytest.approx(result["elbo"], rel=1e-6)
+    assert result["gap_to_data"] == pytest.approx(diff.mean().item(), rel=1e-12)
+    assert result["gap_to_data_se"] == pytest.approx(diff.std().item() / 300**0.5, rel=1e-12)
+    assert result["log_p_data"] == pytest.approx(log_p.mean().item(), rel=1e-12)
+    out = capsys.readouterr().out
+    gap = f"{result['gap_to_data']:.4f} ± {result['gap_to_data_se']:.4f} nats/datum"
+    assert any(ln.startswith("gap log p_data - ELBO") and gap in ln for ln in out.splitlines())
 
 
 def test_evaluate_raw_parameters_differ_from_the_ema(run):
@@ -140,7 +188,7 @@ def test_evaluate_psis_reads_the_first_psis_num_data_with_psis_samples_draws(run
     loaded = load_run(run)
     assert result["num_data"] == loaded.built.dataset.test.shape[0]  # the ELBO reads it all
     x = loaded.built.dataset.test[:5]
-    torch.manual_seed(0)
+    torch.manual_seed(result["seed"])
     with torch.no_grad():
         khat = psis_diagnostic(loaded.model, loaded.guide, x, num_samples=60).khat
     assert result["psis_khat_max"] == pytest.approx(float(khat.max()), abs=1e-6)
@@ -193,6 +241,9 @@ def test_sample_digits_writes_integer_levels(tmp_path):
     levels = np.load(out / "samples-ancestral.npy")
     assert levels.shape == (6, 1, 8, 8) and levels.dtype.kind == "i"
     assert levels.min() >= 0 and levels.max() <= 16
+    # images: a grid of 64 by default
+    assert main(["sample", str(out), "--threads", "1"]) == 0
+    assert np.load(out / "samples-ancestral.npy").shape == (64, 1, 8, 8)
 
 
 def test_compare_and_plot(run, tmp_path, capsys):
@@ -358,3 +409,68 @@ def test_python_dash_m_runs_the_command():
         timeout=120,
     )
     assert proc.returncode == 0 and "--iwae" in proc.stdout
+
+
+def test_resume_of_a_finished_run_says_it_is_complete_and_trains_nothing(run, capsys):
+    """Nothing to do: the command says so, with the run's final numbers and how to train
+    longer, and leaves the checkpoint and the metrics as they were."""
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    metrics = (run / "metrics.jsonl").read_text()
+    assert main(["train", "--resume", str(run), "--no-progress", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    history = History.load(run / "metrics.jsonl")
+    test = history.final_eval_on("test")
+    assert lines[0] == f"{run} is already complete: 12 of 12 updates"
+    assert f"test ELBO {test['elbo']:.4f} ± {test['elbo_se']:.4f} nats/datum" in lines
+    assert lines[-1].startswith(
+        f"To train longer, start a new run from its configuration: pyrodiff train --config "
+        f"{run / 'config.json'} --updates 24"
+    )
+    assert not any(line.startswith(("resuming", "done in")) for line in lines)
+    assert (run / "checkpoint.pt").read_bytes() == checkpoint
+    assert (run / "metrics.jsonl").read_text() == metrics
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a checkpoint at all"], ids=["empty", "garbage"])
+def test_resume_of_a_corrupt_checkpoint_prints_the_error_only(run, tmp_path, capsys, damage):
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "checkpoint.pt").write_bytes(damage)
+    assert main(["train", "--resume", str(broken), "--no-progress", "--threads", "1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"pyrodiff: error: checkpoint {broken / 'checkpoint.pt'} is ")
+
+
+def test_compare_writes_its_figure_beside_the_first_run_not_in_the_working_folder(
+    run, tmp_path, monkeypatch, capsys
+):
+    other = tmp_path / "runs" / "other"
+    shutil.copytree(run, other)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["compare", str(other), str(run)]) == 0
+    assert list(cwd.iterdir()) == []
+    figure = other / "figures" / "comparison.png"
+    assert figure.stat().st_size > 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {figure}"
+
+
+def test_compare_labels_the_training_estimate_and_gives_minus_h(run, tmp_path, capsys):
+    from pyrodiff.config import load_data
+
+    assert main(["compare", str(run), "--out", str(tmp_path / "c.png")]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert "last batch ELBO (noisy)" in header and "train ELBO" not in header
+    density = load_data(RunConfig.from_json(run)).density
+    assert row.endswith(f"{-density.entropy:.4f} ± {density.entropy_se:.4f}")
+
+
+def test_sample_draws_enough_points_for_a_scatter_by_default(run, capsys):
+    from pyrodiff.cli.commands import SCATTER_SAMPLES
+
+    assert main(["sample", str(run), "--threads", "1", "--out", str(run.parent / "s.npy")]) == 0
+    assert np.load(run.parent / "s.npy").shape == (SCATTER_SAMPLES, 2)
+    assert capsys.readouterr().out.startswith(f"{SCATTER_SAMPLES} samples (ancestral)")

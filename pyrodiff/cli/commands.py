@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import enum
 import math
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from ..config import CONFIG_NAME, GuideKind, ModelKind, RunConfig, build, load_d
 from ..data import Split
 from ..devices import param_dtype, resolve_device
 from ..errors import ConfigError
-from ..train.history import History
+from ..train.history import METRICS_NAME, History
 from . import figures
 from .parser import config_overrides, flag_for
 from .runs import (
@@ -148,6 +149,7 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
         from ..errors import CheckpointError
 
         raise CheckpointError(f"{run_dir} has no {CHECKPOINT_NAME} to resume from")
+    done = _checkpoint_step(run_dir) if args.resume else 0
     if getattr(args, "dry_run", False):
         _say(config.to_json().rstrip())
         _say(
@@ -157,6 +159,10 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
         )
         return 0
 
+    if args.resume and done >= config.updates:
+        if is_main:
+            _say_complete(run_dir, config, done)
+        return 0
     created = False
     if is_main and not args.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,10 +172,11 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
         n_params = sum(p.numel() for p in built.model.parameters()) + sum(
             p.numel() for p in built.guide.parameters()
         )
+        what = f"from update {done} of {config.updates}" if args.resume else config.updates
         _say(
             f"{'resuming' if args.resume else 'training'} {config.model.value} with a "
             f"{config.guide.value} guide on {built.dataset.name} (T = {config.num_steps}, "
-            f"{n_params:,} parameters, {config.updates} updates) -> {run_dir}"
+            f"{n_params:,} parameters, {what} updates) -> {run_dir}"
         )
     started = time.perf_counter()
     try:
@@ -200,21 +207,50 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
         return 130
     figures.training_figures(history, figures_dir(run_dir), built.dataset)
     _say(f"done in {seconds:.0f} s: {history.final_step} updates")
+    _say_final_evaluations(history)
+    _say(f"run folder: {run_dir}")
+    return 0
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    """The update the run's checkpoint was written at; CheckpointError (one line) when there is
+    no usable checkpoint, before anything is printed."""
+    from ..checkpoint import load_checkpoint
+
+    return int(load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")["step"])
+
+
+def _say_complete(run_dir: Path, config: RunConfig, done: int) -> None:
+    """What ``--resume`` says of a run that has nothing left to do."""
+    _say(f"{run_dir} is already complete: {done} of {config.updates} updates")
+    metrics = run_dir / METRICS_NAME
+    if metrics.is_file():
+        _say_final_evaluations(History.load(metrics))
+    _say(
+        f"To train longer, start a new run from its configuration: pyrodiff train --config "
+        f"{run_dir / CONFIG_NAME} --updates {2 * config.updates} --out NEW_RUN "
+        "(--resume only continues an interrupted run)"
+    )
+
+
+def _say_final_evaluations(history: History) -> None:
     for split in (Split.VALIDATION, Split.TEST):
         record = history.final_eval_on(split.value)
         if record is not None:
-            _say(_eval_line(record, split, built.dataset.num_levels is not None))
-    _say(f"run folder: {run_dir}")
-    return 0
+            _say(_eval_line(record, split))
 
 
 def _shape(x) -> tuple[int, ...] | None:
     return None if x is None else tuple(x.shape)
 
 
-def _eval_line(record: dict[str, Any], split: Split, quantised: bool) -> str:
-    line = f"{split.value} ELBO {record['elbo']:.4f} nats/datum"
-    if quantised and record.get("bits_per_dim") is not None:
+def _eval_line(record: dict[str, Any], split: Split) -> str:
+    """``<split> ELBO <mean> ± <SE> nats/datum[, <split> bits/dim <b>]`` of one evaluation
+    record (the SE is over the split's data, as ``evaluate`` prints it)."""
+    se = record.get("elbo_se")
+    line = f"{split.value} ELBO {record['elbo']:.4f}"
+    line += f" ± {se:.4f} nats/datum" if se is not None else " nats/datum"
+    if record.get("bits_per_dim") is not None:
         line += f", {split.value} bits/dim {record['bits_per_dim']:.4f}"
     return line
 
@@ -223,8 +259,9 @@ def _eval_line(record: dict[str, Any], split: Split, quantised: bool) -> str:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    """``pyrodiff evaluate RUN``: the ELBO terms on a split, bits/dim, IWAE-K, PSIS k̂."""
-    from ..train import evaluate_split
+    """``pyrodiff evaluate RUN``: :func:`~pyrodiff.train.evaluation_report` on a split of the
+    run's data, printed as its table and written as ``evaluation.json``."""
+    from ..train import EVAL_SEED_OFFSET, evaluation_report
 
     split = parse_enum(Split, args.split, "split")
     if args.num is not None and args.num < 1:
@@ -241,165 +278,85 @@ def evaluate(args: argparse.Namespace) -> int:
     loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema)
     dataset = loaded.built.dataset
     x = dataset.split(split)
+    whole_split = args.num is None or args.num >= x.shape[0]
     if args.num is not None:
         x = x[: args.num]
     x = x.to(device=loaded.device, dtype=param_dtype(loaded.model))
-    quantised = dataset.num_levels is not None
+    # the seed fit evaluates this run with: by default evaluate draws the same noise
+    training_seed = loaded.config.seed + EVAL_SEED_OFFSET
+    seed = training_seed if args.seed is None else args.seed
     with torch.no_grad():
-        result = evaluate_split(
+        report = evaluation_report(
             loaded.model,
             loaded.guide,
             x,
             num_levels=dataset.num_levels,
+            density=dataset.density,
+            iwae=args.iwae,
+            psis_num=args.psis_num if args.psis else None,
+            psis_samples=args.psis_samples,
             batch_budget=loaded.config.eval_batch_budget,
-            seed=args.seed,
+            seed=seed,
             progress=True,
         )
-    out: dict[str, Any] = {
-        "run": str(loaded.path),
-        "step": loaded.step,
-        "split": split.value,
-        "num_data": int(x.shape[0]),
-        "ema": loaded.used_ema,
-        **result,
-    }
-    if args.iwae is not None or args.psis:
-        # seeded like the ELBO: the same command prints the same numbers
-        devices = [x.device] if x.device.type == "cuda" else []
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(args.seed)
-            out.update(_bounds(loaded, x, args, dataset.num_dims, quantised))
-    write_json_atomic(loaded.path / EVALUATION_NAME, out)
-    _say(_evaluation_table(out, quantised))
+    # None: training has no evaluation of this split at this step to compare with
+    evaluated = _training_evaluated(loaded.path, split, loaded.step)
+    same_noise = (seed == training_seed and whole_split) if evaluated else None
+    report = dataclasses.replace(
+        report,
+        run=str(loaded.path),
+        step=loaded.step,
+        split=split.value,
+        ema=loaded.used_ema,
+        training_seed=training_seed,
+        same_noise_as_training=same_noise,
+    )
+    write_json_atomic(loaded.path / EVALUATION_NAME, report.to_dict())
+    _say(report.table())
     _say(f"wrote {loaded.path / EVALUATION_NAME}")
     return 0
 
 
-def _bounds(loaded, x, args: argparse.Namespace, num_dims: int, quantised: bool) -> dict:
-    """IWAE-K (Burda et al.) and PSIS k̂ (Vehtari et al.) from :mod:`pyrodiff.infer.bounds`.
-
-    Both take T network calls per importance sample (vectorised for closed-form guides), so
-    IWAE-K costs about K times an ELBO evaluation of the same data, and k̂ with S samples S
-    times one of its ``--psis-num`` data: it reads a subset, which the output names."""
-    k, psis = args.iwae, args.psis
-    model, guide = loaded.chain()
-    from ..infer import bounds
-
-    out: dict[str, Any] = {}
-    if model is not loaded.model:
-        out["discretized_at"] = model.num_steps  # a continuous-time run read as a T-step chain
-    budget = loaded.config.eval_batch_budget
-    if k is not None:
-        res = bounds.iwae_bound(model, guide, x, num_samples=k, batch_budget=budget, progress=True)
-        out["iwae_k"] = k
-        out["iwae"] = res.mean
-        out["iwae_se"] = res.stderr
-        out["iwae_bits_per_dim"] = res.bits_per_dim(num_dims) if quantised else None
-    if psis:
-        subset = x[: args.psis_num]
-        diag = bounds.psis_diagnostic(
-            model,
-            guide,
-            subset,
-            num_samples=args.psis_samples,
-            batch_budget=budget,
-            progress=True,
-        )
-        out["psis_num_data"] = int(subset.shape[0])
-        khat = diag.khat[torch.isfinite(diag.khat)]
-        out["psis_num_samples"] = diag.num_samples
-        out["psis_khat_mean"] = float(khat.mean()) if khat.numel() else None
-        out["psis_khat_max"] = float(khat.max()) if khat.numel() else None
-        out["psis_frac_above_0.7"] = float((diag.khat > 0.7).double().mean())
-    return out
-
-
-def _evaluation_table(out: dict[str, Any], quantised: bool) -> str:
-    per_step = out.get("per_step_loss") or []
-    rows = [
-        ("run", out["run"]),
-        ("step", out["step"]),
-        ("split", f"{out['split']} ({out['num_data']} data)"),
-        ("parameters", "EMA" if out["ema"] else "raw"),
-        (
-            "ELBO",
-            f"{out['elbo']:.4f}"
-            + (f" ± {out['elbo_se']:.4f}" if out.get("elbo_se") is not None else "")
-            + " nats/datum",
-        ),
-    ]
-    if quantised and out.get("bits_per_dim") is not None:
-        rows.append(("bits/dim", f"{out['bits_per_dim']:.4f}"))
-    if out.get("reconstruction") is not None:
-        given = "z0" if out.get("estimator") == "continuous" else "x1"
-        rows.append((f"reconstruction log p(x0|{given})", f"{out['reconstruction']:.4f} nats"))
-    if per_step:
-        rows.append(("sum of L_t, t = 2..T", f"{sum(per_step[1:]):.4f} nats"))
-        worst = max(range(len(per_step)), key=lambda i: per_step[i])
-        rows.append(("largest per-step loss", f"{per_step[worst]:.4f} nats at t = {worst + 1}"))
-        # where the bound is paid: the small-noise end against the second half of the chain
-        T, bound = len(per_step), -out["elbo"]
-        if T > 10 and bound > 0:
-            rows.append(("-ELBO share at t <= 10", f"{100 * sum(per_step[:10]) / bound:.1f} %"))
-        if T > 1:
-            rows.append((f"-ELBO at t > {T // 2}", f"{sum(per_step[T // 2 :]):.4f} nats"))
-    if out.get("prior") is not None:
-        rows.append(("prior KL L_T", f"{out['prior']:.4g} nats"))
-    if out.get("diffusion") is not None:
-        rows.append(("diffusion loss (T = ∞)", f"{out['diffusion']:.4f} nats"))
-    at = f" (at T = {out['discretized_at']})" if out.get("discretized_at") else ""
-    if "iwae" in out:
-        rows.append(
-            (
-                f"IWAE-{out['iwae_k']}{at}",
-                f"{out['iwae']:.4f} ± {out['iwae_se']:.4f} nats/datum",
-            )
-        )
-        if out.get("iwae_bits_per_dim") is not None:
-            rows.append((f"IWAE-{out['iwae_k']} bits/dim", f"{out['iwae_bits_per_dim']:.4f}"))
-    if out.get("psis_khat_mean") is not None:
-        rows.append(
-            (
-                f"PSIS k-hat{at} (first {out['psis_num_data']} data, "
-                f"{out['psis_num_samples']} draws)",
-                f"mean {out['psis_khat_mean']:.3f}, max {out['psis_khat_max']:.3f}, "
-                f"{100 * out['psis_frac_above_0.7']:.0f}% of data above 0.7",
-            )
-        )
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+def _training_evaluated(run: Path, split: Split, step: int) -> bool:
+    """Whether the run's metrics hold training's own evaluation of ``split`` at ``step``."""
+    try:
+        history = read_history(run)
+    except ConfigError:
+        return False
+    return any(r.get("split") == split.value and r["step"] == step for r in history.evals)
 
 
 # --- sample -------------------------------------------------------------------------------------
 
 
-def sample(args: argparse.Namespace) -> int:
-    """``pyrodiff sample RUN``: draws from p_θ(x_0), saved as .npy and drawn as a PNG."""
-    from .. import sampling
+SCATTER_SAMPLES = 1000
+"""``sample``'s default for vector data, drawn as a scatter over the density: enough points to
+show where the mass is."""
 
+GRID_SAMPLES = 64
+"""``sample``'s default for images: an 8 × 8 grid."""
+
+
+def sample(args: argparse.Namespace) -> int:
+    """``pyrodiff sample RUN``: draws from p_θ(x_0), saved as .npy and drawn as a PNG.
+
+    A diffusion is sampled by any sampler of :mod:`pyrodiff.sampling`; a continuous-time run
+    is first discretised at T = ``--T`` (at S steps for ``strided``: the same model on a
+    coarser grid); a hierarchical VAE has no noise schedule to stride over or to run DDIM on,
+    so it is sampled ancestrally, by running its Pyro program."""
     kind = parse_enum(SamplerKind, args.sampler, "sampler")
-    if args.num < 1:
+    if args.num is not None and args.num < 1:
         raise ConfigError(f"--num must be >= 1, got {args.num}")
     if not math.isfinite(args.eta) or args.eta < 0:
         raise ConfigError(f"--eta must be a finite number >= 0, got {args.eta}")
     loaded = load_run(args.run, device=args.device, use_ema=not args.no_ema)
-    model, _ = loaded.chain()
-    T = model.num_steps
-    steps = args.sampler_steps if args.sampler_steps is not None else max(1, T // 10)
-    if kind is not SamplerKind.ANCESTRAL and not 1 <= steps <= T:
-        raise ConfigError(f"--sampler-steps must be an integer in 1..T = {T}, got {steps}")
-    gen = torch.Generator(device=loaded.device).manual_seed(args.seed)
-    if kind is SamplerKind.ANCESTRAL:
-        x = sampling.ancestral_sample(model, args.num, generator=gen)
-        tag = "ancestral"
-    elif kind is SamplerKind.STRIDED:
-        x = sampling.strided_sample(model, args.num, steps, generator=gen)
-        tag = f"strided{steps}"
-    else:
-        x = sampling.ddim_sample(model, args.num, steps, eta=args.eta, generator=gen)
-        tag = f"ddim{steps}-eta{args.eta:g}"
     dataset = loaded.built.dataset
-    x = x.detach().cpu()
+    num = args.num
+    if num is None:
+        num = GRID_SAMPLES if len(dataset.event_shape) > 1 else SCATTER_SAMPLES
+    gen = torch.Generator(device=loaded.device).manual_seed(args.seed)
+    drawn = _draw(loaded, kind, num, args, gen)
+    x, tag = drawn.x.detach().cpu(), drawn.tag
     array = dataset.to_levels(x).numpy().astype(np.int64) if dataset.num_levels else x.numpy()
     npy = Path(args.out) if args.out else loaded.path / f"samples-{tag}.npy"
     if npy.suffix != ".npy":
@@ -409,72 +366,123 @@ def sample(args: argparse.Namespace) -> int:
     np.save(tmp, array)
     tmp.replace(npy)
     png = figures.samples_figure(x, dataset, figures_dir(loaded.path) / f"samples-{tag}.png")
-    _say(
-        f"{args.num} samples ({kind.value}{'' if kind is SamplerKind.ANCESTRAL else f', {steps} sampler steps'}) "
-        f"from step {loaded.step}{' (EMA)' if loaded.used_ema else ''}"
+    how = (
+        kind.value
+        if kind is SamplerKind.ANCESTRAL
+        else f"{kind.value}, {drawn.steps} sampler steps"
     )
+    _say(f"{num} samples ({how}) from step {loaded.step}{' (EMA)' if loaded.used_ema else ''}")
     _say(f"wrote {npy}")
     _say(f"wrote {png}")
     return 0
 
 
+class _Drawn(NamedTuple):
+    x: torch.Tensor
+    tag: str
+    """names the files: samples-<tag>.npy, figures/samples-<tag>.png."""
+    steps: int
+    """the reverse steps the sampler took (T, or an hvae's L layers, for ancestral)."""
+
+
+def _draw(
+    loaded, kind: SamplerKind, num: int, args: argparse.Namespace, gen: torch.Generator
+) -> _Drawn:
+    """Samples from the run's model by ``kind``; ConfigError, naming why, for a sampler the
+    model cannot use."""
+    from .. import sampling
+    from ..models import ContinuousDiffusion, Diffusion, ReverseVariance
+
+    model_kind = loaded.config.model.value
+    if not isinstance(loaded.model, Diffusion | ContinuousDiffusion):
+        if kind is not SamplerKind.ANCESTRAL:
+            raise ConfigError(
+                f"--sampler {kind.value} needs a diffusion's noise schedule, which a run of "
+                f"--model {model_kind} does not have: it samples ancestrally (drop --sampler)"
+            )
+        x = _run_program(loaded.model, num, args.seed, loaded.device)
+        return _Drawn(x, "ancestral", loaded.model.num_steps)
+    model, _ = loaded.chain()
+    T = model.num_steps
+    # strided re-discretises a continuous-time run, whose coarsest grid holds z_0 and z_1
+    continuous = isinstance(loaded.model, ContinuousDiffusion)
+    fewest = 2 if continuous and kind is SamplerKind.STRIDED else 1
+    steps = args.sampler_steps if args.sampler_steps is not None else max(fewest, T // 10)
+    if kind is not SamplerKind.ANCESTRAL and not fewest <= steps <= T:
+        raise ConfigError(
+            f"--sampler-steps must be an integer in {fewest}..T = {T} for this run, got {steps}"
+        )
+    if kind is SamplerKind.ANCESTRAL:
+        return _Drawn(sampling.ancestral_sample(model, num, generator=gen), "ancestral", T)
+    if kind is SamplerKind.STRIDED:
+        if continuous:
+            # the continuous model on a grid of S steps: its own discretisation, not a respacing
+            coarse = loaded.model.discretize(steps)
+            x = sampling.ancestral_sample(coarse, num, generator=gen)
+        elif model.variance is ReverseVariance.PER_STEP:
+            raise ConfigError(
+                f"--sampler strided cannot respace this {model_kind} run: its reverse "
+                f"variances were learned for each of its T = {T} steps; use --sampler "
+                "ancestral or ddim"
+            )
+        else:
+            x = sampling.strided_sample(model, num, steps, generator=gen)
+        return _Drawn(x, f"strided{steps}", steps)
+    x = sampling.ddim_sample(model, num, steps, eta=args.eta, generator=gen)
+    return _Drawn(x, f"ddim{steps}-eta{args.eta:g}", steps)
+
+
+def _run_program(model, num: int, seed: int, device: torch.device) -> torch.Tensor:
+    """x_0 from running the Pyro model forward (no data), with torch's generator seeded by
+    ``seed`` and the caller's stream restored: the same seed draws the same samples."""
+    from pyro.infer import Predictive
+
+    devices = [device] if device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices), torch.device(device):
+        torch.manual_seed(seed)
+        draws = Predictive(model, num_samples=1, return_sites=["x_0"], parallel=False)(None, num)
+    return draws["x_0"].squeeze(0)
+
+
 # --- compare and plot ---------------------------------------------------------------------------
 
 
+COMPARISON_FIGURE = "comparison.png"
+"""``compare``'s figure, written into the first run's figures/ unless ``--out`` says where."""
+
+
 def compare(args: argparse.Namespace) -> int:
-    """``pyrodiff compare RUN RUN...``: one figure and one table for several runs."""
+    """``pyrodiff compare RUN RUN...``: one figure and one table
+    (:class:`~pyrodiff.train.ComparisonReport`) for several runs."""
+    from ..train import ComparisonReport
+
     runs = [check_run_dir(r, need_config=False) for r in args.runs]
     if len(set(map(lambda p: p.resolve(), runs))) != len(runs):
         raise ConfigError("the same run folder is given twice")
-    histories = {_label(r, runs): read_history(r) for r in runs}
-    out = Path(args.out)
+    out = Path(args.out) if args.out else figures_dir(runs[0]) / COMPARISON_FIGURE
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise ConfigError(f"--out must end in .png, .pdf or .svg, got {out}")
+    histories = {_label(r, runs): read_history(r) for r in runs}
+    densities = {_label(r, runs): _density(r) for r in runs}
+    report = ComparisonReport.of(histories, densities)
+    out.parent.mkdir(parents=True, exist_ok=True)
     figures.comparison_figure(histories, out)
-    _say(_comparison_table(histories))
+    _say(report.table())
     _say(f"wrote {out}")
     return 0
+
+
+def _density(run: Path):
+    """The exact density of the run's data, when its config.json names a data set that has
+    one (the 2-D sets); None otherwise."""
+    if not (run / CONFIG_NAME).is_file():
+        return None
+    return load_data(RunConfig.from_json(run / CONFIG_NAME)).density
 
 
 def _label(run: Path, runs: list[Path]) -> str:
     names = [r.name for r in runs]
     return run.name if names.count(run.name) == 1 else str(run)
-
-
-def _comparison_table(histories: dict[str, History]) -> str:
-    """One row per run: its last validation ELBO and its best one with the update it came at
-    (choose on these), then the test figures the run reports (read once, at its end)."""
-    header = (
-        "run",
-        "updates",
-        "train ELBO/datum",
-        "validation ELBO",
-        "best validation (update)",
-        "test ELBO",
-        "test bits/dim",
-    )
-    rows = [header]
-    for label, hist in histories.items():
-        train_rec = hist.train[-1] if hist.train else None
-        val = [r for r in hist.evals if r.get("split") == Split.VALIDATION.value]
-        best = max(val, key=lambda r: r["elbo"]) if val else None
-        final = hist.final_eval_on(Split.TEST.value)
-        bpd = final.get("bits_per_dim") if final else None
-        rows.append(
-            (
-                label,
-                str(train_rec["step"]) if train_rec else "-",
-                f"{train_rec['elbo_per_datum']:.4f}" if train_rec else "-",
-                f"{val[-1]['elbo']:.4f}" if val else "-",
-                f"{best['elbo']:.4f} ({best['step']})" if best else "-",
-                f"{final['elbo']:.4f}" if final else "-",
-                f"{bpd:.4f}" if bpd is not None else "-",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
 
 
 def plot(args: argparse.Namespace) -> int:

@@ -279,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed",
         type=_number(int, False, "--seed"),
-        default=0,
+        default=None,
         metavar="N",
-        help="seed of the evaluation noise: the same seed prints the same numbers (default: 0)",
+        help="seed of the evaluation noise: the same seed prints the same numbers (default: "
+        "the seed training evaluates the run with, so that it prints training's numbers)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-ema", action="store_true", help="use the raw parameters, not the EMA")
@@ -297,9 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num",
         type=_number(int, False, "--num"),
-        default=64,
+        default=None,
         metavar="N",
-        help="number of samples (default: 64)",
+        help="number of samples (default: 64 for images, a grid; 1000 for points, a scatter)",
     )
     p.add_argument(
         "--sampler",
@@ -352,9 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", metavar="RUN", nargs="+")
     p.add_argument(
         "--out",
-        default="comparison.png",
+        default=None,
         metavar="FILE",
-        help="the figure to write (default: comparison.png)",
+        help="the figure to write (default: comparison.png in the first run's figures/)",
     )
     _common(p)
 

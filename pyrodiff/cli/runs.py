@@ -80,16 +80,11 @@ class LoadedRun:
         return self.built.guide
 
     def chain(self) -> tuple[nn.Module, nn.Module]:
-        """The model and guide as a discrete chain, for the tools that walk one (IWAE, PSIS,
-        the samplers): a continuous-time model discretised at its ``num_steps`` with the
-        forward chain over that discretisation, any other run as it is."""
-        from ..guides import ForwardGuide
-        from ..models import ContinuousDiffusion
+        """The model and guide as a discrete chain (:func:`pyrodiff.train.evaluate.as_chain`):
+        a continuous-time model discretised at its ``num_steps``, any other run as it is."""
+        from ..train.evaluate import as_chain
 
-        if isinstance(self.model, ContinuousDiffusion):
-            discrete = self.model.discretize()
-            return discrete, ForwardGuide(discrete.schedule)
-        return self.model, self.guide
+        return as_chain(self.model, self.guide)
 
     @property
     def device(self) -> torch.device:

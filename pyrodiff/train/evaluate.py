@@ -1,4 +1,5 @@
-"""Held-out evaluation during training: the ELBO and its per-step terms on a split."""
+"""Held-out evaluation: the ELBO and its per-step terms on a split (what ``fit`` records during
+training), and the whole report ``pyrodiff evaluate`` prints (:func:`evaluation_report`)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,28 @@ from ..guides import has_closed_forms
 from ..infer import bits_per_dim, continuous_elbo_terms, elbo_terms
 from ..infer.timesteps import LowDiscrepancyTimesteps
 from ..models import ContinuousDiffusion
+from .report import (
+    DataGap,
+    ELBOEvaluation,
+    EvaluationReport,
+    ImportanceBound,
+    PSISSummary,
+    stderr_of_mean,
+)
 
-__all__ = ["EVAL_SEED_OFFSET", "evaluate_split"]
+__all__ = [
+    "EVAL_SEED_OFFSET",
+    "ELBOEvaluation",
+    "as_chain",
+    "evaluate_elbo",
+    "evaluate_split",
+    "evaluation_report",
+]
 
 EVAL_SEED_OFFSET = 7_919
-"""``fit`` evaluates with seed + this offset: a stream apart from the training noise."""
+"""``fit`` evaluates with seed + this offset: a stream apart from the training noise. A run's
+evaluations, during training and by ``pyrodiff evaluate``, all use this seed unless told
+otherwise, so that they print the same numbers for the same parameters and data."""
 
 CONTINUOUS_EVAL_PASSES = 10
 """One-sample estimates of the T = ∞ bound averaged per datum: one network call each, so ten
@@ -34,20 +52,43 @@ def evaluate_split(
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """The mean ELBO (nats per datum) on ``x`` and, where they exist, its terms.
+    """:func:`evaluate_elbo`'s result as the plain record ``fit`` writes (its ``to_dict()``)."""
+    return evaluate_elbo(
+        model,
+        guide,
+        x,
+        num_levels=num_levels,
+        batch_budget=batch_budget,
+        seed=seed,
+        progress=progress,
+    ).to_dict()
+
+
+def evaluate_elbo(
+    model,
+    guide,
+    x: Tensor,
+    *,
+    num_levels: int | None,
+    batch_budget: int = 4096,
+    seed: int = 0,
+    progress: bool = False,
+) -> ELBOEvaluation:
+    """The ELBO (nats per datum) on ``x``, per datum and on average, and, where they exist,
+    its terms.
 
     For a :class:`~pyrodiff.models.ContinuousDiffusion` it is the T = ∞ bound
     (:func:`~pyrodiff.infer.continuous_elbo_terms`, low-discrepancy t, the mean of
     :data:`CONTINUOUS_EVAL_PASSES` one-sample estimates per datum), split into reconstruction,
-    diffusion loss and prior KL. With a closed-form guide every per-step term is estimated by :func:`elbo_terms` (one draw
-    of x_t per datum and step). Otherwise (learned guides) the ELBO is one Trace_ELBO sample
-    per datum, split by site: reconstruction = log p(x_0 | x_1), step t ≥ 2 contributes
-    log q(x_{t−1} | ·) − log p_θ(x_{t−1} | x_t), the prior term log q(x_T | ·) − log p(x_T).
-    The trace path evaluates up to ``batch_budget`` data per network call (fewer when the
-    chain's T · D latent values per datum would not fit in 2^26 numbers). Both are unbiased for
-    the same ELBO; the site split equals DDPM's L_{t−1} in expectation
-    when the guide draws x_{t−1} given x_t (top-down). Sites must be named ``x_0`` … ``x_T``
-    for the split; for other models only the ELBO is reported.
+    diffusion loss and prior KL. With a closed-form guide every per-step term is estimated by
+    :func:`elbo_terms` (one draw of x_t per datum and step). Otherwise (learned guides) the
+    ELBO is one Trace_ELBO sample per datum, split by site: reconstruction = log p(x_0 | x_1),
+    step t ≥ 2 contributes log q(x_{t−1} | ·) − log p_θ(x_{t−1} | x_t), the prior term
+    log q(x_T | ·) − log p(x_T). The trace path evaluates up to ``batch_budget`` data per
+    network call (fewer when the chain's T · D latent values per datum would not fit in 2^26
+    numbers). Both are unbiased for the same ELBO; the site split equals DDPM's L_{t−1} in
+    expectation when the guide draws x_{t−1} given x_t (top-down). Sites must be named
+    ``x_0`` … ``x_T`` for the split; for other models only the ELBO is reported.
 
     Randomness comes from a private generator seeded with ``seed`` (the training stream is
     untouched), so every evaluation of a run uses the same noise: successive evaluations differ
@@ -65,22 +106,18 @@ def evaluate_split(
             terms = elbo_terms(
                 model, guide, x, batch_budget=batch_budget, generator=gen, progress=progress
             )
-            out = terms.mean()
-            out["elbo_se"] = _stderr(terms.elbo)
-            out["estimator"] = "closed_form"
+            per_datum = terms.elbo.double()
+            out = {
+                **terms.mean(),
+                "per_datum": per_datum,
+                "elbo_se": stderr_of_mean(per_datum),
+                "estimator": "closed_form",
+            }
         else:
             out = _trace_terms(model, guide, x, batch_budget)
-    out["bits_per_dim"] = (
-        float(bits_per_dim(out["elbo"], num_dims)) if num_levels is not None else None
-    )
-    return out
-
-
-def _stderr(per_datum: Tensor) -> float | None:
-    """The standard error of the mean over data of per-datum estimates: the spread of the data
-    and of the estimator's own noise together (None for a single datum)."""
-    n = per_datum.shape[0]
-    return (per_datum.double().std() / math.sqrt(n)).item() if n > 1 else None
+    quantised = num_levels is not None
+    out["bits_per_dim"] = float(bits_per_dim(out["elbo"], num_dims)) if quantised else None
+    return ELBOEvaluation(**out)
 
 
 def _continuous_terms(model, x: Tensor, batch_budget: int, gen: torch.Generator) -> dict[str, Any]:
@@ -96,8 +133,9 @@ def _continuous_terms(model, x: Tensor, batch_budget: int, gen: torch.Generator)
     n = CONTINUOUS_EVAL_PASSES * x.shape[0]
     out: dict[str, Any] = {key: value / n for key, value in sums.items()}
     per_datum /= CONTINUOUS_EVAL_PASSES
+    out["per_datum"] = per_datum
     out["elbo"] = per_datum.mean().item()
-    out["elbo_se"] = _stderr(per_datum)
+    out["elbo_se"] = stderr_of_mean(per_datum)
     out["estimator"] = "continuous"
     return out
 
@@ -137,7 +175,8 @@ def _trace_terms(model, guide, x: Tensor, batch_budget: int) -> dict[str, Any]:
     per_datum = torch.cat(per_datum)
     return {
         "elbo": per_datum.mean().item(),
-        "elbo_se": _stderr(per_datum),
+        "per_datum": per_datum,
+        "elbo_se": stderr_of_mean(per_datum),
         "reconstruction": rec_sum / n if split else None,
         "prior": prior_sum / n if split else None,
         "per_step_loss": (per_step_sum / n).tolist() if split else None,
@@ -153,3 +192,97 @@ def _site_log_probs(trace) -> dict[str, Tensor]:
         for name, site in trace.nodes.items()
         if site["type"] == "sample" and "log_prob" in site
     }
+
+
+# --- the whole report -----------------------------------------------------------------------------
+
+
+def as_chain(model, guide):
+    """The model and guide as a discrete chain, for the tools that walk one (IWAE, PSIS, the
+    samplers): a continuous-time model discretised at its ``num_steps`` with the forward chain
+    over that discretisation, any other pair as it is."""
+    from ..guides import ForwardGuide
+
+    if isinstance(model, ContinuousDiffusion):
+        discrete = model.discretize()
+        return discrete, ForwardGuide(discrete.schedule)
+    return model, guide
+
+
+def evaluation_report(
+    model,
+    guide,
+    x: Tensor,
+    *,
+    num_levels: int | None = None,
+    density=None,
+    iwae: int | None = None,
+    psis_num: int | None = None,
+    psis_samples: int = 256,
+    batch_budget: int = 4096,
+    seed: int = 0,
+    progress: bool = False,
+) -> EvaluationReport:
+    """Everything ``pyrodiff evaluate`` reports on ``x``, as an :class:`EvaluationReport`.
+
+    - the ELBO and its terms (:func:`evaluate_elbo`, noise seeded by ``seed``);
+    - with ``density`` (a :class:`~pyrodiff.data.Density`: the exact log p_data, in the
+      model's space), the gap log p_data(x) − ELBO(x): its mean over the data and the standard
+      error of that mean from the per-datum differences (paired: the spread of the data, which
+      log p_data and the ELBO share, cancels);
+    - with ``iwae`` = K, the importance-weighted bound IWAE-K (Burda et al.);
+    - with ``psis_num``, PSIS k̂ (Vehtari et al.) of the guide as a proposal, on the first
+      ``psis_num`` data from ``psis_samples`` draws each.
+
+    IWAE and k̂ read the pair as a discrete chain (:func:`as_chain`) and draw from torch's
+    generator seeded with ``seed`` (the caller's stream is restored): the same call gives the
+    same numbers.
+    """
+    elbo = evaluate_elbo(
+        model,
+        guide,
+        x,
+        num_levels=num_levels,
+        batch_budget=batch_budget,
+        seed=seed,
+        progress=progress,
+    )
+    gap = None
+    if density is not None:
+        # the densities hold their tables on the CPU
+        log_p = density.log_prob(x.detach().cpu()).to(torch.float64).reshape(-1)
+        gap = DataGap.paired(log_p, elbo.per_datum.cpu())
+    bound = psis = None
+    chain_steps = None
+    if iwae is not None or psis_num is not None:
+        from ..infer import bounds
+
+        chain, chain_guide = as_chain(model, guide)
+        if chain is not model:
+            chain_steps = chain.num_steps
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            if iwae is not None:
+                res = bounds.iwae_bound(
+                    chain, chain_guide, x, num_samples=iwae, batch_budget=batch_budget,
+                    progress=progress,
+                )  # fmt: skip
+                bpd = res.bits_per_dim(math.prod(x.shape[1:])) if num_levels else None
+                bound = ImportanceBound(iwae, res.mean, res.stderr, bpd)
+            if psis_num is not None:
+                subset = x[:psis_num]
+                diag = bounds.psis_diagnostic(
+                    chain, chain_guide, subset, num_samples=psis_samples,
+                    batch_budget=batch_budget, progress=progress,
+                )  # fmt: skip
+                psis = PSISSummary.of(diag.khat, diag.num_samples)
+    return EvaluationReport(
+        num_data=int(x.shape[0]),
+        seed=seed,
+        elbo=elbo,
+        data_gap=gap,
+        iwae=bound,
+        psis=psis,
+        discretized_at=chain_steps,
+    )
