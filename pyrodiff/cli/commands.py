@@ -365,7 +365,9 @@ def sample(args: argparse.Namespace) -> int:
     tmp = npy.with_name(f".{npy.name}.tmp.npy")
     np.save(tmp, array)
     tmp.replace(npy)
-    png = figures.samples_figure(x, dataset, figures_dir(loaded.path) / f"samples-{tag}.png")
+    png = figures.samples_figure(
+        x, dataset, figures_dir(loaded.path) / f"samples-{tag}.png", sampler=kind, steps=drawn.steps
+    )
     how = (
         kind.value
         if kind is SamplerKind.ANCESTRAL
@@ -466,7 +468,7 @@ def compare(args: argparse.Namespace) -> int:
     densities = {_label(r, runs): _density(r) for r in runs}
     report = ComparisonReport.of(histories, densities)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figures.comparison_figure(histories, out)
+    figures.comparison_figure(histories, out, entropy=report.entropy)
     _say(report.table())
     _say(f"wrote {out}")
     return 0
