@@ -4,6 +4,8 @@ promise it; the study's rows obey the inequalities it rests on."""
 import json
 from pathlib import Path
 
+import torch
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -32,6 +34,12 @@ def test_study_continuous_quick(tmp_path, capsys, load_example):
 
 def test_continuous_digits_quick(tmp_path, monkeypatch, capsys, load_example):
     module = load_example("continuous_digits")
-    result = module.main(["--quick", "--out", str(tmp_path)])
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = module.main(["--quick", "--out", str(tmp_path)])
+        assert torch.get_num_threads() == 1  # as every example: one thread
+    finally:
+        torch.set_num_threads(old)
     assert result["validation_bpd"] > 0 and "test_bpd" not in result  # test split not read
     assert len(list(tmp_path.glob("*.json"))) == 1
