@@ -208,3 +208,19 @@ def test_readme_fit_block_runs_as_written(capsys, monkeypatch, tmp_path):
     elbo, neg_h = (float(v) for v in out.split()[-2:])
     assert math.isfinite(elbo) and neg_h < 0
     assert (tmp_path / "runs" / "moons" / "config.json").is_file()
+
+
+def test_guides_page_for_pyro_users_runs_and_shows_the_shapes_and_scales_it_explains(
+    capsys, monkeypatch, tmp_path
+):
+    """docs/guides.md, "For Pyro users": Predictive's samples are (num_samples, batch_size, 2),
+    and Pyro's loss divided by −N is on elbo_terms' scale: an ELBO per datum, negative like it
+    (the README's test checks that the two agree within their SEs on a trained model)."""
+    text = (ROOT / "docs" / "guides.md").read_text()
+    section = text.split("## For Pyro users", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```python\n(.*?)^```$", section, re.S | re.M)
+    assert len(blocks) == 2
+    out = _run_blocks(blocks, capsys, monkeypatch, tmp_path).splitlines()
+    assert out[0] == "torch.Size([3, 5, 2])"
+    literal, fast = (float(v) for v in out[1].split())
+    assert literal < 0 and fast < 0
