@@ -224,3 +224,50 @@ def test_guides_page_for_pyro_users_runs_and_shows_the_shapes_and_scales_it_expl
     assert out[0] == "torch.Size([3, 5, 2])"
     literal, fast = (float(v) for v in out[1].split())
     assert literal < 0 and fast < 0
+
+
+# --- docs/cli.md's Errors section quotes the program ---------------------------------------------
+
+
+def _quoted_errors() -> list[tuple[list[str], str]]:
+    """(argv, the error line the page shows) for each `$ pyrodiff …` of the Errors section."""
+    import shlex
+
+    section = (ROOT / "docs" / "cli.md").read_text().split("## Errors", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"^```\n(.*?)^```$", section, re.S | re.M).group(1).splitlines()
+    pairs = []
+    for command, line in zip(block[::2], block[1::2], strict=True):
+        assert command.startswith("$ pyrodiff ") and line.startswith("pyrodiff: error: ")
+        pairs.append((shlex.split(command[2:], comments=True)[1:], line))
+    return pairs
+
+
+def test_cli_page_quotes_each_error_line_as_the_program_prints_it(capsys, monkeypatch, tmp_path):
+    """Each quoted line is what the command prints on stderr, word for word; a line the page
+    shortens with " ...)" (an error's technical detail) must be a prefix of it."""
+    import shutil
+
+    import torch
+
+    from pyrodiff.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    # the page's runs/ring-cut: a small run on the ring whose checkpoint was cut in half
+    assert main(["train", "--data", "eight_gaussians", "--T", "4", "--network", "mlp",
+                 "--width", "8", "--updates", "2", "--batch-size", "16", "--out", "runs/ring",
+                 "--no-progress"]) == 0  # fmt: skip
+    shutil.copytree("runs/ring", "runs/ring-cut")
+    checkpoint = tmp_path / "runs" / "ring-cut" / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    capsys.readouterr()
+    quoted = _quoted_errors()
+    assert any("--objective" in argv for argv, _ in quoted)
+    for argv, line in quoted:
+        if "cuda" in argv and torch.cuda.is_available():
+            continue  # the quoted line is the one of a machine without CUDA
+        assert main(argv) != 0
+        printed = capsys.readouterr().err.strip()
+        if line.endswith(" ...)"):
+            assert printed.startswith(line.removesuffix(" ...)")), (argv, printed)
+        else:
+            assert printed == line, (argv, printed)
