@@ -18,7 +18,7 @@ evaluate`` or ``compare``); a rerun loads finished runs and resumes interrupted 
 
     python examples/study_gap_vs_T.py             # ≈ 75 CPU-minutes; --jobs 2 halves the wait
     python examples/study_gap_vs_T.py --quick     # seconds; what the tests run
-    python examples/study_gap_vs_T.py --write-docs --kernel-only   # ≈ 7 CPU-minutes
+    python examples/study_gap_vs_T.py --write-docs --kernel-only   # ≈ 6 CPU-minutes
 
 ``--kernel-only`` recomputes only the best-Gaussian-kernel columns (ELBO*, with
 ``kernel_samples`` draws per step) of an existing results file, and its tables and figure,

@@ -271,3 +271,19 @@ def test_cli_page_quotes_each_error_line_as_the_program_prints_it(capsys, monkey
             assert printed.startswith(line.removesuffix(" ...)")), (argv, printed)
         else:
             assert printed == line, (argv, printed)
+
+
+def test_study_quotes_the_best_kernel_shares_of_its_results_file_with_significant_digits():
+    """docs/study.md (b) quotes −H − ELBO* at every T in its prose: each is the results file's
+    value to the decimals shown, and its Monte-Carlo SE is at most one unit of the last of
+    them, so no quoted digit is noise."""
+    results = json.loads((ROOT / "docs" / "results" / "study_gap_vs_T.json").read_text())
+    shares = {r["T"]: r["best_kernel_gap"] for r in results["rows"]}
+    text = (ROOT / "docs" / "study.md").read_text()
+    quoted = re.search(r"leaves −H − ELBO\* = ([\d., and]+) nats at T = 2 … 1000", text)
+    values = re.split(r", | and ", quoted.group(1))
+    assert len(values) == len(shares)
+    for text_value, (mean, se) in zip(values, shares.values(), strict=True):
+        decimals = len(text_value.split(".")[1])
+        assert text_value == f"{mean:.{decimals}f}"
+        assert round(se, decimals) <= 10**-decimals
