@@ -287,3 +287,18 @@ def test_study_quotes_the_best_kernel_shares_of_its_results_file_with_significan
         decimals = len(text_value.split(".")[1])
         assert text_value == f"{mean:.{decimals}f}"
         assert round(se, decimals) <= 10**-decimals
+
+
+def test_readme_says_the_last_digits_are_the_machines_and_gives_their_standard_errors():
+    """The README's second-machine figures are those of the run recorded beside the default
+    one, and the standard errors it gives are what `pyrodiff evaluate` printed there, in nats
+    and in bits/dim (÷ 64 ln 2); the two runs' bits/dim differ by less than 2 of those SEs."""
+    run, text = _default_run(), (ROOT / "README.md").read_text()
+    second = run["second_machine"]
+    for split in ("validation", "test"):
+        bits = second[f"final_{split}"]["bits_per_dim"]
+        assert f"{split} bits/dim {bits:.4f}" in text
+        se = second[f"evaluate_{split}"]["elbo_se"]
+        se_bits = se / (64 * math.log(2))
+        assert f"± {se:.2f} nats/datum" in text and f"± {se_bits:.3f} bits/dim" in text
+        assert abs(bits - run[f"final_{split}"]["bits_per_dim"]) < 2 * se_bits
