@@ -14,6 +14,11 @@ the doubling lowered the ELBO (over-fitting) the shorter run is kept. ``converge
 then, and False when ``max_updates`` came first (the last doubling's gain is the slope to
 report). The test split is never read here: the studies read it once, for the kept run.
 
+With ``check=False`` (the studies' ``--quick`` runs) the same budgets are trained and the same
+run kept, but ``converged`` is None, "not checked": a budget of a few dozen updates sits far
+from convergence, yet its validation ELBO is so noisy that a doubling's gain is below 2 SE, and
+the rule would call it converged. The rule can only be trusted at budgets the study chose for it.
+
 A killed job loses nothing: a run folder with a checkpoint is resumed (``fit(resume=True)``,
 bit-identical to an uninterrupted run), and a finished one is only loaded.
 """
@@ -73,7 +78,8 @@ class Converged:
 
     runs: list[TrainedRun]
     kept: TrainedRun
-    converged: bool
+    converged: bool | None
+    """None when the rule was not checked (a quick run)"""
 
     @property
     def last_gain(self) -> tuple[float, float] | None:
@@ -165,10 +171,12 @@ def doubling(
     *,
     first_updates: int,
     max_updates: int,
-) -> tuple[list[R], R, bool]:
+    check: bool = True,
+) -> tuple[list[R], R, bool | None]:
     """The doubling rule for any trainer: ``train(updates)`` returns a trained result and
     ``validation(result)`` its validation ELBO with that ELBO's SE. Returns every result in
-    order of budget, the one kept, and whether the rule was met (see the module's docstring)."""
+    order of budget, the one kept, and whether the rule was met: None without ``check`` (see
+    the module's docstring)."""
     if first_updates < 1 or max_updates < first_updates:
         raise ValueError(
             f"need 1 <= first_updates <= max_updates, got {first_updates} and {max_updates}"
@@ -180,9 +188,9 @@ def doubling(
         if len(runs) >= 2:
             (a, se), (b, _) = validation(runs[-2]), validation(runs[-1])
             if b - a < 2 * se:
-                return runs, (runs[-1] if b >= a else runs[-2]), True
+                return runs, (runs[-1] if b >= a else runs[-2]), (True if check else None)
         if 2 * updates > max_updates:
-            return runs, runs[-1], False
+            return runs, runs[-1], (False if check else None)
         updates *= 2
 
 
@@ -192,6 +200,7 @@ def train_to_convergence(
     *,
     first_updates: int,
     max_updates: int,
+    check: bool = True,
     say=print,
 ) -> Converged:
     """Train ``config`` at ``first_updates``, then double until the validation ELBO stops rising
@@ -201,6 +210,7 @@ def train_to_convergence(
         lambda run: run.validation,
         first_updates=first_updates,
         max_updates=max_updates,
+        check=check,
     )
     return Converged(runs, kept, converged)
 

@@ -46,6 +46,16 @@ def pm(mean: float, se: float | None = None, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
+def cpu_time(seconds: float) -> str:
+    """A CPU time in the unit that reads best: seconds, minutes or hours, two significant
+    figures or more (so a few seconds is never "0.0 CPU-hours")."""
+    if seconds < 90:
+        return f"{seconds:.2g} CPU-seconds" if seconds < 10 else f"{seconds:.0f} CPU-seconds"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} CPU-minutes"
+    return f"{seconds / 3600:.1f} CPU-hours"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -78,8 +78,9 @@ def _pm(mean: float | None, se: float | None, digits: int = NATS_DIGITS) -> str:
     return f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
-def _converged(value: bool | None) -> str:
-    return "not measured" if value is None else ("yes" if value else "no")
+def converged_text(value: bool | None) -> str:
+    """The doubling rule's verdict as the tables print it (None: a quick run, not checked)."""
+    return "not checked" if value is None else ("yes" if value else "no")
 
 
 def render(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -111,7 +112,7 @@ def render(rows: Sequence[Mapping[str, Any]]) -> str:
         cells += [
             str(r["updates"]),
             "—" if minutes is None else f"{minutes:.2f}",
-            _converged(r["converged"]),
+            converged_text(r["converged"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -137,7 +138,7 @@ def convergence_table(first: str, labels: Sequence[object], rows: Sequence[Mappi
                     for b in r["budgets"]
                 ),
                 r["updates"],
-                "yes" if r["converged"] else "no",
+                converged_text(r["converged"]),
             ]
             for label, r in zip(labels, rows, strict=True)
         ],

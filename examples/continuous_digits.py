@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test", action="store_true", help="read the test split at the end")
     parser.add_argument("--out", type=Path, default=Path("outputs/continuous_digits"))
     args = parser.parse_args(argv)
+    # one thread: the small U-Net gains little from more, and threads sharing busy cores wait
+    torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     if args.quick:
         args.updates, args.batch_size, args.width = 3, 16, 8

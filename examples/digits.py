@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> dict:
     add_output_arguments(parser, "digits")
     args = parser.parse_args(argv)
     out = outputs(args, "digits")
+    # one thread: the small U-Net gains little from more, and threads sharing busy cores wait
+    torch.set_num_threads(1)
 
     config = RunConfig()  # the defaults are the digits run
     if args.quick:

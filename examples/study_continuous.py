@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 import torch
 from _converge import budget_entry, doubling
 from _outputs import add_output_arguments, outputs
-from _study_common import mean_se
+from _study_common import mean_se, pm
 from _tables import render, table_row
 
 from pyrodiff import (
@@ -78,6 +78,8 @@ class ContinuousStudyConfig:
     """one-sample estimates of the T = ∞ bound averaged per test datum"""
     schedule_updates: int = 400
     seed: int = 0
+    check_convergence: bool = True
+    """False for --quick: its budgets are too small for the doubling rule to mean anything"""
 
     @staticmethod
     def quick(seed: int) -> ContinuousStudyConfig:
@@ -93,6 +95,7 @@ class ContinuousStudyConfig:
             passes=4,
             schedule_updates=5,
             seed=seed,
+            check_convergence=False,
         )
 
 
@@ -179,7 +182,7 @@ def run(cfg: ContinuousStudyConfig) -> tuple[list[dict], dict]:
         train(model, data.train, cfg, updates)
         minutes = (time.process_time() - start) / 60
         bound, _ = continuous_bound(model, data.validation, cfg.passes, cfg.seed + 4)
-        print(f"  {updates} updates: validation T = ∞ bound {mean_se(bound)}", flush=True)
+        print(f"  {updates} updates: validation T = ∞ bound {pm(*mean_se(bound))}", flush=True)
         return Trained(model, updates, minutes, mean_se(bound))
 
     runs, kept, converged = doubling(
@@ -187,6 +190,7 @@ def run(cfg: ContinuousStudyConfig) -> tuple[list[dict], dict]:
         lambda r: r.validation,
         first_updates=cfg.updates,
         max_updates=cfg.max_updates,
+        check=cfg.check_convergence,
     )
     model, cpu_minutes = kept.model, kept.cpu_minutes
     budgets = {

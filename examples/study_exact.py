@@ -67,6 +67,8 @@ class ExactConfig:
     spread_batch: int = 256
     spread_repeats: int = 50
     seed: int = 0
+    check_convergence: bool = True
+    """False for --quick: its budgets are too small for the doubling rule to mean anything"""
 
     @staticmethod
     def quick(seed: int) -> ExactConfig:
@@ -78,6 +80,7 @@ class ExactConfig:
             max_updates=100,
             spread_repeats=5,
             seed=seed,
+            check_convergence=False,
         )
 
 
@@ -175,6 +178,7 @@ def converge(cfg: ExactConfig, variance: ReverseVariance, train, validation) -> 
         validation_elbo,
         first_updates=cfg.first_updates,
         max_updates=cfg.max_updates,
+        check=cfg.check_convergence,
     )
     budgets = [
         budget_entry(

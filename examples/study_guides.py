@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from _converge import Converged, train_to_convergence
 from _outputs import OUTPUTS
-from _study_common import mean_se, parse_args, pm
-from _tables import convergence_table, markdown, named_table, table_row
+from _study_common import cpu_time, mean_se, parse_args, pm
+from _tables import converged_text, convergence_table, markdown, named_table, table_row
 from matplotlib.figure import Figure
 
 from pyrodiff.config import RunConfig, build
@@ -77,6 +77,8 @@ class GuidesConfig:
     psis_samples: int = 256
     psis_data: int = 100
     seed: int = 0
+    check_convergence: bool = True
+    """False for --quick: its budgets are too small for the doubling rule to mean anything"""
 
     @staticmethod
     def quick(seed: int) -> GuidesConfig:
@@ -93,6 +95,7 @@ class GuidesConfig:
             psis_samples=64,
             psis_data=20,
             seed=seed,
+            check_convergence=False,
         )
 
     def run_config(self, arm: Arm, T: int) -> RunConfig:
@@ -123,6 +126,7 @@ def converge(cfg: GuidesConfig, arm: Arm, T: int, root) -> Converged:
         root / f"{arm.value}-T{T}",
         first_updates=cfg.first_updates,
         max_updates=cfg.max_updates,
+        check=cfg.check_convergence,
     )
 
 
@@ -222,7 +226,7 @@ def guides_table(cfg: GuidesConfig, rows: list[dict]) -> dict:
                 pm(*r["gap_elbo"]),
                 f"{pm(*r['khat'], digits=2)} ({r['khat_fraction_bad']:.2f})",
                 r["updates"],
-                "yes" if r["converged"] else "no",
+                converged_text(r["converged"]),
             ]
             for r in rows
         ],
@@ -275,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         rows.append(measure(cfg, arm, converge(cfg, arm, T, root), x, log_pd))
         r = rows[-1]
         print(
-            f"{arm.label}, T = {T}: {r['updates']} updates (converged: {r['converged']}), "
+            f"{arm.label}, T = {T}: {r['updates']} updates (converged: {converged_text(r['converged'])}), "
             f"test ELBO {pm(*r['elbo'])}",
             flush=True,
         )
@@ -295,10 +299,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(markdown(tables["convergence"]))
     for T, seconds in skipped.items():
         print(
-            f"\nlearned q at T = {T}: not trained here; one update costs {seconds:.2f} CPU s, so "
-            f"the first two budgets of the doubling ({cfg.first_updates} and "
+            f"\nlearned q at T = {T}: not trained here; one update costs {seconds:.3g} "
+            f"CPU-seconds, so the first two budgets of the doubling ({cfg.first_updates} and "
             f"{2 * cfg.first_updates} updates) would take "
-            f"{seconds * 3 * cfg.first_updates / 3600:.1f} CPU-hours."
+            f"{cpu_time(seconds * 3 * cfg.first_updates)}."
         )
     results = {
         "config": {**asdict(cfg), "data": cfg.data.value},

@@ -70,3 +70,22 @@ def test_run_folder_of_another_configuration_is_refused(load_example, tmp_path):
         assert (a == b).all()
     with pytest.raises(ValueError, match="another configuration"):
         module.train_run(small.replace(updates=8), tmp_path / "run")
+
+
+def test_an_unchecked_doubling_trains_and_keeps_the_same_runs_but_gives_no_verdict(
+    load_example, monkeypatch, tmp_path
+):
+    # a quick run: the gain of the doubling is below 2 SE only because the SE is large
+    module = load_example("_converge")
+    curve = {20: (-6.16, 0.20), 40: (-5.83, 0.20)}
+    _fake_runs(module, monkeypatch, curve)
+    checked = module.train_to_convergence(
+        RunConfig(data="eight_gaussians"), tmp_path, first_updates=20, max_updates=40
+    )
+    assert checked.converged is True  # what the rule says when asked
+    asked = _fake_runs(module, monkeypatch, curve)
+    quick = module.train_to_convergence(
+        RunConfig(data="eight_gaussians"), tmp_path, first_updates=20, max_updates=40, check=False
+    )
+    assert asked == [20, 40] and quick.kept.updates == checked.kept.updates == 40
+    assert quick.converged is None

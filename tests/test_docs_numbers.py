@@ -153,3 +153,152 @@ def test_update_page_rewrites_only_the_marked_tables(tmp_path):
     assert update_page(page, root=tmp_path) == 1
     fresh = "| a | b |\n| --- | --- |\n| 1 | 2 ± 0.1 |"
     assert page.read_text() == f"text\n\n<!-- results: r.json#t -->\n{fresh}\n\nafter\n\n{stale}\n"
+
+
+# --- the README's Python blocks, run as written ------------------------------------------------
+
+
+def _readme_python_blocks() -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", (ROOT / "README.md").read_text(), re.S | re.M)
+
+
+def _run_blocks(blocks: list[str], capsys, monkeypatch, tmp_path) -> str:
+    """exec the blocks in one namespace, as a user pastes them into one session (in a scratch
+    folder, with torch's default float32), and return what they printed."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float32)
+    try:
+        namespace: dict = {}
+        for block in blocks:
+            exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 (our own README)
+    finally:
+        torch.set_default_dtype(old_dtype)
+        torch.set_num_threads(old_threads)
+    return capsys.readouterr().out
+
+
+def test_readme_prints_one_bound_on_one_scale_and_the_two_estimates_agree(
+    capsys, monkeypatch, tmp_path
+):
+    """The first block's two estimates of the same ELBO per datum — elbo_terms and Pyro's
+    Trace_ELBO on the literal chain — are printed alike (nats per datum, mean ± SE) and agree
+    within 4 of their combined standard errors; the Predictive block shows the plate's
+    dimension it squeezes."""
+    first, predictive = _readme_python_blocks()[:2]
+    out = _run_blocks([first, predictive], capsys, monkeypatch, tmp_path)
+    pm = r"ELBO (-?\d+\.\d{3}) ± (\d+\.\d{3}) nats per datum"
+    (fast, fast_se), (literal, literal_se) = (
+        tuple(float(v) for v in re.search(f"^{name}: {pm}$", out, re.M).groups())
+        for name in ("elbo_terms", "Trace_ELBO")
+    )
+    assert fast < 0 and literal < 0 and fast_se > 0 and literal_se > 0  # an ELBO, not a loss
+    assert abs(fast - literal) < 4 * math.hypot(fast_se, literal_se), out
+    assert "torch.Size([500, 1, 2])" in out
+
+
+def test_readme_fit_block_runs_as_written(capsys, monkeypatch, tmp_path):
+    """The fit block, with 20 updates instead of its 2000 (the one change), writes the run
+    folder `pyrodiff evaluate` reads and prints the test ELBO beside −H."""
+    block = next(b for b in _readme_python_blocks() if "fit(" in b)
+    assert "updates=2000" in block
+    out = _run_blocks([block.replace("updates=2000", "updates=20")], capsys, monkeypatch, tmp_path)
+    elbo, neg_h = (float(v) for v in out.split()[-2:])
+    assert math.isfinite(elbo) and neg_h < 0
+    assert (tmp_path / "runs" / "moons" / "config.json").is_file()
+
+
+def test_guides_page_for_pyro_users_runs_and_shows_the_shapes_and_scales_it_explains(
+    capsys, monkeypatch, tmp_path
+):
+    """docs/guides.md, "For Pyro users": Predictive's samples are (num_samples, batch_size, 2),
+    and Pyro's loss divided by −N is on elbo_terms' scale: an ELBO per datum, negative like it
+    (the README's test checks that the two agree within their SEs on a trained model)."""
+    text = (ROOT / "docs" / "guides.md").read_text()
+    section = text.split("## For Pyro users", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```python\n(.*?)^```$", section, re.S | re.M)
+    assert len(blocks) == 2
+    out = _run_blocks(blocks, capsys, monkeypatch, tmp_path).splitlines()
+    assert out[0] == "torch.Size([3, 5, 2])"
+    literal, fast = (float(v) for v in out[1].split())
+    assert literal < 0 and fast < 0
+
+
+# --- docs/cli.md's Errors section quotes the program ---------------------------------------------
+
+
+def _quoted_errors() -> list[tuple[list[str], str]]:
+    """(argv, the error line the page shows) for each `$ pyrodiff …` of the Errors section."""
+    import shlex
+
+    section = (ROOT / "docs" / "cli.md").read_text().split("## Errors", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"^```\n(.*?)^```$", section, re.S | re.M).group(1).splitlines()
+    pairs = []
+    for command, line in zip(block[::2], block[1::2], strict=True):
+        assert command.startswith("$ pyrodiff ") and line.startswith("pyrodiff: error: ")
+        pairs.append((shlex.split(command[2:], comments=True)[1:], line))
+    return pairs
+
+
+def test_cli_page_quotes_each_error_line_as_the_program_prints_it(capsys, monkeypatch, tmp_path):
+    """Each quoted line is what the command prints on stderr, word for word; a line the page
+    shortens with " ...)" (an error's technical detail) must be a prefix of it."""
+    import shutil
+
+    import torch
+
+    from pyrodiff.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    # the page's runs/ring-cut: a small run on the ring whose checkpoint was cut in half
+    assert main(["train", "--data", "eight_gaussians", "--T", "4", "--network", "mlp",
+                 "--width", "8", "--updates", "2", "--batch-size", "16", "--out", "runs/ring",
+                 "--no-progress"]) == 0  # fmt: skip
+    shutil.copytree("runs/ring", "runs/ring-cut")
+    checkpoint = tmp_path / "runs" / "ring-cut" / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    capsys.readouterr()
+    quoted = _quoted_errors()
+    assert any("--objective" in argv for argv, _ in quoted)
+    for argv, line in quoted:
+        if "cuda" in argv and torch.cuda.is_available():
+            continue  # the quoted line is the one of a machine without CUDA
+        assert main(argv) != 0
+        printed = capsys.readouterr().err.strip()
+        if line.endswith(" ...)"):
+            assert printed.startswith(line.removesuffix(" ...)")), (argv, printed)
+        else:
+            assert printed == line, (argv, printed)
+
+
+def test_study_quotes_the_best_kernel_shares_of_its_results_file_with_significant_digits():
+    """docs/study.md (b) quotes −H − ELBO* at every T in its prose: each is the results file's
+    value to the decimals shown, and its Monte-Carlo SE is at most one unit of the last of
+    them, so no quoted digit is noise."""
+    results = json.loads((ROOT / "docs" / "results" / "study_gap_vs_T.json").read_text())
+    shares = {r["T"]: r["best_kernel_gap"] for r in results["rows"]}
+    text = (ROOT / "docs" / "study.md").read_text()
+    quoted = re.search(r"leaves −H − ELBO\* = ([\d., and]+) nats at T = 2 … 1000", text)
+    values = re.split(r", | and ", quoted.group(1))
+    assert len(values) == len(shares)
+    for text_value, (mean, se) in zip(values, shares.values(), strict=True):
+        decimals = len(text_value.split(".")[1])
+        assert text_value == f"{mean:.{decimals}f}"
+        assert round(se, decimals) <= 10**-decimals
+
+
+def test_readme_says_the_last_digits_are_the_machines_and_gives_their_standard_errors():
+    """The README's second-machine figures are those of the run recorded beside the default
+    one, and the standard errors it gives are what `pyrodiff evaluate` printed there, in nats
+    and in bits/dim (÷ 64 ln 2); the two runs' bits/dim differ by less than 2 of those SEs."""
+    run, text = _default_run(), (ROOT / "README.md").read_text()
+    second = run["second_machine"]
+    for split in ("validation", "test"):
+        bits = second[f"final_{split}"]["bits_per_dim"]
+        assert f"{split} bits/dim {bits:.4f}" in text
+        se = second[f"evaluate_{split}"]["elbo_se"]
+        se_bits = se / (64 * math.log(2))
+        assert f"± {se:.2f} nats/datum" in text and f"± {se_bits:.3f} bits/dim" in text
+        assert abs(bits - run[f"final_{split}"]["bits_per_dim"]) < 2 * se_bits

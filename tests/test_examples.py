@@ -31,9 +31,19 @@ def test_quickstart_2d(tmp_path, capsys, load_example):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_digits(tmp_path, capsys, load_example):
+@pytest.fixture
+def two_threads():
+    """torch at two threads, as a user's process starts on two cores; restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_digits(tmp_path, capsys, load_example, two_threads):
     torch.set_default_dtype(torch.float32)
     out = load_example("digits").main(["--quick", "--out", str(tmp_path)])
+    assert torch.get_num_threads() == 1  # as every example: one thread
     printed = capsys.readouterr().out
     final = out["final"]
     # bits/dim is −ELBO / (D ln 2) of the same evaluation, on the integer-level scale

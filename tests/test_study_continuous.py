@@ -2,7 +2,10 @@
 promise it; the study's rows obey the inequalities it rests on."""
 
 import json
+import re
 from pathlib import Path
+
+import torch
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -23,6 +26,13 @@ def test_study_continuous_quick(tmp_path, capsys, load_example):
     ]
     assert [r["T"] for r in rows[:-4]] == [10, 20] and all(r["T"] is None for r in rows[-4:])
     assert "| T = ∞ | ∞ |" in out
+    # mean ± SE as the tables write it, never a raw tuple; a quick run checks no convergence
+    validation = [line for line in out.splitlines() if "validation T = ∞ bound" in line]
+    assert validation and all(re.search(r"bound -?\d+\.\d{3} ± \d+\.\d{3}$", v) for v in validation)
+    assert "(" not in "".join(validation)
+    assert result["convergence"]["converged"] is None
+    assert all(r["converged"] is None for r in rows) and "| yes |" not in out
+    assert all(line.endswith("| not checked |") for line in out.splitlines() if "| T = " in line)
     for r in rows:
         gap, gap_se = r["extra"]["gap to log p_data"]
         assert r["elbo_se"] > 0 and gap_se > 0
@@ -32,6 +42,12 @@ def test_study_continuous_quick(tmp_path, capsys, load_example):
 
 def test_continuous_digits_quick(tmp_path, monkeypatch, capsys, load_example):
     module = load_example("continuous_digits")
-    result = module.main(["--quick", "--out", str(tmp_path)])
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = module.main(["--quick", "--out", str(tmp_path)])
+        assert torch.get_num_threads() == 1  # as every example: one thread
+    finally:
+        torch.set_num_threads(old)
     assert result["validation_bpd"] > 0 and "test_bpd" not in result  # test split not read
     assert len(list(tmp_path.glob("*.json"))) == 1

@@ -9,6 +9,7 @@ end), :class:`_Checkpoints`, and the loop itself in :func:`_run`.
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import CHECKPOINT_NAME, save_checkpoint
 from ..data import Dataset, Split
+from ..devices import Threads, check_threads, choose_threads, thread_count
 from ..distributed import DistributedContext
 from ..errors import ConfigError
 from ..infer import DiffusionELBO
@@ -64,6 +66,7 @@ def fit(
     distributed: DistributedContext | None = None,
     callback: Callable[[int, float], None] | None = None,
     steps: int | None = None,
+    threads: int | Threads = Threads.AUTO,
 ) -> History:
     """Maximise the ELBO of ``model`` with ``guide`` on ``data`` by stochastic gradients.
 
@@ -117,6 +120,10 @@ def fit(
             batches from its own shard with its own seed, ``wrap_module`` sums the gradients
             over ranks, and only the main rank evaluates, writes files and shows the bar.
         callback: called as ``callback(step, loss)`` after every update.
+        threads: CPU threads for torch during the fit, restored after it: an ``int``, or
+            ``Threads.AUTO`` (one thread on the CPU unless torch's count was set by the user,
+            see :func:`~pyrodiff.devices.choose_threads`; a change is announced in one line
+            on stderr when ``progress`` is on) or ``Threads.KEEP``.
 
     Returns:
         the :class:`History` of the run (``interrupted`` is True after Ctrl-C).
@@ -177,6 +184,7 @@ def fit(
         )
     if warmup_steps is None:
         warmup_steps = default_warmup(lr_schedule, updates)
+    check_threads(threads)
     run = set_up_run(
         model,
         guide,
@@ -208,9 +216,13 @@ def fit(
         "grad_clip": grad_clip,
         "precision": precision,
     }
+    choice = choose_threads(threads, run.device)
+    if choice.changes and progress and run.is_main:
+        print(choice.message(), file=sys.stderr, flush=True)
     bar = _progress_bar(progress and run.is_main, updates, run.ts.step, eval_every)
     try:
-        return _run(run, options, evaluations, checkpoints, log_every, bar, callback)
+        with thread_count(choice):
+            return _run(run, options, evaluations, checkpoints, log_every, bar, callback)
     finally:
         if bar is not None:
             bar.close()
