@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from .errors import ConfigError, DataError
+from .gaussian import sum_event
 
 _EMPTY = torch.Size()
 
@@ -30,6 +32,18 @@ class Likelihood(nn.Module):
 
     def validate(self, x0: Tensor) -> None:
         """Raise :class:`~pyrodiff.errors.DataError` if ``x0`` is outside the support."""
+
+    def reconstruction(self, x0: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+        """log p(x_0 | loc, scale) per datum, summed over the event dimensions of ``x0`` (shape
+        (batch, *event)): the reconstruction term of every bound, discrete (at the decoder's
+        mean and variance) and continuous (at z_0/α_0, σ_0/α_0).
+
+        The distribution is built without argument validation: its arguments come from checked
+        data and schedule tables, and validating them (a ``.all()`` per constraint) would read
+        device values back every step. A non-finite result still surfaces in the loss.
+        """
+        with pyro.validation_enabled(False):
+            return sum_event(self.distribution(loc, scale).log_prob(x0), x0.dim() - 1)
 
     def config(self) -> dict:
         return {"kind": type(self).__name__}
