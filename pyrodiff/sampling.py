@@ -111,9 +111,7 @@ def _decode(likelihood: Likelihood, mean: Tensor, std: Tensor, z: Tensor | None)
         return likelihood.distribution(mean, std.expand_as(mean)).sample()
     x = mean if z is None else mean + std * z
     if isinstance(likelihood, DiscretizedGaussianLikelihood):
-        step = (likelihood.high - likelihood.low) / (likelihood.num_levels - 1)
-        k = torch.round((x - likelihood.low) / step).clamp(0, likelihood.num_levels - 1)
-        x = likelihood.low + k * step
+        x = likelihood.quantize(x)
     return x
 
 

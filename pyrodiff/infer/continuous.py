@@ -15,7 +15,6 @@ discrete bound's own (:func:`pyrodiff.gaussian.prior_kl`,
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
@@ -29,30 +28,16 @@ from ..guides import ContinuousForwardGuide
 from ..schedules import alpha_sigma
 from ..validation import check_data
 from .elbo import TimestepObjective, bits_per_dim
+from .objectives import ScaleGradient, ScheduleObjective
 from .timesteps import TimestepSampler, UniformTimesteps
 
 __all__ = [
     "ContinuousELBO",
     "ContinuousTerms",
-    "ScheduleObjective",
     "continuous_elbo_terms",
     "diffusion_integrand",
     "sample_times",
 ]
-
-
-class ScheduleObjective(enum.Enum):
-    """What a learned schedule's interior is trained on."""
-
-    BOUND = "bound"
-    """the gradient of the bound, like every other parameter. In continuous time the bound does
-    not depend on the interior (only on γ(0), γ(1)), so this gradient is zero in expectation:
-    the interior only drifts with the noise."""
-    VARIANCE = "variance"
-    """VDM's variance-minimising objective: the interior η gets ∇_η E[L̂²] of the one-sample
-    diffusion loss L̂, which equals ∇_η Var(L̂) because E[L̂] does not depend on η; the ends and
-    the network get the gradient of the bound. Needs a schedule with a separable interior
-    (:class:`~pyrodiff.schedules.LearnedLogSNR`) and a model conditioned on λ."""
 
 
 def _check_model(model) -> None:
@@ -206,20 +191,6 @@ def continuous_elbo_terms(
     )
 
 
-class _ScaleGradient(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by a per-datum factor that is only
-    known after the forward pass has finished (it is the loss itself)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, holder: list) -> Tensor:
-        ctx.holder = holder
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return grad * ctx.holder[0].to(grad.dtype), None
-
-
 class ContinuousELBO(TimestepObjective):
     """An unbiased one-sample estimator of −(the T = ∞ bound), as a Pyro ELBO.
 
@@ -278,7 +249,7 @@ class ContinuousELBO(TimestepObjective):
                 )
 
             def hook(x: Tensor) -> Tensor:
-                return _ScaleGradient.apply(x, holder)
+                return ScaleGradient.apply(x, holder)
 
         integrand = diffusion_integrand(model, x0, t, torch.randn_like(x0), hook)
         self.timesteps.update(k, integrand.detach())

@@ -28,15 +28,23 @@ Objectives here are ``pyro.infer.ELBO`` subclasses so SVI takes them as ``loss=`
 
 from __future__ import annotations
 
+import enum
+
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelMismatchError
 from ..gaussian import reverse_mean_coefs, sum_event
-from .elbo import TimestepObjective, prior_kl, step_terms
+from .elbo import DiffusionELBO, TimestepObjective, prior_kl, step_terms
 from .timesteps import TimestepSampler
 
-__all__ = ["HybridLoss", "SimpleLoss", "simple_weights"]
+__all__ = [
+    "HybridLoss",
+    "ScheduleObjective",
+    "ScheduleVarianceELBO",
+    "SimpleLoss",
+    "simple_weights",
+]
 
 
 def simple_weights(model, t: Tensor, like: Tensor, variance: Tensor) -> Tensor:
@@ -142,3 +150,87 @@ class HybridLoss(_SimpleLossTerm):
         self.timesteps.update(t, bound.detach())
         vlb = -(weight * bound) + prior_kl(model, guide, x0)
         return weight / T * simple + self.lam * vlb
+
+
+# --- training a learned schedule's interior for low variance (discrete and continuous time) ----
+#
+# One idea, VDM's (Kingma et al. 2021, §5): the ELBO depends on a learned schedule's interior
+# shape η weakly (T steps) or not at all (T = ∞), so η can follow the estimator's second moment
+# E[ℓ²] instead of E[ℓ]; E[ℓ] is unchanged where it does not depend on η, and then ∇_η E[ℓ²] =
+# ∇_η Var(ℓ). The value of the loss stays the bound; only η's gradient is re-routed. In
+# continuous time ρ(t_n) is one number per datum, so the per-datum factor 2ℓ_n is applied where
+# ρ enters (one backward pass, :class:`ScaleGradient`, used by
+# :class:`~pyrodiff.infer.ContinuousELBO`); a discrete table is shared by the whole batch, so
+# there the second moment's gradient is taken separately (:class:`ScheduleVarianceELBO`).
+
+
+class ScheduleObjective(enum.Enum):
+    """What a learned schedule's interior is trained on."""
+
+    BOUND = "bound"
+    """the gradient of the bound, like every other parameter. In continuous time the bound does
+    not depend on the interior (only on λ(0), λ(1)), so this gradient is zero in expectation:
+    the interior only drifts with the noise."""
+    VARIANCE = "variance"
+    """VDM's variance-minimising objective: the interior η gets ∇_η E[L̂²] of the one-sample
+    diffusion loss L̂, which equals ∇_η Var(L̂) because E[L̂] does not depend on η; the ends and
+    the network get the gradient of the bound. Needs a schedule with a separable interior
+    (:class:`~pyrodiff.schedules.LearnedLogSNR`) and a model conditioned on λ. For a discrete
+    learned schedule the same objective is :class:`ScheduleVarianceELBO`."""
+
+
+class ScaleGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by a per-datum factor that is only
+    known after the forward pass has finished (it is the loss itself)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, holder: list) -> Tensor:
+        ctx.holder = holder
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.holder[0].to(grad.dtype), None
+
+
+class ScheduleVarianceELBO(DiffusionELBO):
+    """DiffusionELBO in which the learned schedule's *shape* follows the estimator's variance.
+
+    Every parameter but the interior shape of the guide's
+    :class:`~pyrodiff.guides.LearnedSchedule` gets the gradient of the usual loss
+    Σ_n ℓ_n, ℓ_n = KL_prior,n − w(t_n) · term_n (−ELBO, unbiased). The shape parameters get the
+    gradient of the batch's second moment mean_n ℓ_n² instead. In continuous time the ELBO
+    depends only on the schedule's end points (VDM, Kingma et al. 2021, eq. 17), so there the
+    second moment differs from the variance by a constant and this minimises the variance of
+    the estimator, leaving the bound unchanged (VDM §5, not in its released code). With T
+    discrete steps the ELBO does depend weakly on the interior; this option trades that
+    dependence for a less noisy estimator. The value returned is the usual loss; only the
+    gradient is re-routed, by a zero-valued surrogate term.
+
+    Correct for the pairs :class:`~pyrodiff.infer.DiffusionELBO` accepts whose guide has a
+    ``LearnedSchedule``; it matters most when the model shares that schedule (VDM's setting).
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        schedule = getattr(guide, "schedule", None)
+        if not hasattr(schedule, "parameters_of_shape"):
+            raise ModelMismatchError(
+                "ScheduleVarianceELBO trains a learned schedule: the guide needs a LearnedSchedule "
+                f"(LearnedScheduleGuide); got {type(guide).__name__}"
+            )
+        x0 = self._prepare(model, guide, args, kwargs)
+        ell = self.per_datum_loss(model, guide, x0)
+        loss = ell.sum() / self.num_particles
+        shape = [p for p in schedule.parameters_of_shape() if p.requires_grad]
+        if not shape or not torch.is_grad_enabled():
+            return loss
+        g_loss = torch.autograd.grad(loss, shape, retain_graph=True, allow_unused=True)
+        g_var = torch.autograd.grad(ell.pow(2).mean(), shape, retain_graph=True, allow_unused=True)
+        reroute = sum(
+            ((gv if gv is not None else 0.0) - (gl if gl is not None else 0.0))
+            .detach()
+            .mul(p)
+            .sum()
+            for p, gl, gv in zip(shape, g_loss, g_var, strict=True)
+        )
+        return loss + reroute - reroute.detach()
