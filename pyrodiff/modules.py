@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -10,7 +11,7 @@ from pyro.nn import PyroModule
 from pyro.poutine.runtime import am_i_wrapped
 from torch import nn
 
-__all__ = ["child", "pyro_method"]
+__all__ = ["batch_size_argument", "child", "pyro_method"]
 
 _F = TypeVar("_F", bound=Callable)
 
@@ -53,3 +54,19 @@ def pyro_method(fn: _F) -> _F:
         return fn(self, *args, **kwargs)
 
     return method  # type: ignore[return-value]
+
+
+def batch_size_argument(batch_size: int | None, num_samples: int | None) -> int | None:
+    """The size of a model's data plate from ``batch_size``, or from its old name
+    ``num_samples`` (deprecated: beside :class:`pyro.infer.Predictive`'s ``num_samples``, the
+    number of draws, it read as the same thing)."""
+    if num_samples is None:
+        return batch_size
+    if batch_size is not None:
+        raise TypeError("give batch_size only (num_samples is its deprecated name), not both")
+    warnings.warn(
+        "the model's num_samples= is deprecated; it is batch_size=, the size of the data plate",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return num_samples

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..gaussian import Parameterization
 from ..likelihoods import GaussianLikelihood, Likelihood
-from ..modules import child, pyro_method
+from ..modules import batch_size_argument, child, pyro_method
 from ..schedules import LinearLogSNR, LogSNRSchedule, alpha_sigma, discrete_times
 from ..validation import check_data
 from .diffusion import Diffusion, ReverseVariance
@@ -107,8 +107,15 @@ class ContinuousDiffusion(PyroModule):
         self.prior_loc = float(prior_loc)
         self.prior_scale = float(prior_scale)
         self.num_steps = int(num_steps)
-        start, end = (lam.item() for lam in schedule.endpoints())
-        self.conditioning_range = (start, end)
+        self.conditioning_range: tuple[float, float] | None = None
+        if conditioning is Conditioning.LOG_SNR:
+            start, end = schedule.endpoints()
+            if start.numel() != 1:
+                raise ConfigError(
+                    "Conditioning.LOG_SNR feeds the network one noise level per datum: it needs "
+                    "a scalar schedule; give a schedule per dimension Conditioning.TIME"
+                )
+            self.conditioning_range = (start.item(), end.item())
 
     @property
     def event_dim(self) -> int:
@@ -198,11 +205,19 @@ class ContinuousDiffusion(PyroModule):
         device = next(self.denoiser.parameters(), torch.empty(0)).device
         return model.to(device)
 
-    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> Tensor:
-        """Run the model as a Pyro program at T = ``num_steps`` (sites ``"x_0"`` … ``"x_T"``)."""
+    def forward(
+        self,
+        x0: Tensor | None = None,
+        batch_size: int | None = None,
+        *,
+        num_samples: int | None = None,
+    ) -> Tensor:
+        """Run the model as a Pyro program at T = ``num_steps`` (sites ``"x_0"`` … ``"x_T"``);
+        ``batch_size`` draws when ``x0`` is not given (``num_samples=`` is its deprecated name)."""
+        batch_size = batch_size_argument(batch_size, num_samples)
         if x0 is not None:
             check_data(x0, self.event_shape, self.likelihood, name="x0")
-        return self.discretize()(x0, num_samples)
+        return self.discretize()(x0, batch_size)
 
     def config(self) -> dict:
         """A JSON-able description of the structure (not the weights)."""

@@ -21,7 +21,7 @@ from ..gaussian import (
     schedule_table,
 )
 from ..likelihoods import GaussianLikelihood, Likelihood
-from ..modules import child, pyro_method
+from ..modules import batch_size_argument, child, pyro_method
 from ..schedules import NoiseSchedule
 from ..validation import check_data
 
@@ -244,14 +244,23 @@ class Diffusion(PyroModule):
 
     # --- the Pyro model ---------------------------------------------------------------------
 
-    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> Tensor:
-        """Run p_θ(x_{0:T}); returns x_0 (the observed data when ``x0`` is given)."""
+    def forward(
+        self,
+        x0: Tensor | None = None,
+        batch_size: int | None = None,
+        *,
+        num_samples: int | None = None,
+    ) -> Tensor:
+        """Run p_θ(x_{0:T}); returns x_0 (the observed data when ``x0`` is given, else
+        ``batch_size`` draws, one by default). ``num_samples=`` is the deprecated name of
+        ``batch_size``."""
+        batch_size = batch_size_argument(batch_size, num_samples)
         if x0 is not None:
             check_data(x0, self.event_shape, self.likelihood, name="x0")
             batch = x0.shape[0]
             like = x0
         else:
-            batch = 1 if num_samples is None else int(num_samples)
+            batch = 1 if batch_size is None else int(batch_size)
             like = self.prior_loc.to(torch.get_default_dtype())
         T = self.num_steps
         with pyro.plate("data", batch):
