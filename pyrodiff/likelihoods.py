@@ -113,7 +113,7 @@ class DiscretizedNormal(TorchDistribution):
     ):
         self.loc, self.scale = torch.broadcast_tensors(loc, scale)
         self.num_levels, self.low, self.high = num_levels, low, high
-        self.half_bin = 0.5 * (high - low) / (num_levels - 1)
+        self.half_bin = 0.5 * _level_step(num_levels, low, high)
         super().__init__(self.loc.shape, torch.Size(), validate_args=validate_args)
 
     @property

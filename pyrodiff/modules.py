@@ -1,4 +1,19 @@
-"""Reading a plain ``nn.Module`` held by a :class:`~pyro.nn.PyroModule` in the hot paths."""
+"""Reading a plain ``nn.Module`` held by a :class:`~pyro.nn.PyroModule` in the hot paths.
+
+Private Pyro attributes, read here and nowhere else (checked against pyro-ppl 1.9), because
+Pyro has no public route to what they give:
+
+- ``PyroModule._pyro_context``: the per-run context of a module tree. :func:`pyro_method`
+  enters it as ``pyro.nn.pyro_method`` itself does (that decorator has no "only when a handler
+  listens" variant), and :func:`child` reads its ``active`` flag and its per-run cache
+  (``get`` / ``set``) to announce a submodule once per run, the way Pyro caches its own
+  ``pyro.param`` statements there.
+- ``PyroModule._pyro_get_fullname(name)``: the site-name prefix Pyro gives the submodule's
+  parameters, used as the cache key, so that two modules under one tree never share a key.
+
+If Pyro changes them, ``tests/test_model_and_guide.py`` (the parameters SVI sees, the traces'
+param sites) fails.
+"""
 
 from __future__ import annotations
 
