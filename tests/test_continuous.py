@@ -254,7 +254,7 @@ def _schedules_with_ends(g0, g1):
     schedules = [LinearLogSNR(g0, g1), CosineLogSNR(g0, g1), learned]
     ts = torch.linspace(0.05, 0.95, 7)
     for other in schedules[1:]:
-        assert not torch.allclose(schedules[0].gamma(ts), other.gamma(ts), atol=0.1)
+        assert not torch.allclose(schedules[0].log_snr(ts), other.log_snr(ts), atol=0.1)
     return schedules
 
 
@@ -342,10 +342,10 @@ def test_svi_and_module_use():
     model = ContinuousDiffusion(net, LearnedLogSNR(hidden=4), num_steps=5)
     x = torch.randn(8, D)
     svi = SVI(model, ContinuousForwardGuide(), pyro.optim.Adam({"lr": 1e-2}), loss=ContinuousELBO())
-    before = model.schedule.gamma_0.item()
+    before = model.schedule.start.item()
     for _ in range(2):
         assert math.isfinite(svi.step(x))
-    assert model.schedule.gamma_0.item() != before  # SVI found the schedule's parameters
+    assert model.schedule.start.item() != before  # SVI found the schedule's parameters
     loss = ContinuousELBO()(model, ContinuousForwardGuide())(x)
     assert loss.shape == () and loss.requires_grad
     samples = pyro.infer.Predictive(model, num_samples=2)(num_samples=3)["x_0"]
