@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["validation_bpd"], result["validation_se"] = bound_bits(model, valid, passes, 1)
         if args.test:
             result["test_bpd"], result["test_se"] = bound_bits(model, digits.test, passes, 2)
-        g0, g1 = model.schedule.endpoints()
-        result["gamma_0"], result["gamma_1"] = g0.item(), g1.item()
+        l0, l1 = model.schedule.endpoints()  # λ(0), λ(1); recorded as VDM's γ = −λ
+        result["gamma_0"], result["gamma_1"] = -l0.item(), -l1.item()
     print(json.dumps(result))
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"u{args.updates}_{args.schedule}_f{''.join(map(str, args.fourier)) or 'none'}"

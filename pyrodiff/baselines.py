@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError, DataError
+from .likelihoods import DiscretizedGaussianLikelihood
 
 __all__ = ["PixelCategorical", "AutoregressiveCategorical", "check_levels"]
 
@@ -138,7 +139,8 @@ class AutoregressiveCategorical(nn.Module):
     def logits(self, levels: Tensor) -> Tensor:
         """Logits of every pixel given the previous ones, shape (N, D, K)."""
         flat = check_levels(levels, self.num_levels, self.num_dims)
-        x = (2.0 * flat / (self.num_levels - 1) - 1.0).to(self.skip.weight.dtype)
+        grid = DiscretizedGaussianLikelihood(self.num_levels)  # levels as values in [−1, 1]
+        x = grid.from_levels(flat, self.skip.weight.dtype)
         h = self.skip(x)
         if self.hidden:
             h = h + self.out(F.relu(self.inp(x)))

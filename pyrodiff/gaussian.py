@@ -19,7 +19,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, alpha_sigma
 
 __all__ = [
     "Parameterization",
@@ -41,6 +41,10 @@ __all__ = [
     "v_from_x0",
     "x0_from_v",
     "gaussian_kl",
+    "isotropic_gaussian_kl",
+    "log_snr_marginal_moments",
+    "prior_kl",
+    "sum_event",
 ]
 
 
@@ -161,6 +165,18 @@ def q_marginal_moments(
     deviation is shaped to broadcast over ``x0`` (see :func:`coef`)."""
     sa, so = _sqrt_coefs(schedule, t, x0)
     return sa * x0, so
+
+
+def log_snr_marginal_moments(log_snr: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
+    """(α x_0, σ) with α² = sigmoid(λ), σ² = sigmoid(−λ): the mean and standard deviation of
+    q(x_λ | x_0) at log-SNR ``log_snr``, which broadcasts against ``x0`` (a number, one λ per
+    datum shaped (batch, 1, …), or λ with the data's event shape for a schedule per dimension).
+
+    The continuous-time counterpart of :func:`q_marginal_moments`, which reads the discrete
+    chain's float64 ᾱ table instead of λ.
+    """
+    alpha, sigma = alpha_sigma(log_snr)
+    return alpha * x0, sigma
 
 
 def q_marginal(schedule: NoiseSchedule, x0: Tensor, t: int | Tensor) -> dist.Normal:
@@ -306,3 +322,30 @@ def gaussian_kl(loc_q: Tensor, var_q: Tensor, loc_p: Tensor, var_p: Tensor) -> T
     return 0.5 * (
         torch.log(var_p) - torch.log(var_q) + (var_q + (loc_q - loc_p) ** 2) / var_p - 1.0
     )
+
+
+def isotropic_gaussian_kl(sq_dist: Tensor, var_q: Tensor, var_p: Tensor, num_dims: int) -> Tensor:
+    """KL(N(m_q, var_q I) ‖ N(m_p, var_p I)) over D = ``num_dims`` dimensions, from the squared
+    distance ``sq_dist`` = ‖m_q − m_p‖² (or its expectation, for Gaussian-distributed means):
+
+        ½ [D (log var_p − log var_q + var_q/var_p − 1) + ‖m_q − m_p‖² / var_p],
+
+    a constant in the means plus a weighted squared error. Shapes broadcast (one variance per
+    datum); use :func:`gaussian_kl` when a variance differs between dimensions.
+    """
+    return 0.5 * (
+        num_dims * (torch.log(var_p) - torch.log(var_q) + var_q / var_p - 1) + sq_dist / var_p
+    )
+
+
+def sum_event(x: Tensor, event_dim: int) -> Tensor:
+    """``x`` summed over its last ``event_dim`` dimensions (one value per datum)."""
+    return x.flatten(start_dim=x.dim() - event_dim).sum(-1) if event_dim else x
+
+
+def prior_kl(loc: Tensor, scale: Tensor, prior_loc: Tensor, prior_scale: Tensor) -> Tensor:
+    """KL(N(loc, scale²) ‖ N(prior_loc, prior_scale²)) per datum, summed over the event
+    dimensions of ``loc`` (shape (batch, *event)): the prior term KL(q(x_T | x_0) ‖ p(x_T)) of
+    every bound, discrete (DDPM's L_T) and continuous (at λ(1)). Scales broadcast."""
+    kl = gaussian_kl(loc, scale**2, prior_loc, prior_scale**2)
+    return sum_event(kl.expand_as(loc), loc.dim() - 1)

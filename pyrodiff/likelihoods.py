@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
@@ -16,10 +17,31 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from .errors import ConfigError, DataError
+from .gaussian import sum_event
 
 _EMPTY = torch.Size()
 
 __all__ = ["Likelihood", "GaussianLikelihood", "DiscretizedGaussianLikelihood", "DiscretizedNormal"]
+
+
+# The grid of quantised data: integer level k ∈ {0 … K − 1} is the value low + k Δ,
+# Δ = (high − low)/(K − 1). The two maps below are its one home; DiscretizedNormal,
+# DiscretizedGaussianLikelihood (to_levels / from_levels), the samplers and the data sets use them.
+
+
+def _level_step(num_levels: int, low: float, high: float) -> float:
+    return (high - low) / (num_levels - 1)
+
+
+def _to_levels(x: Tensor, num_levels: int, low: float, high: float) -> Tensor:
+    """The nearest level k of each value (outside [low, high]: the end level), a LongTensor."""
+    k = torch.round((x - low) / _level_step(num_levels, low, high))
+    return k.clamp(0, num_levels - 1).long()
+
+
+def _from_levels(levels: Tensor, num_levels: int, low: float, high: float, dtype) -> Tensor:
+    """The value low + k Δ of each level, in ``dtype``."""
+    return low + levels.to(dtype) * _level_step(num_levels, low, high)
 
 
 class Likelihood(nn.Module):
@@ -30,6 +52,18 @@ class Likelihood(nn.Module):
 
     def validate(self, x0: Tensor) -> None:
         """Raise :class:`~pyrodiff.errors.DataError` if ``x0`` is outside the support."""
+
+    def reconstruction(self, x0: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+        """log p(x_0 | loc, scale) per datum, summed over the event dimensions of ``x0`` (shape
+        (batch, *event)): the reconstruction term of every bound, discrete (at the decoder's
+        mean and variance) and continuous (at z_0/α_0, σ_0/α_0).
+
+        The distribution is built without argument validation: its arguments come from checked
+        data and schedule tables, and validating them (a ``.all()`` per constraint) would read
+        device values back every step. A non-finite result still surfaces in the loss.
+        """
+        with pyro.validation_enabled(False):
+            return sum_event(self.distribution(loc, scale).log_prob(x0), x0.dim() - 1)
 
     def config(self) -> dict:
         return {"kind": type(self).__name__}
@@ -79,7 +113,7 @@ class DiscretizedNormal(TorchDistribution):
     ):
         self.loc, self.scale = torch.broadcast_tensors(loc, scale)
         self.num_levels, self.low, self.high = num_levels, low, high
-        self.half_bin = 0.5 * (high - low) / (num_levels - 1)
+        self.half_bin = 0.5 * _level_step(num_levels, low, high)
         super().__init__(self.loc.shape, torch.Size(), validate_args=validate_args)
 
     @property
@@ -111,9 +145,8 @@ class DiscretizedNormal(TorchDistribution):
                 self.loc.expand(sample_shape + self.loc.shape),
                 self.scale.expand(sample_shape + self.loc.shape),
             )
-            step = 2 * self.half_bin
-            k = torch.round((x - self.low) / step).clamp(0, self.num_levels - 1)
-            return self.low + k * step
+            levels = _to_levels(x, self.num_levels, self.low, self.high)
+            return _from_levels(levels, self.num_levels, self.low, self.high, x.dtype)
 
     @property
     def mean(self) -> Tensor:  # pragma: no cover - rarely needed
@@ -138,8 +171,22 @@ class DiscretizedGaussianLikelihood(Likelihood):
     def distribution(self, loc: Tensor, scale: Tensor) -> DiscretizedNormal:
         return DiscretizedNormal(loc, scale, self.num_levels, self.low, self.high)
 
+    def to_levels(self, x: Tensor) -> Tensor:
+        """The integer level 0 … K − 1 nearest to each value (rounded, clipped), a LongTensor."""
+        return _to_levels(x, self.num_levels, self.low, self.high)
+
+    def from_levels(self, levels: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """The value low + k (high − low)/(K − 1) of each level k, in ``dtype`` (the default
+        dtype unless given)."""
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        return _from_levels(levels, self.num_levels, self.low, self.high, dtype)
+
+    def quantize(self, x: Tensor) -> Tensor:
+        """Each value moved to the nearest level's value, in ``x``'s dtype."""
+        return self.from_levels(self.to_levels(x), x.dtype)
+
     def validate(self, x0: Tensor) -> None:
-        step = (self.high - self.low) / (self.num_levels - 1)
+        step = _level_step(self.num_levels, self.low, self.high)
         k = (x0.detach().double() - self.low) / step
         if (k < -1e-6).any() or (k > self.num_levels - 1 + 1e-6).any():
             raise DataError(

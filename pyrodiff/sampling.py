@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .devices import param_dtype
 from .errors import ConfigError
-from .gaussian import eps_from_x0, predict_x0
+from .gaussian import eps_from_x0
 from .likelihoods import DiscretizedGaussianLikelihood, GaussianLikelihood, Likelihood
 from .models.diffusion import Diffusion, ReverseVariance
 from .schedules import schedule_from_alpha_bar
@@ -111,9 +111,7 @@ def _decode(likelihood: Likelihood, mean: Tensor, std: Tensor, z: Tensor | None)
         return likelihood.distribution(mean, std.expand_as(mean)).sample()
     x = mean if z is None else mean + std * z
     if isinstance(likelihood, DiscretizedGaussianLikelihood):
-        step = (likelihood.high - likelihood.low) / (likelihood.num_levels - 1)
-        k = torch.round((x - likelihood.low) / step).clamp(0, likelihood.num_levels - 1)
-        x = likelihood.low + k * step
+        x = likelihood.quantize(x)
     return x
 
 
@@ -261,13 +259,6 @@ def strided_sample(
     return out
 
 
-def _predict_x0(model: Diffusion, x_t: Tensor, t: Tensor) -> Tensor:
-    out = model.denoiser(x_t, t)
-    if model.variance is ReverseVariance.LEARNED_RANGE:
-        out = out.chunk(2, dim=1)[0]  # the second half parameterises the variance
-    return predict_x0(model.parameterization, model.schedule, x_t, t, out)
-
-
 @torch.no_grad()
 def ddim_sample(
     model: Diffusion,
@@ -305,7 +296,7 @@ def ddim_sample(
     for i in range(S, 0, -1):
         t, s = int(tau[i]), int(tau[i - 1])
         t_vec = torch.full((num_samples,), t, dtype=torch.long, device=x.device)
-        x0_hat = _predict_x0(model, x, t_vec)
+        x0_hat = model.predict_x0(x, t_vec)
         if i == 1:  # s = 0: σ = 0 and √ᾱ_0 = 1, so x_0 = x̂_0
             x = _decode(model.likelihood, x0_hat, x0_hat, None)
         else:

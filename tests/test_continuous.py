@@ -97,7 +97,8 @@ def closed_form_bound(x, m, s, g0, g1):
 
 
 def model_for(m, s, schedule, parameterization=Parameterization.X0, conditioning=None):
-    lo, hi = (g.item() for g in schedule.endpoints())
+    # the network reads γ = −λ, from γ(0) = −λ(0) to γ(1) = −λ(1)
+    lo, hi = (-lam.item() for lam in schedule.endpoints())
     net = GaussianPosteriorMean(m, s, lo, hi, parameterization)
     kw = {} if conditioning is None else {"conditioning": conditioning}
     return ContinuousDiffusion(net, schedule, parameterization=parameterization, **kw)
@@ -153,10 +154,10 @@ def test_discretize_shares_the_denoiser_and_gives_a_diffusion_every_tool_takes()
     loss.backward()
     assert net.inp.weight.grad is not None and net.inp.weight.grad.abs().sum() > 0
     assert elbo_terms(d, guide, x).elbo.shape == (5,)
-    # the chain's ends are the schedule's ends: ᾱ_1 = sigmoid(−γ(0)), ᾱ_T = sigmoid(−γ(1))
-    g0, g1 = model.schedule.endpoints()
-    assert torch.allclose(d.schedule.alpha_bar[1], torch.sigmoid(-g0))
-    assert torch.allclose(d.schedule.alpha_bar[-1], torch.sigmoid(-g1))
+    # the chain's ends are the schedule's ends: ᾱ_1 = sigmoid(λ(0)), ᾱ_T = sigmoid(λ(1))
+    l0, l1 = model.schedule.endpoints()
+    assert torch.allclose(d.schedule.alpha_bar[1], torch.sigmoid(l0))
+    assert torch.allclose(d.schedule.alpha_bar[-1], torch.sigmoid(l1))
 
 
 # --- the Gaussian case is exact (I-MMSE) ---------------------------------------------------------
@@ -253,7 +254,7 @@ def _schedules_with_ends(g0, g1):
     schedules = [LinearLogSNR(g0, g1), CosineLogSNR(g0, g1), learned]
     ts = torch.linspace(0.05, 0.95, 7)
     for other in schedules[1:]:
-        assert not torch.allclose(schedules[0].gamma(ts), other.gamma(ts), atol=0.1)
+        assert not torch.allclose(schedules[0].log_snr(ts), other.log_snr(ts), atol=0.1)
     return schedules
 
 
@@ -341,10 +342,10 @@ def test_svi_and_module_use():
     model = ContinuousDiffusion(net, LearnedLogSNR(hidden=4), num_steps=5)
     x = torch.randn(8, D)
     svi = SVI(model, ContinuousForwardGuide(), pyro.optim.Adam({"lr": 1e-2}), loss=ContinuousELBO())
-    before = model.schedule.gamma_0.item()
+    before = model.schedule.start.item()
     for _ in range(2):
         assert math.isfinite(svi.step(x))
-    assert model.schedule.gamma_0.item() != before  # SVI found the schedule's parameters
+    assert model.schedule.start.item() != before  # SVI found the schedule's parameters
     loss = ContinuousELBO()(model, ContinuousForwardGuide())(x)
     assert loss.shape == () and loss.requires_grad
     samples = pyro.infer.Predictive(model, num_samples=2)(num_samples=3)["x_0"]
@@ -394,12 +395,13 @@ def test_fit_trains_a_continuous_model_with_its_guide():
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "learned"])
-def test_schedule_slopes_are_the_derivatives_of_gamma_and_the_ends_are_the_ends(kind):
+def test_schedule_slopes_are_the_derivatives_of_log_snr_and_the_ends_are_the_ends(kind):
     torch.manual_seed(6)
+    ends_kw = {"log_snr_start": 9.0, "log_snr_end": -4.0}
     sched = {
-        "linear": LinearLogSNR(-9.0, 4.0),
-        "cosine": CosineLogSNR(-9.0, 4.0),
-        "learned": LearnedLogSNR(-9.0, 4.0, hidden=8),
+        "linear": LinearLogSNR(**ends_kw),
+        "cosine": CosineLogSNR(**ends_kw),
+        "learned": LearnedLogSNR(**ends_kw, hidden=8),
     }[kind]
     if kind == "learned":
         with torch.no_grad():
@@ -407,21 +409,21 @@ def test_schedule_slopes_are_the_derivatives_of_gamma_and_the_ends_are_the_ends(
     t = torch.linspace(0.02, 0.98, 25, dtype=torch.float64)
     h = 1e-5
     with torch.no_grad():
-        g, slope = sched.gamma_and_slope(t)
-        numeric = (sched.gamma(t + h) - sched.gamma(t - h)) / (2 * h)
-        # central differences err by h² γ‴/6; γ‴ is below 1e4 on these schedules
+        lam, slope = sched.log_snr_and_slope(t)
+        numeric = (sched.log_snr(t + h) - sched.log_snr(t - h)) / (2 * h)
+        # central differences err by h² λ‴/6; λ‴ is below 1e4 on these schedules
         assert torch.allclose(slope, numeric, rtol=1e-6, atol=1e-5)
-        assert (slope > 0).all()
-        g0, g1 = sched.endpoints()
-        ends = sched.gamma(torch.tensor([0.0, 1.0], dtype=torch.float64))
-    assert torch.allclose(ends, torch.stack([g0, g1]).to(ends), atol=1e-6)
-    assert abs(g0.item() + 9.0) < 1e-6 and abs(g1.item() - 4.0) < 1e-5
+        assert (slope < 0).all()
+        l0, l1 = sched.endpoints()
+        ends = sched.log_snr(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert torch.allclose(ends, torch.stack([l0, l1]).to(ends), atol=1e-6)
+    assert abs(l0.item() - 9.0) < 1e-6 and abs(l1.item() + 4.0) < 1e-5
     if kind == "cosine":
         # ᾱ(t) = cos²(θ(t)) with θ linear in t: improved DDPM's form
         theta = sched.theta0 + (sched.theta1 - sched.theta0) * t
-        assert torch.allclose(torch.sigmoid(-g), torch.cos(theta) ** 2, rtol=1e-12)
+        assert torch.allclose(torch.sigmoid(lam), torch.cos(theta) ** 2, rtol=1e-12)
     d = sched.discretize(9)
     s = (torch.arange(1, 10, dtype=torch.float64) - 1) / 8
     with torch.no_grad():
-        expected = torch.sigmoid(-sched.gamma(s)).double()
+        expected = torch.sigmoid(sched.log_snr(s)).double()
     assert torch.allclose(d.alpha_bar[1:], expected, rtol=1e-6)

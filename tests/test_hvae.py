@@ -38,7 +38,7 @@ def linear_hvae_log_evidence(model: HierarchicalVAE, x0: torch.Tensor) -> torch.
 
 def test_sites_shapes_and_samples():
     model = HierarchicalVAE((1, 4, 4), latent_dims=(6, 3, 2), hidden=8)
-    tr = poutine.trace(model).get_trace(num_samples=5)
+    tr = poutine.trace(model).get_trace(batch_size=5)
     names = [n for n, s in tr.nodes.items() if s["type"] == "sample" and n != "data"]
     assert names == ["z_3", "z_2", "z_1", "x_0"]
     assert [tuple(tr.nodes[n]["value"].shape) for n in names] == [

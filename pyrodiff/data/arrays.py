@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
+from ..likelihoods import DiscretizedGaussianLikelihood
 from .base import Dataset
 
 __all__ = ["load_array", "ARRAY_SUFFIXES"]
@@ -211,5 +212,5 @@ def _split(a: np.ndarray, fractions: tuple[float, ...], gen: torch.Generator, pa
 def _to_model_space(a: np.ndarray, num_levels: int | None, dtype: torch.dtype) -> Tensor:
     x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
     if num_levels is not None:
-        x = x * (2.0 / (num_levels - 1)) - 1.0
+        x = DiscretizedGaussianLikelihood(num_levels).from_levels(x, torch.float64)
     return x.to(dtype)

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 from ..likelihoods import DiscretizedGaussianLikelihood, GaussianLikelihood, Likelihood
@@ -90,8 +91,16 @@ class Dataset:
         return DiscretizedGaussianLikelihood(self.num_levels)
 
     def to_levels(self, x: Tensor) -> Tensor:
-        """Map model-space values back to integer levels 0 … K − 1 (rounded and clipped)."""
+        """Map model-space values back to integer levels 0 … K − 1 (rounded and clipped):
+        :meth:`~pyrodiff.likelihoods.DiscretizedGaussianLikelihood.to_levels`."""
+        return self._quantised_likelihood().to_levels(x)
+
+    def from_levels(self, levels: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Integer levels 0 … K − 1 as model-space values −1 + 2k/(K − 1):
+        :meth:`~pyrodiff.likelihoods.DiscretizedGaussianLikelihood.from_levels`."""
+        return self._quantised_likelihood().from_levels(levels, dtype)
+
+    def _quantised_likelihood(self) -> DiscretizedGaussianLikelihood:
         if self.num_levels is None:
             raise ValueError(f"dataset {self.name!r} is continuous: it has no integer levels")
-        k = (x + 1) * (self.num_levels - 1) / 2
-        return k.round().clamp(0, self.num_levels - 1).long()
+        return DiscretizedGaussianLikelihood(self.num_levels)

@@ -17,7 +17,7 @@ from ..gaussian import (
     q_posterior_moments,
     q_step,
 )
-from ..modules import child, pyro_method
+from ..modules import batch_size_argument, child, pyro_method
 from ..schedules import NoiseSchedule
 
 __all__ = ["ChainOrder", "ForwardGuide"]
@@ -78,7 +78,15 @@ class ForwardGuide(PyroModule):
         """q(x_{t−1} | x_t, x_0), elementwise Normal (t ≥ 2)."""
         return q_posterior(child(self, "schedule"), x0, x_t, t)
 
-    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> None:
+    def forward(
+        self,
+        x0: Tensor | None = None,
+        batch_size: int | None = None,
+        *,
+        num_samples: int | None = None,
+    ) -> None:
+        # the model's signature; the data plate's size is x0's, so batch_size is not read
+        batch_size_argument(batch_size, num_samples)
         if x0 is None:
             raise DataError("the forward-chain guide needs the data x0: it is q(x_{1:T} | x_0)")
         sched = self.schedule

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError, ModelMismatchError
 from ..gaussian import q_marginal, q_posterior, q_step
+from ..modules import batch_size_argument
 from ..networks import TimeEmbedding
 from ..schedules import NoiseSchedule
 from ..validation import check_pair
@@ -210,7 +211,15 @@ class LearnedGuide(PyroModule):
         and data shape."""
         check_pair(model, self)
 
-    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> None:
+    def forward(
+        self,
+        x0: Tensor | None = None,
+        batch_size: int | None = None,
+        *,
+        num_samples: int | None = None,
+    ) -> None:
+        # the model's signature; the data plate's size is x0's, so batch_size is not read
+        batch_size_argument(batch_size, num_samples)
         if x0 is None:
             raise DataError("a learned guide needs the data x0: it is q_φ(x_(1:T) | x_0)")
         if tuple(x0.shape[1:]) != self.event_shape:
@@ -288,7 +297,15 @@ class HierarchicalVAEGuide(PyroModule):
                 f"{tuple(getattr(model, 'latent_dims', ()))}"
             )
 
-    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> None:
+    def forward(
+        self,
+        x0: Tensor | None = None,
+        batch_size: int | None = None,
+        *,
+        num_samples: int | None = None,
+    ) -> None:
+        # the model's signature; the data plate's size is x0's, so batch_size is not read
+        batch_size_argument(batch_size, num_samples)
         if x0 is None:
             raise DataError("the encoder needs the data x0: it is q_φ(z_(1:L) | x_0)")
         if tuple(x0.shape[1:]) != self.event_shape:

@@ -1,8 +1,8 @@
 """A partly learned q: the forward chain over a learnable monotone log-SNR schedule (VDM).
 
 The forward chain q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) is fixed by one function, the
-log signal-to-noise ratio γ_t = log(ᾱ_t / (1 − ᾱ_t)), strictly decreasing in t. Learning γ
-keeps every factor of q in closed form (ᾱ_t = sigmoid(γ_t)), so the timestep-sampled
+log signal-to-noise ratio λ_t = log(ᾱ_t / (1 − ᾱ_t)), strictly decreasing in t. Learning λ
+keeps every factor of q in closed form (ᾱ_t = sigmoid(λ_t)), so the timestep-sampled
 :class:`~pyrodiff.infer.DiffusionELBO` trains it at one network call per datum, exactly as it
 trains a model under the fixed :class:`~pyrodiff.ForwardGuide`.
 """
@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..schedules import Endpoints, NoiseSchedule, linear_schedule
+from ..schedules import (
+    Endpoints,
+    NoiseSchedule,
+    linear_schedule,
+    noise_variance,
+    signal_variance,
+)
 from .forward import ChainOrder, ForwardGuide
 
 __all__ = ["Endpoints", "LearnedSchedule", "LearnedScheduleGuide"]
@@ -26,11 +32,13 @@ def _inverse_softplus(y: Tensor) -> Tensor:
 
 
 class LearnedSchedule(nn.Module):
-    """A learnable, strictly decreasing log-SNR γ_1 > γ_2 > … > γ_T on the grid t = 1 … T.
+    """A learnable, strictly decreasing log-SNR λ_1 > λ_2 > … > λ_T on the grid t = 1 … T.
 
-    Parameterisation: γ_t = γ_1 − (γ_1 − γ_T) · S_t / S_T with S_t = Σ_{s=2}^{t} softplus(u_s)
-    (S_1 = 0), γ_1 = ``start`` and γ_T = γ_1 − softplus(``gap``). Every parameter value gives a
-    valid schedule, and the ends can be frozen (:class:`Endpoints`) independently of the shape.
+    Parameterisation: λ_t = λ_1 − (λ_1 − λ_T) · S_t / S_T with S_t = Σ_{s=2}^{t} softplus(u_s)
+    (S_1 = 0), λ_1 = ``start`` and λ_T = λ_1 − softplus(``gap``). Every parameter value gives a
+    valid schedule, and the ends can be frozen (``endpoints_mode``, :class:`Endpoints`)
+    independently of the shape; :meth:`endpoints` gives (λ_1, λ_T), as
+    :meth:`~pyrodiff.schedules.LearnedLogSNR.endpoints` gives (λ(0), λ(1)).
 
     It exposes the attributes of :class:`~pyrodiff.schedules.NoiseSchedule` (``betas``,
     ``alphas``, ``alpha_bar``, ``one_minus_alpha_bar``, ``log_snr``, ``posterior_variance``,
@@ -70,7 +78,7 @@ class LearnedSchedule(nn.Module):
                     f"{inc.numel()} values"
                 )
             u = _inverse_softplus(inc)
-        self.endpoints = endpoints
+        self.endpoints_mode = endpoints
         self._num_steps = num_steps
         self.name = "learned"
         self.shape_logits = nn.Parameter(u)
@@ -100,12 +108,16 @@ class LearnedSchedule(nn.Module):
         return self._num_steps
 
     def parameters_of_shape(self) -> list[nn.Parameter]:
-        """The parameters of the interior shape of γ (not its ends)."""
+        """The parameters of the interior shape of λ (not its ends)."""
         return [self.shape_logits]
+
+    def endpoints(self) -> tuple[Tensor, Tensor]:
+        """(λ_1, λ_T), the least and the most noise of the chain, as differentiable tensors."""
+        return self.start, self.start - F.softplus(self.gap)
 
     @property
     def log_snr(self) -> Tensor:
-        """γ_t for t = 0 … T (γ_0 = +inf: x_0 is the data)."""
+        """λ_t for t = 0 … T (λ_0 = +inf: x_0 is the data)."""
         g_start = self.start
         T = self.num_steps
         if T == 1:
@@ -119,18 +131,18 @@ class LearnedSchedule(nn.Module):
 
     @property
     def alpha_bar(self) -> Tensor:
-        """ᾱ_t = sigmoid(γ_t)."""
-        return torch.sigmoid(self.log_snr)
+        """ᾱ_t = sigmoid(λ_t)."""
+        return signal_variance(self.log_snr)
 
     @property
     def one_minus_alpha_bar(self) -> Tensor:
-        """1 − ᾱ_t = sigmoid(−γ_t), accurate where ᾱ_t is close to 1.
+        """1 − ᾱ_t = sigmoid(−λ_t), accurate where ᾱ_t is close to 1.
 
         At t = 0 it holds the smallest positive float instead of 0: formulas evaluated on whole
         tables (such as β_t / (1 − ᾱ_t)) then stay finite at the unused index 0, and their
         gradient there is 0 rather than NaN, which would otherwise reach the parameters.
         """
-        om = torch.sigmoid(-self.log_snr[1:])
+        om = noise_variance(self.log_snr[1:])
         tiny = torch.full((1,), torch.finfo(om.dtype).tiny, dtype=om.dtype, device=om.device)
         return torch.cat([tiny, om])
 
@@ -166,12 +178,12 @@ class LearnedSchedule(nn.Module):
         return {
             "name": self.name,
             "num_steps": self.num_steps,
-            "endpoints": self.endpoints.value,
+            "endpoints": self.endpoints_mode.value,
             "log_snr": self.log_snr[1:].detach().cpu().tolist(),
         }
 
     def extra_repr(self) -> str:
-        return f"T={self.num_steps}, endpoints={self.endpoints.value}"
+        return f"T={self.num_steps}, endpoints={self.endpoints_mode.value}"
 
 
 class LearnedScheduleGuide(ForwardGuide):
@@ -184,7 +196,7 @@ class LearnedScheduleGuide(ForwardGuide):
 
     A guide swap changes q only: the model keeps its own schedule in its reverse mean
     μ_θ(x_t, t) = μ̃_t(x_t, x̂_0) and its parameters are untouched. The shared configuration of
-    VDM (the model's reverse mean uses the learned γ as well) is a different *model*: build the
+    VDM (the model's reverse mean uses the learned λ as well) is a different *model*: build the
     :class:`~pyrodiff.Diffusion` with ``schedule=guide.schedule``.
     """
 

@@ -6,7 +6,6 @@ from .bounds import (
     BoundsReport,
     EstimatorSpread,
     PSISDiagnostic,
-    ScheduleVarianceELBO,
     bounds_report,
     elbo_estimate,
     estimator_spread,
@@ -19,7 +18,6 @@ from .bounds import (
 from .continuous import (
     ContinuousELBO,
     ContinuousTerms,
-    ScheduleObjective,
     continuous_elbo_terms,
     diffusion_integrand,
     sample_times,
@@ -35,7 +33,13 @@ from .elbo import (
 )
 from .exact import affine_reverse_kernels, exact_elbo_terms, exact_log_evidence
 from .kernel_limit import KernelLimit, best_gaussian_kernel_bound, mixture_parameters
-from .objectives import HybridLoss, SimpleLoss, simple_weights
+from .objectives import (
+    HybridLoss,
+    ScheduleObjective,
+    ScheduleVarianceELBO,
+    SimpleLoss,
+    simple_weights,
+)
 from .timesteps import (
     AntitheticTimesteps,
     ImportanceTimesteps,

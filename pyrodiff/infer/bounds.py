@@ -41,7 +41,6 @@ __all__ = [
     "PSISDiagnostic",
     "EstimatorSpread",
     "BoundsReport",
-    "ScheduleVarianceELBO",
     "log_weights",
     "elbo_estimate",
     "iwae_bound",
@@ -460,49 +459,3 @@ def bounds_report(
         psis=psis_diagnostic(model, guide, x0, psis_samples, progress=progress),
         exact=exact,
     )
-
-
-# --- training the schedule's shape for low variance ---------------------------------------------
-
-
-class ScheduleVarianceELBO(DiffusionELBO):
-    """DiffusionELBO in which the learned schedule's *shape* follows the estimator's variance.
-
-    Every parameter but the interior shape of the guide's
-    :class:`~pyrodiff.guides.LearnedSchedule` gets the gradient of the usual loss
-    Σ_n ℓ_n, ℓ_n = KL_prior,n − w(t_n) · term_n (−ELBO, unbiased). The shape parameters get the
-    gradient of the batch's second moment mean_n ℓ_n² instead. In continuous time the ELBO
-    depends only on the schedule's end points (VDM, Kingma et al. 2021, eq. 17), so there the
-    second moment differs from the variance by a constant and this minimises the variance of
-    the estimator, leaving the bound unchanged (VDM §5, not in its released code). With T
-    discrete steps the ELBO does depend weakly on the interior; this option trades that
-    dependence for a less noisy estimator. The value returned is the usual loss; only the
-    gradient is re-routed, by a zero-valued surrogate term.
-
-    Correct for the pairs :class:`~pyrodiff.infer.DiffusionELBO` accepts whose guide has a
-    ``LearnedSchedule``; it matters most when the model shares that schedule (VDM's setting).
-    """
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
-        schedule = getattr(guide, "schedule", None)
-        if not hasattr(schedule, "parameters_of_shape"):
-            raise ModelMismatchError(
-                "ScheduleVarianceELBO trains a learned schedule: the guide needs a LearnedSchedule "
-                f"(LearnedScheduleGuide); got {type(guide).__name__}"
-            )
-        x0 = self._prepare(model, guide, args, kwargs)
-        ell = self.per_datum_loss(model, guide, x0)
-        loss = ell.sum() / self.num_particles
-        shape = [p for p in schedule.parameters_of_shape() if p.requires_grad]
-        if not shape or not torch.is_grad_enabled():
-            return loss
-        g_loss = torch.autograd.grad(loss, shape, retain_graph=True, allow_unused=True)
-        g_var = torch.autograd.grad(ell.pow(2).mean(), shape, retain_graph=True, allow_unused=True)
-        reroute = sum(
-            ((gv if gv is not None else 0.0) - (gl if gl is not None else 0.0))
-            .detach()
-            .mul(p)
-            .sum()
-            for p, gl, gv in zip(shape, g_loss, g_var, strict=True)
-        )
-        return loss + reroute - reroute.detach()

@@ -18,8 +18,9 @@ import math
 import torch
 from torch import Tensor
 
+from ..gaussian import sum_event
 from ..progress import progress_bar
-from .elbo import _check_closed_form_pair, _reconstruction, _sum_event
+from .elbo import _check_closed_form_pair, _reconstruction
 
 __all__ = ["sample_chain", "chain_log_weights", "closed_form_log_weights"]
 
@@ -29,7 +30,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 def _normal_log_prob(x: Tensor, loc: Tensor, scale: Tensor, event_dim: int) -> Tensor:
     """log N(x; loc, scale²), elementwise, summed over the event dims."""
     z = (x - loc) / scale
-    return _sum_event(-0.5 * z * z - scale.log().expand_as(z) - _HALF_LOG_2PI, event_dim)
+    return sum_event(-0.5 * z * z - scale.log().expand_as(z) - _HALF_LOG_2PI, event_dim)
 
 
 def sample_chain(guide, x0: Tensor, num_steps: int, generator: torch.Generator | None = None):

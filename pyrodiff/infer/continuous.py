@@ -1,69 +1,53 @@
 """The T = ∞ bound of a continuous-time diffusion model (variational diffusion models).
 
-For :class:`~pyrodiff.ContinuousDiffusion` with log-SNR γ(t) on [0, 1],
+For :class:`~pyrodiff.ContinuousDiffusion` with log-SNR λ(t) on [0, 1] (decreasing),
 
     −log p(x) ≤ KL(q(z_1 | x) ‖ p(z_1)) − E_q[log p(x | z_0)] + L_∞(x),
-    L_∞(x) = ½ E_{t∼U(0,1), ε∼N(0,I)} [γ′(t) e^{−γ(t)} ‖x − x̂_θ(z_t; t)‖²],
+    L_∞(x) = ½ E_{t∼U(0,1), ε∼N(0,I)} [−λ′(t) e^{λ(t)} ‖x − x̂_θ(z_t; t)‖²],
 
 with z_t = α_t x + σ_t ε. Written for the ε- and v-predictions the integrand is
-½ γ′ ‖ε − ε̂‖² and ½ γ′ α_t² ‖v − v̂‖² (the same number; each form avoids the cancellation of
-the others in floating point). The bound is the limit of the T-step bounds of
+½ (−λ′) ‖ε − ε̂‖² and ½ (−λ′) α_t² ‖v − v̂‖² (the same number; each form avoids the
+cancellation of the others in floating point). The prior KL and the reconstruction are the
+discrete bound's own (:func:`pyrodiff.gaussian.prior_kl`,
+:meth:`pyrodiff.likelihoods.Likelihood.reconstruction`), at λ(1) and λ(0). The bound is the limit of the T-step bounds of
 ``model.discretize(T)`` as T → ∞, and never below them.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
-import pyro
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, ModelMismatchError
-from ..gaussian import Parameterization, gaussian_kl
+from ..gaussian import Parameterization, log_snr_marginal_moments, prior_kl
+from ..gaussian import sum_event as _sum_event
 from ..guides import ContinuousForwardGuide
+from ..schedules import alpha_sigma
 from ..validation import check_data
-from .elbo import TimestepObjective, _sum_event, bits_per_dim
+from .elbo import TimestepObjective, bits_per_dim
+from .objectives import ScaleGradient, ScheduleObjective
 from .timesteps import TimestepSampler, UniformTimesteps
 
 __all__ = [
     "ContinuousELBO",
     "ContinuousTerms",
-    "ScheduleObjective",
     "continuous_elbo_terms",
     "diffusion_integrand",
     "sample_times",
 ]
 
 
-class ScheduleObjective(enum.Enum):
-    """What a learned schedule's interior is trained on."""
-
-    BOUND = "bound"
-    """the gradient of the bound, like every other parameter. In continuous time the bound does
-    not depend on the interior (only on γ(0), γ(1)), so this gradient is zero in expectation:
-    the interior only drifts with the noise."""
-    VARIANCE = "variance"
-    """VDM's variance-minimising objective: the interior η gets ∇_η E[L̂²] of the one-sample
-    diffusion loss L̂, which equals ∇_η Var(L̂) because E[L̂] does not depend on η; the ends and
-    the network get the gradient of the bound. Needs a schedule with a separable interior
-    (:class:`~pyrodiff.schedules.LearnedLogSNR`) and a model conditioned on γ."""
-
-
 def _check_model(model) -> None:
-    for attr in ("gamma_and_slope", "schedule_endpoints", "predict", "decoder"):
+    for attr in ("log_snr_and_slope", "schedule_endpoints", "predict", "decoder_moments"):
         if not hasattr(model, attr):
             raise ModelMismatchError(
                 "this estimator needs a pyrodiff.ContinuousDiffusion model "
                 f"(missing .{attr}); got {type(model).__name__}. For a discrete Diffusion use "
                 "DiffusionELBO."
             )
-
-
-def _alpha_sigma(gamma: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
 
 
 def _per_datum(x: Tensor, like: Tensor) -> Tensor:
@@ -77,27 +61,29 @@ def diffusion_integrand(
     noise: Tensor,
     shape_hook=None,
 ) -> Tensor:
-    """½ γ′(t) e^{−γ(t)} ‖x − x̂_θ(z_t; t)‖² per datum, at per-datum times ``t`` (shape (N,),
+    """½ (−λ′(t)) e^{λ(t)} ‖x − x̂_θ(z_t; t)‖² per datum, at per-datum times ``t`` (shape (N,),
     in [0, 1]) and z_t = α_t x + σ_t ε with ε = ``noise``: one network call per datum.
 
-    Its mean over t ~ U(0, 1) and ε ~ N(0, I) is the diffusion loss L_∞(x).
+    Its mean over t ~ U(0, 1) and ε ~ N(0, I) is the diffusion loss L_∞(x). λ(t) may carry
+    the data's event shape (a schedule per dimension); the weight is then per dimension.
     """
-    gamma, slope = model.gamma_and_slope(t.to(x0.dtype), shape_hook)
-    g, gs = _per_datum(gamma, x0), _per_datum(slope, x0)
-    alpha, sigma = _alpha_sigma(g)
+    lam, slope = model.log_snr_and_slope(t.to(x0.dtype), shape_hook)
+    lam_n, fall = _per_datum(lam, x0), -_per_datum(slope, x0)
+    # α and σ once: the v-form reads them again, and one graph keeps its gradient exact
+    alpha, sigma = alpha_sigma(lam_n)
     z_t = alpha * x0 + sigma * noise
-    out = model.predict(z_t, t, gamma)
+    out = model.predict(z_t, t, lam)
     event_dim = x0.dim() - 1
     p = model.parameterization
     if p is Parameterization.EPSILON:
         err = (noise - out) ** 2
-        weight = gs
+        weight = fall
     elif p is Parameterization.X0:
         err = (x0 - out) ** 2
-        weight = gs * torch.exp(-g)
+        weight = fall * torch.exp(lam_n)
     else:
         err = (alpha * noise - sigma * x0 - out) ** 2
-        weight = gs * alpha**2
+        weight = fall * alpha**2
     return 0.5 * _sum_event(weight * err, event_dim)
 
 
@@ -156,27 +142,24 @@ class ContinuousTerms:
         }
 
 
-def _prior_kl(model, x0: Tensor, gamma_1: Tensor) -> Tensor:
-    alpha, sigma = _alpha_sigma(gamma_1.to(x0.dtype))
-    p_var = torch.tensor(model.prior_scale**2, dtype=x0.dtype, device=x0.device)
+def _prior_kl(model, x0: Tensor, log_snr_1: Tensor) -> Tensor:
+    """KL(q(z_1 | x) ‖ p(z_1)) per datum at λ(1)."""
+    loc, scale = log_snr_marginal_moments(log_snr_1, x0)
     p_loc = torch.tensor(model.prior_loc, dtype=x0.dtype, device=x0.device)
-    kl = gaussian_kl(alpha * x0, (sigma**2).expand_as(x0), p_loc, p_var)
-    return _sum_event(kl, x0.dim() - 1)
+    p_scale = torch.tensor(model.prior_scale, dtype=x0.dtype, device=x0.device)
+    return prior_kl(loc, scale, p_loc, p_scale)
 
 
-def _reconstruction(model, x0: Tensor, gamma_0: Tensor, noise: Tensor) -> Tensor:
-    alpha, sigma = _alpha_sigma(gamma_0.to(x0.dtype))
-    z_0 = alpha * x0 + sigma * noise
-    # no argument validation: its checks would read device values back every step, and the
-    # arguments come from checked data and the schedule (as for the discrete decoder)
-    with pyro.validation_enabled(False):
-        dist = model.decoder(z_0, gamma_0)
-        return _sum_event(dist.log_prob(x0), x0.dim() - 1)
+def _reconstruction(model, x0: Tensor, log_snr_0: Tensor, noise: Tensor) -> Tensor:
+    """log p(x | z_0) per datum at one draw z_0 ~ q(z_0 | x), λ(0) = ``log_snr_0``."""
+    loc, scale = log_snr_marginal_moments(log_snr_0, x0)
+    z_0 = loc + scale * noise
+    return model.likelihood.reconstruction(x0, *model.decoder_moments(z_0, log_snr_0))
 
 
 def _ends(model, x0: Tensor) -> tuple[Tensor, Tensor]:
-    g0, g1 = model.schedule_endpoints()
-    return g0.to(device=x0.device, dtype=x0.dtype), g1.to(device=x0.device, dtype=x0.dtype)
+    l0, l1 = model.schedule_endpoints()
+    return l0.to(device=x0.device, dtype=x0.dtype), l1.to(device=x0.device, dtype=x0.dtype)
 
 
 def continuous_elbo_terms(
@@ -198,28 +181,14 @@ def continuous_elbo_terms(
     def draw() -> Tensor:
         return torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
 
-    g0, g1 = _ends(model, x0)
+    l0, l1 = _ends(model, x0)
     diff = w.to(x0.dtype) * diffusion_integrand(model, x0, t, draw())
     return ContinuousTerms(
-        reconstruction=_reconstruction(model, x0, g0, draw()),
+        reconstruction=_reconstruction(model, x0, l0, draw()),
         diffusion=diff,
-        prior=_prior_kl(model, x0, g1),
+        prior=_prior_kl(model, x0, l1),
         num_dims=math.prod(model.event_shape),
     )
-
-
-class _ScaleGradient(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by a per-datum factor that is only
-    known after the forward pass has finished (it is the loss itself)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, holder: list) -> Tensor:
-        ctx.holder = holder
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return grad * ctx.holder[0].to(grad.dtype), None
 
 
 class ContinuousELBO(TimestepObjective):
@@ -259,18 +228,13 @@ class ContinuousELBO(TimestepObjective):
         self.num_bins = num_bins
         self.schedule_objective = schedule_objective
 
-    def _prepare(self, model, guide, args, kwargs) -> Tensor:
-        x0 = self._data(args, kwargs)
+    def _check_pair(self, model, guide) -> None:
         _check_model(model)
         if guide is not None and not isinstance(guide, ContinuousForwardGuide):
             raise ModelMismatchError(
                 "ContinuousELBO's guide is the fixed forward process: pass "
                 f"pyrodiff.ContinuousForwardGuide() (or None), got {type(guide).__name__}"
             )
-        check_data(x0, model.event_shape, model.likelihood, name="x0", values=x0.is_cpu)
-        if self.num_particles > 1:
-            x0 = x0.repeat((self.num_particles,) + (1,) * (x0.dim() - 1))
-        return x0
 
     def per_datum_loss(self, model, guide, x0: Tensor) -> Tensor:
         """ℓ_n = KL_prior − log p(x | z_0) + w(t_n) · integrand, unbiased for −bound(x_n)."""
@@ -285,7 +249,7 @@ class ContinuousELBO(TimestepObjective):
                 )
 
             def hook(x: Tensor) -> Tensor:
-                return _ScaleGradient.apply(x, holder)
+                return ScaleGradient.apply(x, holder)
 
         integrand = diffusion_integrand(model, x0, t, torch.randn_like(x0), hook)
         self.timesteps.update(k, integrand.detach())
@@ -293,9 +257,9 @@ class ContinuousELBO(TimestepObjective):
         if hook is not None:
             # d(Σ_n L̂_n²)/dη = Σ_n 2 L̂_n dL̂_n/dη: the interior's gradient scaled per datum
             holder.append(2.0 * diff.detach())
-        g0, g1 = _ends(model, x0)
-        rec = _reconstruction(model, x0, g0, torch.randn_like(x0))
-        return _prior_kl(model, x0, g1) - rec + diff
+        l0, l1 = _ends(model, x0)
+        rec = _reconstruction(model, x0, l0, torch.randn_like(x0))
+        return _prior_kl(model, x0, l1) - rec + diff
 
     def terms(self, model, x0: Tensor) -> ContinuousTerms:
         """The per-datum terms of one estimate, with this objective's sampler (no gradient)."""

@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import pyro
 import torch
 from pyro.infer import ELBO
 from torch import Tensor
 
 from ..errors import ConfigError, DataError, ModelMismatchError
-from ..gaussian import gaussian_kl
+from ..gaussian import gaussian_kl, isotropic_gaussian_kl, sum_event
+from ..gaussian import prior_kl as _gaussian_prior_kl
 from ..guides.closed_forms import CLOSED_FORM_METHODS, has_closed_forms
 from ..progress import progress_bar
 from ..validation import check_data, check_pair
@@ -52,10 +52,6 @@ def _check_closed_form_pair(model, guide) -> None:
             "Use Pyro's Trace_ELBO for other guides."
         )
     check_pair(model, guide)
-
-
-def _sum_event(x: Tensor, event_dim: int) -> Tensor:
-    return x.flatten(start_dim=x.dim() - event_dim).sum(-1) if event_dim else x
 
 
 def step_terms(
@@ -90,7 +86,14 @@ def step_terms(
     # proper posterior of t = 2 instead, a finite value (and gradient) that the final
     # torch.where discards in favour of the decoder term
     post_loc, post_scale = guide.posterior_moments(x0, x_t, t.clamp(min=2))
-    kl = _sum_event(gaussian_kl(post_loc, post_scale**2, mean, var_full), event_dim)
+    post_var = post_scale**2
+    if _one_per_datum(var, x0) and _one_per_datum(post_var, x0):
+        # fixed variances: a constant per step plus the mean's weighted squared error
+        sq_dist = sum_event((post_loc - mean) ** 2, event_dim)
+        num_dims = x0[0].numel()
+        kl = isotropic_gaussian_kl(sq_dist, _per_datum(post_var), _per_datum(var), num_dims)
+    else:
+        kl = sum_event(gaussian_kl(post_loc, post_var, mean, var_full), event_dim)
     at_one = t == 1
     # with t ~ U{1…T} a training batch rarely holds t = 1; on the CPU knowing that is free,
     # elsewhere it would cost a device sync, so there the decoder is always evaluated
@@ -100,24 +103,26 @@ def step_terms(
     return torch.where(at_one, rec, -kl)
 
 
-def _reconstruction(model, x0: Tensor, mean: Tensor, var_full: Tensor, event_dim: int) -> Tensor:
-    """log p_θ(x_0 | x_1) per datum, at the decoder's location and variance.
+def _one_per_datum(v: Tensor, x0: Tensor) -> bool:
+    """Whether ``v`` holds one value per datum (or one for all), broadcast over the event."""
+    return v.dim() == 0 or (v.dim() == x0.dim() and v.shape[1:].numel() == 1)
 
-    The decoder is built without argument validation: its arguments come from checked data
-    and schedule tables, and validating them (a ``.all()`` per constraint) would read device
-    values back every step. A non-finite result still surfaces in the loss, where it is read.
-    """
-    with pyro.validation_enabled(False):
-        dist = model.likelihood.distribution(mean, var_full.sqrt())
-        return _sum_event(dist.log_prob(x0), event_dim)
+
+def _per_datum(v: Tensor) -> Tensor:
+    return v.reshape(-1) if v.dim() else v
+
+
+def _reconstruction(model, x0: Tensor, mean: Tensor, var_full: Tensor, event_dim: int) -> Tensor:
+    """log p_θ(x_0 | x_1) per datum, at the decoder's location and variance
+    (:meth:`~pyrodiff.likelihoods.Likelihood.reconstruction`)."""
+    return model.likelihood.reconstruction(x0, mean, var_full.sqrt())
 
 
 def prior_kl(model, guide, x0: Tensor) -> Tensor:
-    """KL(q(x_T | x_0) ‖ p(x_T)) per datum, in closed form (DDPM's L_T)."""
+    """KL(q(x_T | x_0) ‖ p(x_T)) per datum, in closed form (DDPM's L_T;
+    :func:`pyrodiff.gaussian.prior_kl`)."""
     loc, scale = guide.marginal_moments(x0, model.num_steps)
-    p_loc, p_scale = model.prior_loc.to(x0), model.prior_scale.to(x0)
-    kl = gaussian_kl(loc, scale**2, p_loc, p_scale**2)
-    return _sum_event(kl.expand_as(x0), x0.dim() - 1)
+    return _gaussian_prior_kl(loc, scale, model.prior_loc.to(x0), model.prior_scale.to(x0))
 
 
 @dataclass(frozen=True)
@@ -252,10 +257,15 @@ class TimestepObjective(ELBO):
             raise DataError("this objective needs the data: call it as loss(model, guide, x0)")
         return x0
 
+    def _check_pair(self, model, guide) -> None:
+        """Raise :class:`~pyrodiff.errors.ModelMismatchError` unless this objective is correct
+        for the pair: here a Diffusion and a guide with closed-form factors."""
+        _check_closed_form_pair(model, guide)
+
     def _prepare(self, model, guide, args, kwargs) -> Tensor:
         """The checked data, repeated ``num_particles`` times along the batch."""
         x0 = self._data(args, kwargs)
-        _check_closed_form_pair(model, guide)
+        self._check_pair(model, guide)
         on_cpu = x0.device.type == "cpu"
         check_data(x0, model.event_shape, model.likelihood, name="x0", values=on_cpu)
         if self.num_particles > 1:

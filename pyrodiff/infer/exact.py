@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NotLinearGaussianError
-from ..gaussian import gaussian_kl, q_posterior_mean_coefs
+from ..gaussian import isotropic_gaussian_kl, prior_kl, q_posterior_mean_coefs
 from ..likelihoods import GaussianLikelihood
 from ..models.diffusion import Diffusion, ReverseVariance
 from ..networks import LinearDenoiser
@@ -121,13 +121,11 @@ def exact_elbo_terms(model: Diffusion, guide, x0: Tensor) -> ELBOTerms:
         r = c0 * x - c[t]
         e_sq = ((m_t @ M.T + r) ** 2).sum(-1) + v_t * (M**2).sum()
         post_var = sched.posterior_variance[t].double()
-        kl = 0.5 * (
-            D * (torch.log(var[t]) - torch.log(post_var) + post_var / var[t] - 1) + e_sq / var[t]
-        )
+        kl = isotropic_gaussian_kl(e_sq, post_var, var[t], D)
         diffusion.append(kl)
     q_T = guide.marginal(x, T)
     p_loc = model.prior_loc.double().to(A.device).expand(D)
-    p_var = model.prior_scale.double().to(A.device) ** 2
-    prior = gaussian_kl(q_T.loc, q_T.scale**2, p_loc, p_var.expand(D)).sum(-1)
+    p_scale = model.prior_scale.double().to(A.device).expand(D)
+    prior = prior_kl(q_T.loc, q_T.scale, p_loc, p_scale)
     diff = torch.stack(diffusion, 1) if diffusion else x.new_zeros(x.shape[0], 0)
     return ELBOTerms(reconstruction=rec, diffusion=diff, prior=prior, num_dims=D)

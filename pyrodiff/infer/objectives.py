@@ -1,8 +1,9 @@
-"""Training objectives for diffusion models, as Pyro objectives built on the ELBO's per-step terms.
+"""Training objectives for diffusion models beside the bound: L_simple, the hybrid, and the
+schedule-variance objective.
 
 With the forward chain as guide the negative ELBO is L = L_0 + Σ_{t=2}^T L_{t−1} + L_T
-(:mod:`pyrodiff.infer.elbo`). For t ≥ 2 each KL splits into a part that depends on the mean
-and one that does not:
+(:mod:`pyrodiff.infer.elbo`). For t ≥ 2 each KL with a fixed variance is a constant plus a
+weighted squared error of the mean (:func:`pyrodiff.gaussian.isotropic_gaussian_kl`):
 
     L_{t−1} = C_t(σ_t²) + ‖μ̃_t − μ_θ‖² / (2σ_t²),
     C_t(σ²) = Σ_d KL(N(0, β̃_t) ‖ N(0, σ²)) = (D/2)(log(σ²/β̃_t) + β̃_t/σ² − 1),
@@ -14,8 +15,10 @@ and g_t = ∂x̂_0/∂ŷ: −√(1 − ᾱ_t)/√ᾱ_t for ε, 1 for x_0, −√
     ‖y − ŷ‖² = λ_t (L_{t−1} − C_t),     λ_t = 2σ_t² / (c_0(t)² g_t²),
 
 which for ε and σ_t² fixed is DDPM's λ_t = 2σ_t² α_t (1 − ᾱ_t) / β_t². :class:`SimpleLoss`
-is exactly this reweighting of the same one-sample terms the ELBO uses; :class:`HybridLoss`
-adds λ times the bound with the mean detached, which trains a learned variance.
+computes the squared error itself, ‖y − ŷ‖² = ‖μ̃_t − μ_θ‖² / b_t² with b_t = c_0(t) g_t, at the
+draw the bound's one-sample terms use (EDM's form: a weight times a squared error);
+:class:`HybridLoss` adds λ times the bound with the mean detached, which trains a learned
+variance.
 
 Objectives here are ``pyro.infer.ELBO`` subclasses so SVI takes them as ``loss=``, and
 ``Objective()(model, guide)`` is an ``nn.Module``; but only :class:`~pyrodiff.infer.DiffusionELBO`
@@ -25,15 +28,23 @@ Objectives here are ``pyro.infer.ELBO`` subclasses so SVI takes them as ``loss=`
 
 from __future__ import annotations
 
+import enum
+
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
-from ..gaussian import coef, gaussian_kl, reverse_mean_coefs
-from .elbo import TimestepObjective, _sum_event, prior_kl, step_terms
+from ..errors import ConfigError, ModelMismatchError
+from ..gaussian import reverse_mean_coefs, sum_event
+from .elbo import DiffusionELBO, TimestepObjective, prior_kl, step_terms
 from .timesteps import TimestepSampler
 
-__all__ = ["HybridLoss", "SimpleLoss", "simple_weights"]
+__all__ = [
+    "HybridLoss",
+    "ScheduleObjective",
+    "ScheduleVarianceELBO",
+    "SimpleLoss",
+    "simple_weights",
+]
 
 
 def simple_weights(model, t: Tensor, like: Tensor, variance: Tensor) -> Tensor:
@@ -50,43 +61,34 @@ def simple_weights(model, t: Tensor, like: Tensor, variance: Tensor) -> Tensor:
     return 2.0 * variance / b**2
 
 
-def _reference_variance(model, t: Tensor, x0: Tensor, var: Tensor) -> Tensor:
-    """The per-step σ_t² that weights the mean: the model's own if it is per step (detached),
-    β_t if it varies over the datum (LEARNED_RANGE), where no single λ_t exists."""
-    per_step = var.flatten(1).shape[1] == 1 if var.dim() > 1 else True
-    if per_step:
-        return var.detach().reshape((x0.shape[0],) + (1,) * (x0.dim() - 1))
-    return coef(model.schedule.betas, t, x0)
+class _SimpleLossTerm(TimestepObjective):
+    """Shared by the reweighted objectives: the L_simple part of one draw of (t, x_t)."""
+
+    def _simple(self, model, guide, x0, t, x_t, mean) -> Tensor:
+        """Per-datum ‖y − ŷ‖² = ‖μ̃_t − μ_θ‖² / b_t², a squared error with the weight 1/b_t²
+        (the mean trained, the variance untouched).
+
+        μ̃_t is the forward posterior mean (x_0 itself at t = 1, where the decoder's Gaussian
+        quadratic is used in place of its NLL, as in DDPM) and b_t the reverse mean's slope in
+        the denoiser's output (:func:`~pyrodiff.gaussian.reverse_mean_coefs`), so that
+        μ̃_t − μ_θ = b_t (y − ŷ).
+        """
+        target = x0
+        if model.num_steps >= 2:
+            post_loc, _ = guide.posterior_moments(x0, x_t, t.clamp(min=2))
+            at_one = (t == 1).reshape((-1,) + (1,) * (x0.dim() - 1))
+            target = torch.where(at_one, x0, post_loc)
+        _, b = reverse_mean_coefs(model.parameterization, model.schedule, t, x0)
+        return sum_event(((target - mean) / b) ** 2, x0.dim() - 1)
 
 
-class _TimestepObjective(TimestepObjective):
-    """Shared by the reweighted objectives: the L_simple part of a draw."""
-
-    def _simple(self, model, guide, x0, t, noise, mean, var) -> Tensor:
-        """Per-datum ‖y − ŷ‖² as λ_t (L_{t−1} − C_t), the mean trained, the variance not."""
-        ref = _reference_variance(model, t, x0, var)
-        lam = simple_weights(model, t, x0, ref).flatten()
-        neg_l = step_terms(model, guide, x0, t, noise, moments=(mean, ref))
-        t_safe = t.clamp(min=2) if model.num_steps >= 2 else t
-        loc, scale = guide.marginal_moments(x0, t)
-        _, post_scale = guide.posterior_moments(x0, loc + scale * noise, t_safe)
-        zero = torch.zeros_like(x0)
-        post_var = (post_scale**2).expand_as(x0)
-        const = _sum_event(gaussian_kl(zero, post_var, zero, ref.expand_as(x0)), x0.dim() - 1)
-        # t = 1: the decoder's NLL is not a KL. As DDPM did, use the Gaussian density in its
-        # place (its quadratic ‖x_0 − μ‖²/(2σ²), the normaliser dropped), which gives the
-        # same ‖y − ŷ‖² at every t.
-        rec = _sum_event(gaussian_kl(x0, ref.expand_as(x0), mean, ref.expand_as(x0)), x0.dim() - 1)
-        return lam * torch.where(t == 1, rec, -neg_l - const)
-
-
-class SimpleLoss(_TimestepObjective):
+class SimpleLoss(_SimpleLossTerm):
     """DDPM's L_simple, E_{t~U{1…T}} E_ε ‖y − ŷ_θ(x_t, t)‖², summed over the batch.
 
     y is the denoiser's target (ε, x_0 or v, following the model's parameterisation), so for
     ε-prediction this is Ho et al.'s loss (summed over dimensions, not averaged). It is
-    computed as a reweighting of the bound's own one-sample terms, λ_t (L_{t−1} − C_t) (see
-    the module docstring); at t = 1 the decoder term is replaced by the Gaussian density's
+    computed as ‖μ̃_t − μ_θ‖² / b_t², which equals λ_t (L_{t−1} − C_t) of the bound's own terms
+    (see the module docstring); at t = 1 the decoder term is replaced by the Gaussian density's
     quadratic, as in DDPM, so on quantised data L_simple ignores the discretisation. With a
     non-uniform timestep sampler the draws are weighted by w(t)/T, so the estimate stays
     unbiased for the uniform-t objective.
@@ -102,13 +104,14 @@ class SimpleLoss(_TimestepObjective):
         t, weight = self.timesteps.sample(x0.shape[0], T, x0.device)
         noise = torch.randn_like(x0)
         loc, scale = guide.marginal_moments(x0, t)
-        mean, var = model.reverse_moments(loc + scale * noise, t)
-        simple = self._simple(model, guide, x0, t, noise, mean, var)
+        x_t = loc + scale * noise
+        mean, _ = model.reverse_moments(x_t, t)
+        simple = self._simple(model, guide, x0, t, x_t, mean)
         self.timesteps.update(t, simple.detach())
         return weight.to(simple.dtype) / T * simple
 
 
-class HybridLoss(_TimestepObjective):
+class HybridLoss(_SimpleLossTerm):
     """Improved DDPM's L_hybrid = L_simple + λ L_vlb, with the mean detached in L_vlb.
 
     Per datum and one draw of (t, x_t): (w(t)/T) ‖y − ŷ‖² + λ (w(t) L_{t−1}(sg[μ_θ], σ_θ) + L_T),
@@ -140,9 +143,94 @@ class HybridLoss(_TimestepObjective):
         weight = weight.to(x0.dtype)
         noise = torch.randn_like(x0)
         loc, scale = guide.marginal_moments(x0, t)
-        mean, var = model.reverse_moments(loc + scale * noise, t)
-        simple = self._simple(model, guide, x0, t, noise, mean, var)
+        x_t = loc + scale * noise
+        mean, var = model.reverse_moments(x_t, t)
+        simple = self._simple(model, guide, x0, t, x_t, mean)
         bound = step_terms(model, guide, x0, t, noise, moments=(mean.detach(), var))
         self.timesteps.update(t, bound.detach())
         vlb = -(weight * bound) + prior_kl(model, guide, x0)
         return weight / T * simple + self.lam * vlb
+
+
+# --- training a learned schedule's interior for low variance (discrete and continuous time) ----
+#
+# One idea, VDM's (Kingma et al. 2021, §5): the ELBO depends on a learned schedule's interior
+# shape η weakly (T steps) or not at all (T = ∞), so η can follow the estimator's second moment
+# E[ℓ²] instead of E[ℓ]; E[ℓ] is unchanged where it does not depend on η, and then ∇_η E[ℓ²] =
+# ∇_η Var(ℓ). The value of the loss stays the bound; only η's gradient is re-routed. In
+# continuous time ρ(t_n) is one number per datum, so the per-datum factor 2ℓ_n is applied where
+# ρ enters (one backward pass, :class:`ScaleGradient`, used by
+# :class:`~pyrodiff.infer.ContinuousELBO`); a discrete table is shared by the whole batch, so
+# there the second moment's gradient is taken separately (:class:`ScheduleVarianceELBO`).
+
+
+class ScheduleObjective(enum.Enum):
+    """What a learned schedule's interior is trained on."""
+
+    BOUND = "bound"
+    """the gradient of the bound, like every other parameter. In continuous time the bound does
+    not depend on the interior (only on λ(0), λ(1)), so this gradient is zero in expectation:
+    the interior only drifts with the noise."""
+    VARIANCE = "variance"
+    """VDM's variance-minimising objective: the interior η gets ∇_η E[L̂²] of the one-sample
+    diffusion loss L̂, which equals ∇_η Var(L̂) because E[L̂] does not depend on η; the ends and
+    the network get the gradient of the bound. Needs a schedule with a separable interior
+    (:class:`~pyrodiff.schedules.LearnedLogSNR`) and a model conditioned on λ. For a discrete
+    learned schedule the same objective is :class:`ScheduleVarianceELBO`."""
+
+
+class ScaleGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by a per-datum factor that is only
+    known after the forward pass has finished (it is the loss itself)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, holder: list) -> Tensor:
+        ctx.holder = holder
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.holder[0].to(grad.dtype), None
+
+
+class ScheduleVarianceELBO(DiffusionELBO):
+    """DiffusionELBO in which the learned schedule's *shape* follows the estimator's variance.
+
+    Every parameter but the interior shape of the guide's
+    :class:`~pyrodiff.guides.LearnedSchedule` gets the gradient of the usual loss
+    Σ_n ℓ_n, ℓ_n = KL_prior,n − w(t_n) · term_n (−ELBO, unbiased). The shape parameters get the
+    gradient of the batch's second moment mean_n ℓ_n² instead. In continuous time the ELBO
+    depends only on the schedule's end points (VDM, Kingma et al. 2021, eq. 17), so there the
+    second moment differs from the variance by a constant and this minimises the variance of
+    the estimator, leaving the bound unchanged (VDM §5, not in its released code). With T
+    discrete steps the ELBO does depend weakly on the interior; this option trades that
+    dependence for a less noisy estimator. The value returned is the usual loss; only the
+    gradient is re-routed, by a zero-valued surrogate term.
+
+    Correct for the pairs :class:`~pyrodiff.infer.DiffusionELBO` accepts whose guide has a
+    ``LearnedSchedule``; it matters most when the model shares that schedule (VDM's setting).
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        schedule = getattr(guide, "schedule", None)
+        if not hasattr(schedule, "parameters_of_shape"):
+            raise ModelMismatchError(
+                "ScheduleVarianceELBO trains a learned schedule: the guide needs a LearnedSchedule "
+                f"(LearnedScheduleGuide); got {type(guide).__name__}"
+            )
+        x0 = self._prepare(model, guide, args, kwargs)
+        ell = self.per_datum_loss(model, guide, x0)
+        loss = ell.sum() / self.num_particles
+        shape = [p for p in schedule.parameters_of_shape() if p.requires_grad]
+        if not shape or not torch.is_grad_enabled():
+            return loss
+        g_loss = torch.autograd.grad(loss, shape, retain_graph=True, allow_unused=True)
+        g_var = torch.autograd.grad(ell.pow(2).mean(), shape, retain_graph=True, allow_unused=True)
+        reroute = sum(
+            ((gv if gv is not None else 0.0) - (gl if gl is not None else 0.0))
+            .detach()
+            .mul(p)
+            .sum()
+            for p, gl, gv in zip(shape, g_loss, g_var, strict=True)
+        )
+        return loss + reroute - reroute.detach()

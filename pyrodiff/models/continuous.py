@@ -1,6 +1,6 @@
-"""A diffusion model in continuous time, t ∈ [0, 1], over a log-SNR schedule γ(t) (VDM).
+"""A diffusion model in continuous time, t ∈ [0, 1], over a log-SNR schedule λ(t) (VDM).
 
-The latents are z_t = α_t x + σ_t ε with α_t² = sigmoid(−γ(t)), σ_t² = sigmoid(γ(t)). The
+The latents are z_t = α_t x + σ_t ε with α_t² = sigmoid(λ(t)), σ_t² = sigmoid(−λ(t)). The
 model is p(z_1) (the prior), a reverse process that at every step uses the forward posterior
 with the data replaced by the denoiser's estimate x̂_θ(z_t; t), and the decoder p(x | z_0). Its
 T = ∞ bound is :class:`~pyrodiff.infer.ContinuousELBO`; evaluated at T steps it is an ordinary
@@ -11,6 +11,7 @@ tool (Trace_ELBO, elbo_terms, the samplers, IWAE) takes unchanged.
 from __future__ import annotations
 
 import enum
+import warnings
 
 import torch
 from pyro.nn import PyroModule
@@ -19,8 +20,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..gaussian import Parameterization
 from ..likelihoods import GaussianLikelihood, Likelihood
-from ..modules import child, pyro_method
-from ..schedules import LinearLogSNR, LogSNRSchedule, discrete_times
+from ..modules import batch_size_argument, child, pyro_method
+from ..schedules import LinearLogSNR, LogSNRSchedule, alpha_sigma, discrete_times
 from ..validation import check_data
 from .diffusion import Diffusion, ReverseVariance
 
@@ -35,9 +36,9 @@ class Conditioning(enum.Enum):
     """What the denoiser is told about the noise level of z_t."""
 
     LOG_SNR = "log_snr"
-    """1000 (γ(t) − γ_lo)/(γ_hi − γ_lo), with γ_lo, γ_hi the schedule's ends at construction:
-    the network is a function of the noise level alone, so the T = ∞ bound depends on the
-    schedule only through γ(0) and γ(1) (VDM, eq. 17). The default."""
+    """1000 (λ_0 − λ(t))/(λ_0 − λ_1), with λ_0 = λ(0), λ_1 = λ(1) the schedule's ends at
+    construction: the network is a function of the noise level alone, so the T = ∞ bound depends
+    on the schedule only through λ(0) and λ(1) (VDM, eq. 17). The default."""
     TIME = "time"
     """1000 t: the network is a function of t; changing the schedule's interior then changes
     which noise level each input means, and the bound with it."""
@@ -55,7 +56,7 @@ class ContinuousDiffusion(PyroModule):
         denoiser: an ``nn.Module`` with ``forward(z_t, c) -> tensor shaped like z_t``, where
             ``c`` (shape (batch,)) is the time feature chosen by ``conditioning``: the
             networks of :mod:`pyrodiff.networks` as they are.
-        schedule: the log-SNR schedule γ(t); VDM's linear one from −13.3 to 5 unless given.
+        schedule: the log-SNR schedule λ(t); VDM's linear one from 13.3 to −5 unless given.
         likelihood: the decoder's family; Gaussian unless given.
         parameterization: what the denoiser predicts (ε, x or v).
         conditioning: what the denoiser is told about the noise level.
@@ -86,7 +87,7 @@ class ContinuousDiffusion(PyroModule):
         schedule = LinearLogSNR() if schedule is None else schedule
         if not isinstance(schedule, LogSNRSchedule):
             raise ConfigError(
-                f"schedule must be a LogSNRSchedule (γ(t) on [0, 1]), got {type(schedule).__name__}"
+                f"schedule must be a LogSNRSchedule (λ(t) on [0, 1]), got {type(schedule).__name__}"
             )
         discrete_times(num_steps)  # checks T >= 2
         if event_shape is None:
@@ -106,45 +107,66 @@ class ContinuousDiffusion(PyroModule):
         self.prior_loc = float(prior_loc)
         self.prior_scale = float(prior_scale)
         self.num_steps = int(num_steps)
-        lo, hi = (g.item() for g in schedule.endpoints())
-        self.conditioning_range = (lo, hi)
+        self.conditioning_range: tuple[float, float] | None = None
+        if conditioning is Conditioning.LOG_SNR:
+            start, end = schedule.endpoints()
+            if start.numel() != 1:
+                raise ConfigError(
+                    "Conditioning.LOG_SNR feeds the network one noise level per datum: it needs "
+                    "a scalar schedule; give a schedule per dimension Conditioning.TIME"
+                )
+            self.conditioning_range = (start.item(), end.item())
 
     @property
     def event_dim(self) -> int:
         return len(self.event_shape)
 
-    def network_input(self, t: Tensor, gamma: Tensor) -> Tensor:
-        """The time feature the denoiser is given at times ``t`` with log-SNR ``gamma``."""
+    def network_input(self, t: Tensor, log_snr: Tensor) -> Tensor:
+        """The time feature the denoiser is given at times ``t`` with log-SNR ``log_snr``."""
         if self.conditioning is Conditioning.TIME:
             return TIME_SCALE * t
-        lo, hi = self.conditioning_range
-        return TIME_SCALE * (gamma - lo) / (hi - lo)
+        start, end = self.conditioning_range
+        return TIME_SCALE * (start - log_snr) / (start - end)
 
     @pyro_method
-    def gamma_and_slope(self, t: Tensor, shape_hook=None) -> tuple[Tensor, Tensor]:
-        """(γ(t), γ′(t)) of the schedule; ``shape_hook`` goes to a learned schedule's interior
+    def log_snr_and_slope(self, t: Tensor, shape_hook=None) -> tuple[Tensor, Tensor]:
+        """(λ(t), λ′(t)) of the schedule; ``shape_hook`` goes to a learned schedule's interior
         (see :class:`~pyrodiff.schedules.LearnedLogSNR`)."""
         sched = child(self, "schedule")
         if shape_hook is None:
-            return sched.gamma_and_slope(t)
-        return sched.gamma_and_slope(t, shape_hook=shape_hook)
+            return sched.log_snr_and_slope(t)
+        return sched.log_snr_and_slope(t, shape_hook=shape_hook)
+
+    def gamma_and_slope(self, t: Tensor, shape_hook=None) -> tuple[Tensor, Tensor]:
+        """Deprecated: (γ, γ′) = (−λ, −λ′); use :meth:`log_snr_and_slope`."""
+        warnings.warn(
+            "gamma_and_slope is deprecated (γ = −λ); use log_snr_and_slope",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        lam, slope = self.log_snr_and_slope(t, shape_hook)
+        return -lam, -slope
 
     @pyro_method
     def schedule_endpoints(self) -> tuple[Tensor, Tensor]:
-        """(γ(0), γ(1)), differentiable for a learned schedule."""
+        """(λ(0), λ(1)), differentiable for a learned schedule."""
         return child(self, "schedule").endpoints()
 
     @pyro_method
-    def predict(self, z_t: Tensor, t: Tensor, gamma: Tensor) -> Tensor:
+    def predict(self, z_t: Tensor, t: Tensor, log_snr: Tensor) -> Tensor:
         """The denoiser's raw output (ε̂, x̂ or v̂) at per-datum times ``t`` (shape (batch,))."""
-        c = self.network_input(t, gamma).to(z_t.dtype)
+        c = self.network_input(t, log_snr).to(z_t.dtype)
         return child(self, "denoiser")(z_t, c)
 
-    def decoder(self, z_0: Tensor, gamma_0: Tensor):
-        """p(x | z_0): the likelihood at location z_0/α_0 and scale σ_0/α_0 = e^{γ_0/2}."""
-        alpha_0 = torch.sigmoid(-gamma_0).sqrt().to(z_0.dtype)
-        scale = torch.exp(0.5 * gamma_0).to(z_0.dtype)
-        return self.likelihood.distribution(z_0 / alpha_0, scale.expand_as(z_0))
+    def decoder_moments(self, z_0: Tensor, log_snr_0: Tensor) -> tuple[Tensor, Tensor]:
+        """(z_0/α_0, σ_0/α_0 = e^{−λ_0/2}): the location and scale of p(x | z_0)."""
+        alpha_0, _ = alpha_sigma(log_snr_0)
+        scale = torch.exp(-0.5 * log_snr_0).to(z_0.dtype)
+        return z_0 / alpha_0.to(z_0.dtype), scale.expand_as(z_0)
+
+    def decoder(self, z_0: Tensor, log_snr_0: Tensor):
+        """p(x | z_0): the likelihood at :meth:`decoder_moments`."""
+        return self.likelihood.distribution(*self.decoder_moments(z_0, log_snr_0))
 
     def discretize(self, num_steps: int | None = None) -> Diffusion:
         """This model at T steps: a :class:`~pyrodiff.Diffusion` over the schedule evaluated at
@@ -160,13 +182,14 @@ class ContinuousDiffusion(PyroModule):
         s = discrete_times(T)
         sched = self.schedule.discretize(T)
         with torch.no_grad():
-            gamma = -sched.log_snr.clone()
-            gamma[0] = gamma[1]  # index 0 is the data; no step reads it
-            inputs = self.network_input(s, gamma.to(s)).double()
+            lam = sched.log_snr.clone()
+            lam[0] = lam[1]  # index 0 is the data; no step reads it
+            inputs = self.network_input(s, lam.to(s)).double()
             log_var = torch.log(sched.posterior_variance.clamp(min=1e-300))
-            # the decoder's variance σ_0²/α_0² = e^{γ_0} (index 0 is unused)
-            log_var[:2] = gamma[1]
+            # the decoder's variance σ_0²/α_0² = e^{−λ_0} (index 0 is unused)
+            log_var[:2] = -lam[1]
         adapter = _DiscreteTimeDenoiser(self.denoiser, inputs, self.parameterization, sched)
+        # a fixed table, not a free parameter: these are VDM's variances, not learned ones
         model = Diffusion(
             adapter,
             sched,
@@ -176,19 +199,25 @@ class ContinuousDiffusion(PyroModule):
             event_shape=self.event_shape,
             prior_loc=self.prior_loc,
             prior_scale=self.prior_scale,
+            fixed_log_variance=log_var,
         )
-        # a fixed table, not a free parameter: these are VDM's variances, not learned ones
-        del model.log_variance
-        model.register_buffer("log_variance", log_var)
         # the new tables follow the shared denoiser's device (a no-op for the denoiser itself)
         device = next(self.denoiser.parameters(), torch.empty(0)).device
         return model.to(device)
 
-    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> Tensor:
-        """Run the model as a Pyro program at T = ``num_steps`` (sites ``"x_0"`` … ``"x_T"``)."""
+    def forward(
+        self,
+        x0: Tensor | None = None,
+        batch_size: int | None = None,
+        *,
+        num_samples: int | None = None,
+    ) -> Tensor:
+        """Run the model as a Pyro program at T = ``num_steps`` (sites ``"x_0"`` … ``"x_T"``);
+        ``batch_size`` draws when ``x0`` is not given (``num_samples=`` is its deprecated name)."""
+        batch_size = batch_size_argument(batch_size, num_samples)
         if x0 is not None:
             check_data(x0, self.event_shape, self.likelihood, name="x0")
-        return self.discretize()(x0, num_samples)
+        return self.discretize()(x0, batch_size)
 
     def config(self) -> dict:
         """A JSON-able description of the structure (not the weights)."""

@@ -16,11 +16,12 @@ from ..gaussian import (
     Parameterization,
     coef,
     coef_rows,
+    predict_x0,
     reverse_mean_table,
     schedule_table,
 )
 from ..likelihoods import GaussianLikelihood, Likelihood
-from ..modules import child, pyro_method
+from ..modules import batch_size_argument, child, pyro_method
 from ..schedules import NoiseSchedule
 from ..validation import check_data
 
@@ -64,6 +65,8 @@ class Diffusion(PyroModule):
         variance: the reverse variance σ_t².
         event_shape: the shape of one datum; read from ``denoiser.event_shape`` if omitted.
         prior_loc, prior_scale: p(x_T) = N(prior_loc, prior_scale² I); DDPM's N(0, I) by default.
+        fixed_log_variance: with ``variance=PER_STEP``, a table of log σ_t² (length T + 1) held
+            fixed as a buffer instead of learned (a continuous model's discretisation uses it).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class Diffusion(PyroModule):
         event_shape: tuple[int, ...] | None = None,
         prior_loc: float | Tensor = 0.0,
         prior_scale: float | Tensor = 1.0,
+        fixed_log_variance: Tensor | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(parameterization, Parameterization):
@@ -102,7 +106,18 @@ class Diffusion(PyroModule):
         self.register_buffer("prior_scale", torch.as_tensor(prior_scale, dtype=torch.float64))
         if (self.prior_scale <= 0).any():
             raise ConfigError(f"prior_scale must be positive, got {prior_scale!r}")
-        if variance is ReverseVariance.PER_STEP:
+        if fixed_log_variance is not None:
+            if variance is not ReverseVariance.PER_STEP:
+                raise ConfigError(
+                    f"fixed_log_variance is a PER_STEP table; got variance={variance.name}"
+                )
+            if tuple(fixed_log_variance.shape) != (schedule.num_steps + 1,):
+                raise ConfigError(
+                    f"fixed_log_variance must have shape (T + 1,) = ({schedule.num_steps + 1},), "
+                    f"got {tuple(fixed_log_variance.shape)}"
+                )
+            self.register_buffer("log_variance", fixed_log_variance)
+        elif variance is ReverseVariance.PER_STEP:
             self.log_variance = nn.Parameter(
                 torch.log(schedule.betas.detach().clamp(min=1e-20)).to(torch.get_default_dtype())
             )
@@ -183,9 +198,8 @@ class Diffusion(PyroModule):
         step, lets the coefficients be read as one number each instead of a gather."""
         step = t if at is None else at
         mean_table, var_table = tables
-        out = child(self, "denoiser")(x_t, t)
+        out, frac = self._split_output(child(self, "denoiser")(x_t, t))
         if self.variance is ReverseVariance.LEARNED_RANGE:
-            out, frac = out.chunk(2, dim=1)
             lo, hi = coef_rows(var_table, step, x_t)
             var = torch.exp(frac * hi + (1 - frac) * lo)
         elif self.variance is ReverseVariance.PER_STEP:
@@ -194,6 +208,21 @@ class Diffusion(PyroModule):
             var = coef(var_table, step, x_t)
         a, b = coef_rows(mean_table, step, x_t)
         return a * x_t + b * out, var
+
+    def _split_output(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(the output the mean reads, the variance fraction v or None): for LEARNED_RANGE the
+        denoiser returns twice the channels, the second half parameterising the variance."""
+        if self.variance is ReverseVariance.LEARNED_RANGE:
+            mean_out, frac = out.chunk(2, dim=1)
+            return mean_out, frac
+        return out, None
+
+    @pyro_method
+    def predict_x0(self, x_t: Tensor, t: int | Tensor) -> Tensor:
+        """x̂_0(x_t, t), the data the denoiser's output implies under the parameterisation, for
+        a LongTensor ``t`` of shape (batch,): what DDIM and other samplers step towards."""
+        out, _ = self._split_output(child(self, "denoiser")(x_t, t))
+        return predict_x0(self.parameterization, child(self, "schedule"), x_t, t, out)
 
     def prior(self, batch_size: int, like: Tensor | None = None) -> dist.Distribution:
         """p(x_T) = N(prior_loc, prior_scale² I) with batch shape (batch_size,)."""
@@ -215,14 +244,23 @@ class Diffusion(PyroModule):
 
     # --- the Pyro model ---------------------------------------------------------------------
 
-    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> Tensor:
-        """Run p_θ(x_{0:T}); returns x_0 (the observed data when ``x0`` is given)."""
+    def forward(
+        self,
+        x0: Tensor | None = None,
+        batch_size: int | None = None,
+        *,
+        num_samples: int | None = None,
+    ) -> Tensor:
+        """Run p_θ(x_{0:T}); returns x_0 (the observed data when ``x0`` is given, else
+        ``batch_size`` draws, one by default). ``num_samples=`` is the deprecated name of
+        ``batch_size``."""
+        batch_size = batch_size_argument(batch_size, num_samples)
         if x0 is not None:
             check_data(x0, self.event_shape, self.likelihood, name="x0")
             batch = x0.shape[0]
             like = x0
         else:
-            batch = 1 if num_samples is None else int(num_samples)
+            batch = 1 if batch_size is None else int(batch_size)
             like = self.prior_loc.to(torch.get_default_dtype())
         T = self.num_steps
         with pyro.plate("data", batch):

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..likelihoods import GaussianLikelihood, Likelihood
+from ..modules import batch_size_argument
 from ..validation import check_data
 
 __all__ = ["HierarchicalVAE"]
@@ -105,13 +106,21 @@ class HierarchicalVAE(PyroModule):
         """L, under the name the pair checks of :mod:`pyrodiff.validation` read."""
         return self.num_layers
 
-    def forward(self, x0: Tensor | None = None, num_samples: int | None = None) -> Tensor:
-        """Run p_θ(x_0, z_{1:L}); returns x_0 (the observed data when ``x0`` is given)."""
+    def forward(
+        self,
+        x0: Tensor | None = None,
+        batch_size: int | None = None,
+        *,
+        num_samples: int | None = None,
+    ) -> Tensor:
+        """Run p_θ(x_0, z_{1:L}); returns x_0 (the observed data when ``x0`` is given, else
+        ``batch_size`` draws; ``num_samples=`` is its deprecated name)."""
+        batch_size = batch_size_argument(batch_size, num_samples)
         if x0 is not None:
             check_data(x0, self.event_shape, self.likelihood, name="x0")
             N = x0.shape[0]
         else:
-            N = 1 if num_samples is None else int(num_samples)
+            N = 1 if batch_size is None else int(batch_size)
         L, dtype = self.num_layers, self.decoder.skip.weight.dtype
         with pyro.plate("data", N):
             top = torch.zeros(N, self.latent_dims[-1], dtype=dtype)

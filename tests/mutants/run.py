@@ -40,6 +40,8 @@ class Mutant:
 REF = "tests/test_reference_exact.py"
 ENUM = "tests/test_timestep_enumeration.py"
 PINNED = "tests/test_samplers_pinned.py"
+CONT = "tests/test_continuous.py"
+ONE_HOME = "tests/test_one_home.py"
 
 MUTANTS = [
     # the four bugs that once survived the whole suite
@@ -54,9 +56,9 @@ MUTANTS = [
     Mutant(
         "prior_kl_scale_not_squared",
         "squared vs not",
-        "pyrodiff/infer/elbo.py",
-        "kl = gaussian_kl(loc, scale**2, p_loc, p_scale**2)",
-        "kl = gaussian_kl(loc, scale**2, p_loc, p_scale)",
+        "pyrodiff/gaussian.py",
+        "kl = gaussian_kl(loc, scale**2, prior_loc, prior_scale**2)",
+        "kl = gaussian_kl(loc, scale**2, prior_loc, prior_scale)",
         (REF,),
     ),
     Mutant(
@@ -161,8 +163,8 @@ MUTANTS = [
         "gaussian_kl_sign",
         "sign",
         "pyrodiff/gaussian.py",
-        "torch.log(var_p) - torch.log(var_q)",
-        "torch.log(var_p) + torch.log(var_q)",
+        "torch.log(var_p) - torch.log(var_q) + (var_q",
+        "torch.log(var_p) + torch.log(var_q) + (var_q",
         ("tests/test_gaussian.py", REF),
     ),
     Mutant(
@@ -252,9 +254,9 @@ MUTANTS = [
     Mutant(
         "exact_kl_drops_log_posterior_variance",
         "dropped term",
-        "pyrodiff/infer/exact.py",
-        "torch.log(var[t]) - torch.log(post_var) + post_var",
-        "torch.log(var[t]) + post_var",
+        "pyrodiff/gaussian.py",
+        "num_dims * (torch.log(var_p) - torch.log(var_q) + var_q / var_p - 1)",
+        "num_dims * (torch.log(var_p) + var_q / var_p - 1)",
         (REF,),
     ),
     Mutant(
@@ -315,6 +317,63 @@ MUTANTS = [
         "torch.logsumexp(lw, 1) - math.log(num_samples)",
         "lw.mean(1)",
         ("tests/test_bounds.py",),
+    ),
+    # the single homes of the noise process (λ = +log SNR) and of the bound's end terms
+    Mutant(
+        "log_snr_sign_flipped",
+        "sign",
+        "pyrodiff/schedules/log_snr.py",
+        "    return torch.sigmoid(log_snr)",
+        "    return torch.sigmoid(-log_snr)",
+        (CONT, ONE_HOME, "tests/test_learned_schedule.py"),
+    ),
+    Mutant(
+        "prior_kl_variance_not_squared",
+        "squared vs not",
+        "pyrodiff/gaussian.py",
+        "kl = gaussian_kl(loc, scale**2, prior_loc",
+        "kl = gaussian_kl(loc, scale, prior_loc",
+        (REF, CONT),
+    ),
+    Mutant(
+        "reconstruction_scale_squared",
+        "squared vs not",
+        "pyrodiff/likelihoods.py",
+        "self.distribution(loc, scale).log_prob(x0)",
+        "self.distribution(loc, scale**2).log_prob(x0)",
+        (REF, CONT),
+    ),
+    Mutant(
+        "continuous_decoder_scale_without_half",
+        "factor of 1/2",
+        "pyrodiff/models/continuous.py",
+        "scale = torch.exp(-0.5 * log_snr_0)",
+        "scale = torch.exp(-log_snr_0)",
+        (CONT,),
+    ),
+    Mutant(
+        "isotropic_kl_squared_error_without_its_weight",
+        "dropped factor",
+        "pyrodiff/gaussian.py",
+        "+ sq_dist / var_p",
+        "+ sq_dist",
+        (REF,),
+    ),
+    Mutant(
+        "simple_loss_weight_not_squared",
+        "squared vs not",
+        "pyrodiff/infer/objectives.py",
+        "((target - mean) / b) ** 2",
+        "(target - mean) ** 2 / b",
+        ("tests/test_objectives.py",),
+    ),
+    Mutant(
+        "grey_level_step_off_by_one",
+        "off-by-one",
+        "pyrodiff/likelihoods.py",
+        "return (high - low) / (num_levels - 1)",
+        "return (high - low) / num_levels",
+        (ONE_HOME, "tests/test_data.py"),
     ),
     # state not restored
     Mutant(
