@@ -203,7 +203,9 @@ def bench_continuous_step(
     data = load_digits()
     torch.manual_seed(0)
     lik = DiscretizedGaussianLikelihood(data.num_levels)
-    model = ContinuousDiffusion(UNetDenoiser(1, 8, base=32), LinearLogSNR(-13.3, 5.0), lik)
+    model = ContinuousDiffusion(
+        UNetDenoiser(1, 8, base=32), LinearLogSNR(log_snr_start=13.3, log_snr_end=-5.0), lik
+    )
     model = model.to(device)
     x = data.train[:128].to(device=device, dtype=torch.float32)
     pyro.clear_param_store()

@@ -48,9 +48,11 @@ def bound_bits(model, x: torch.Tensor, passes: int, seed: int) -> tuple[float, f
 def build(args) -> ContinuousDiffusion:
     net = UNetDenoiser(1, 8, base=args.width, fourier_exponents=tuple(args.fourier))
     if args.schedule == "learned":
-        schedule = LearnedLogSNR(args.gamma_min, args.gamma_max, endpoints=Endpoints.LEARNED)
+        schedule = LearnedLogSNR(
+            log_snr_start=-args.gamma_min, log_snr_end=-args.gamma_max, endpoints=Endpoints.LEARNED
+        )
     else:
-        schedule = LinearLogSNR(args.gamma_min, args.gamma_max)
+        schedule = LinearLogSNR(log_snr_start=-args.gamma_min, log_snr_end=-args.gamma_max)
     return ContinuousDiffusion(net, schedule, likelihood=args.likelihood)
 
 
@@ -64,8 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fourier", type=int, nargs="*", default=[3, 4, 5],
                         help="Fourier-feature exponents n (sin/cos of 2^n π x)")  # fmt: skip
     parser.add_argument("--schedule", choices=["learned", "linear"], default="learned")
-    parser.add_argument("--gamma-min", type=float, default=-13.3)
-    parser.add_argument("--gamma-max", type=float, default=5.0)
+    parser.add_argument("--gamma-min", type=float, default=-13.3, help="γ(0) = −λ(0), VDM's sign")
+    parser.add_argument("--gamma-max", type=float, default=5.0, help="γ(1) = −λ(1), VDM's sign")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test", action="store_true", help="read the test split at the end")
     parser.add_argument("--out", type=Path, default=Path("outputs/continuous_digits"))

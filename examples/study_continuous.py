@@ -63,6 +63,7 @@ NAME = "study_continuous"
 @dataclass(frozen=True)
 class ContinuousStudyConfig:
     gamma_min: float = -13.3
+    """γ(0) = −λ(0): the results files record the ends as VDM's γ"""
     gamma_max: float = 5.0
     steps_list: tuple[int, ...] = (10, 100, 1000)
     num_train: int = 20_000
@@ -97,6 +98,11 @@ class ContinuousStudyConfig:
             seed=seed,
             check_convergence=False,
         )
+
+
+def _ends(cfg: ContinuousStudyConfig) -> dict[str, float]:
+    """The schedule's ends as pyrodiff's log-SNR λ = −γ."""
+    return {"log_snr_start": -cfg.gamma_min, "log_snr_end": -cfg.gamma_max}
 
 
 def train(
@@ -139,7 +145,7 @@ def continuous_bound(model, x: torch.Tensor, passes: int, seed: int) -> tuple[to
 def variance_schedule(model, train_x, cfg: ContinuousStudyConfig) -> LearnedLogSNR:
     """A learned interior at the model's ends, trained (network frozen) on the variance
     objective only."""
-    sched = LearnedLogSNR(cfg.gamma_min, cfg.gamma_max, hidden=32, endpoints=Endpoints.FIXED)
+    sched = LearnedLogSNR(**_ends(cfg), hidden=32, endpoints=Endpoints.FIXED)
     probe = with_schedule(model, sched)
     loss = ContinuousELBO(schedule_objective=ScheduleObjective.VARIANCE)
     opt = torch.optim.Adam(sched.parameters_of_shape(), lr=1e-2)
@@ -177,7 +183,7 @@ def run(cfg: ContinuousStudyConfig) -> tuple[list[dict], dict]:
     def train_budget(updates: int) -> Trained:
         torch.manual_seed(cfg.seed)  # the same initial network and batches for every budget
         net = MLPDenoiser(2, hidden=cfg.hidden, depth=cfg.depth)
-        model = ContinuousDiffusion(net, LinearLogSNR(cfg.gamma_min, cfg.gamma_max))
+        model = ContinuousDiffusion(net, LinearLogSNR(**_ends(cfg)))
         start = time.process_time()
         train(model, data.train, cfg, updates)
         minutes = (time.process_time() - start) / 60
@@ -211,8 +217,8 @@ def run(cfg: ContinuousStudyConfig) -> tuple[list[dict], dict]:
     rows.append(_row("gap_vs_T", "T = ∞", None, bound.double(), log_p, neg_h, spread))
     learned = variance_schedule(model, data.train, cfg)
     for name, sched in (
-        ("linear", LinearLogSNR(cfg.gamma_min, cfg.gamma_max)),
-        ("cosine", CosineLogSNR(cfg.gamma_min, cfg.gamma_max)),
+        ("linear", LinearLogSNR(**_ends(cfg))),
+        ("cosine", CosineLogSNR(**_ends(cfg))),
         ("learned (variance objective)", learned),
     ):
         bound, spread = continuous_bound(with_schedule(model, sched), x, cfg.passes, cfg.seed + 3)

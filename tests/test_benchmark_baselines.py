@@ -57,7 +57,9 @@ def test_the_plain_vdm_loss_equals_continuous_elbo(levels):
     torch.manual_seed(0)
     net = MLPDenoiser(2, hidden=16, depth=2, time_dim=8)
     lik = DiscretizedGaussianLikelihood(levels) if levels else None
-    model = ContinuousDiffusion(net, LinearLogSNR(-13.3, 5.0), likelihood=lik)
+    model = ContinuousDiffusion(
+        net, LinearLogSNR(log_snr_start=13.3, log_snr_end=-5.0), likelihood=lik
+    )
     x = torch.randn(7, 2).clamp(-1, 1)
     if levels:
         x = torch.round((x + 1) / 2 * (levels - 1)) / (levels - 1) * 2 - 1

@@ -512,7 +512,7 @@ def _load_samples(path: Path, dataset) -> torch.Tensor:
         raise ConfigError(f"cannot read samples {path}: {exc}") from None
     x = torch.as_tensor(array)
     if dataset.num_levels:
-        x = -1.0 + 2.0 * x.double() / (dataset.num_levels - 1)
+        return dataset.from_levels(x, torch.get_default_dtype())
     return x.to(torch.get_default_dtype())
 
 

@@ -29,6 +29,7 @@ from ..train.options import MIN_EVAL_EVERY
 from ..validation import parse_enum
 from .builders import (
     CONTINUOUS_GAMMA_ENDS,
+    CONTINUOUS_LOG_SNR_ENDS,
     FOURIER_EXPONENTS,
     Built,
     build,
@@ -51,6 +52,7 @@ __all__ = [
     "CONFIG_NAME",
     "CONFIG_VERSION",
     "CONTINUOUS_GAMMA_ENDS",
+    "CONTINUOUS_LOG_SNR_ENDS",
     "CONTINUOUS_NUM_STEPS",
     "DIFFUSION_NUM_STEPS",
     "FOURIER_EXPONENTS",

@@ -16,6 +16,7 @@ from .run import RunConfig
 
 __all__ = [
     "CONTINUOUS_GAMMA_ENDS",
+    "CONTINUOUS_LOG_SNR_ENDS",
     "FOURIER_EXPONENTS",
     "Built",
     "build",
@@ -28,9 +29,13 @@ __all__ = [
     "load_data",
 ]
 
-CONTINUOUS_GAMMA_ENDS = (-13.3, 5.0)
-"""γ(0), γ(1) where a continuous model's learned log-SNR schedule starts (VDM's): at −13.3 the
-noise is far below one grey level of 8-bit data, at 5 the prior KL is negligible."""
+CONTINUOUS_LOG_SNR_ENDS = (13.3, -5.0)
+"""λ(0), λ(1) where a continuous model's learned log-SNR schedule starts (VDM's ends): at a
+log-SNR of 13.3 the noise is far below one grey level of 8-bit data, at −5 the prior KL is
+negligible."""
+
+CONTINUOUS_GAMMA_ENDS = tuple(-v for v in CONTINUOUS_LOG_SNR_ENDS)
+"""Deprecated: the same ends as γ = −λ (:data:`CONTINUOUS_LOG_SNR_ENDS`)."""
 
 FOURIER_EXPONENTS = (3, 4, 5)
 """Fourier features sin/cos(2^n π x) of quantised data for a continuous model: they resolve
@@ -133,7 +138,11 @@ def build_model(config: RunConfig, dataset) -> nn.Module:
         quantised = dataset.num_levels is not None
         return ContinuousDiffusion(
             build_denoiser(config, dataset.event_shape, FOURIER_EXPONENTS if quantised else ()),
-            LearnedLogSNR(*CONTINUOUS_GAMMA_ENDS, endpoints=Endpoints.LEARNED),
+            LearnedLogSNR(
+                log_snr_start=CONTINUOUS_LOG_SNR_ENDS[0],
+                log_snr_end=CONTINUOUS_LOG_SNR_ENDS[1],
+                endpoints=Endpoints.LEARNED,
+            ),
             likelihood=dataset.likelihood(),
             parameterization=config.parameterization,
             event_shape=dataset.event_shape,
