@@ -1,6 +1,6 @@
 """Sphinx configuration: the API reference from the docstrings, and the Markdown pages beside it.
 
-Build (what CI runs):  sphinx-build -W --keep-going -n -b html docs docs/_build/html
+Build (what CI runs):  sphinx-build -E -W --keep-going -n -b html docs docs/_build/html
 Nothing is fetched at build time: no intersphinx, and names of torch, Pyro and NumPy in type
 hints are left unlinked (see ``nitpick_ignore_regex``). MathJax is loaded by the browser.
 """
