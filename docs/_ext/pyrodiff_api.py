@@ -168,8 +168,13 @@ def _summary(obj: object) -> str:
     doc = inspect.getdoc(obj) or ""
     first = doc.strip().split("\n\n")[0].replace("\n", " ")
     # Roles relative to the object (":meth:`sample`") cannot resolve in the module's table.
-    first = _ROLE.sub(lambda m: f"``{m.group(1).lstrip('~')}``", first)
+    first = _ROLE.sub(_absolute_role_or_literal, first)
     return _escape_line(first)
+
+
+def _absolute_role_or_literal(match: re.Match) -> str:
+    target = match.group(1).lstrip("~")
+    return match.group(0) if target.startswith(PACKAGE + ".") else f"``{target}``"
 
 
 _ROLE = re.compile(r":(?:py:)?\w+:`(?:[^`<]*<)?([^`>]+)>?`")
