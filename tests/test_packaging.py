@@ -186,12 +186,13 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     pytest.importorskip("build")
     dist = tmp_path / "dist"
     # sdist first, then the wheel from the unpacked sdist: a file missing from the sdist fails
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(ROOT)],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=600,
     )
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     (wheel_path,) = dist.glob("pyrodiff-*.whl")
     (sdist_path,) = dist.glob("pyrodiff-*.tar.gz")
     with tarfile.open(sdist_path) as sdist:
