@@ -155,7 +155,7 @@ def _check_metadata(wheel: zipfile.ZipFile) -> None:
     classifiers = meta.get_all("Classifier")
     assert "Typing :: Typed" in classifiers
     assert any(c.startswith("Programming Language :: Python :: 3.") for c in classifiers)
-    assert any(c.startswith("License ::") for c in classifiers)
+    assert meta["License-Expression"] == "MIT"
     assert meta["Description-Content-Type"] == "text/markdown"
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert meta.get_payload(decode=True).decode("utf-8").strip() == readme.strip()
