@@ -25,6 +25,7 @@ from torch import nn
 from .errors import DataError
 
 __all__ = [
+    "announce_parameters",
     "batch_size_argument",
     "child",
     "data_plate",
@@ -57,6 +58,24 @@ def child(owner: PyroModule, name: str) -> nn.Module:
             ctx.set(key, True)
             return getattr(owner, name)
     return module
+
+
+def announce_parameters(module: PyroModule) -> None:
+    """Issue ``module``'s ``pyro.param`` statements now, when a Pyro handler is listening.
+
+    For a module whose network runs outside the program's run (the density of
+    :class:`~pyrodiff.infer.DiffusionPrior` is evaluated when Pyro scores the trace, after the
+    run): announced during the run, its parameters are sites of the trace, so ``Trace_ELBO``
+    differentiates through them and ``SVI`` updates them even when nothing else in the program
+    has parameters.
+    """
+    if not am_i_wrapped():
+        return
+    with module._pyro_context:
+        for name in module._modules:
+            child(module, name)
+        for name in module._parameters:
+            getattr(module, name)
 
 
 def pyro_method(fn: _F) -> _F:

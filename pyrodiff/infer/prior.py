@@ -13,10 +13,12 @@ from __future__ import annotations
 import pyro.poutine as poutine
 import torch
 from pyro.distributions import TorchDistribution, constraints
+from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..guides import ForwardGuide
+from ..modules import announce_parameters
 from ..validation import check_data
 from .continuous import ContinuousELBO
 from .elbo import DiffusionELBO
@@ -72,9 +74,10 @@ class DiffusionPrior(TorchDistribution):
       is below it. Not under importance-weighted objectives (``RenyiELBO`` with α ≠ 1,
       ``TraceTMC_ELBO``, IWAE): they exponentiate log_prob, and E[exp(ℓ̂)] may exceed p_θ(z).
     - ``has_rsample`` is False: ``sample()`` carries no gradient. Let a guide draw z.
-    - Its parameters reach Pyro when log_prob is evaluated (Pyro scores a trace after the run,
-      still under ``SVI``'s parameter capture), so ``SVI`` trains them; give the model a
-      ``name`` when the program holds another pyrodiff model. Point parameters only: a model
+    - Built (or broadcast by a plate) inside a program's run, it records the model's (and the
+      guide's) parameters as sites of that run, so ``SVI`` trains them even when nothing else
+      in the program has parameters; give the model a ``name`` when the program holds another
+      pyrodiff model. Point parameters only: a model
       whose submodules have ``PyroSample`` attributes (a Bayesian denoiser) is refused, since
       log_prob runs outside the model's run; call the model itself for those.
     """
@@ -89,6 +92,8 @@ class DiffusionPrior(TorchDistribution):
         objective: DiffusionELBO | ContinuousELBO | None = None,
         batch_shape: tuple[int, ...] = (),
         validate_args: bool | None = None,
+        *,
+        _announce: bool = True,
     ) -> None:
         objective = _default_objective(model) if objective is None else objective
         if not isinstance(objective, (DiffusionELBO, ContinuousELBO)):
@@ -106,6 +111,12 @@ class DiffusionPrior(TorchDistribution):
                 "call the model itself (its literal chain) for those"
             )
         self.model, self.guide, self.objective = model, guide, objective
+        # built (or broadcast by a plate) inside a program's run: record the parameters there
+        self._announced = _announce and am_i_wrapped()
+        if self._announced:
+            announce_parameters(model)
+            if guide is not None:
+                announce_parameters(guide)
         super().__init__(
             torch.Size(batch_shape), torch.Size(model.event_shape), validate_args=validate_args
         )
@@ -115,8 +126,14 @@ class DiffusionPrior(TorchDistribution):
         return constraints.independent(constraints.real, len(self.event_shape))
 
     def expand(self, batch_shape, _instance=None) -> DiffusionPrior:
+        # a plate broadcasts the distribution in the run that built it: announced once is enough
         return DiffusionPrior(
-            self.model, self.guide, self.objective, torch.Size(batch_shape), validate_args=False
+            self.model,
+            self.guide,
+            self.objective,
+            torch.Size(batch_shape),
+            validate_args=False,
+            _announce=not self._announced,
         )
 
     def log_prob(self, value: Tensor) -> Tensor:
