@@ -10,6 +10,9 @@ timestep-sampled estimate of ELBO_prior per datum, the same estimate (the same c
 
 from __future__ import annotations
 
+import weakref
+
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions import TorchDistribution, constraints
@@ -24,6 +27,17 @@ from .continuous import ContinuousELBO
 from .elbo import DiffusionELBO
 
 __all__ = ["DiffusionPrior", "reverse_chain"]
+
+
+_FORWARD_CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Each discrete model's own forward chain, built once: a distribution is built every run."""
+
+
+def _forward_chain(model) -> ForwardGuide:
+    chain = _FORWARD_CHAINS.get(model)
+    if chain is None or chain.schedule is not model.schedule:
+        chain = _FORWARD_CHAINS[model] = ForwardGuide(model.schedule)
+    return chain
 
 
 def _default_objective(model) -> DiffusionELBO | ContinuousELBO:
@@ -92,8 +106,6 @@ class DiffusionPrior(TorchDistribution):
         objective: DiffusionELBO | ContinuousELBO | None = None,
         batch_shape: tuple[int, ...] = (),
         validate_args: bool | None = None,
-        *,
-        _announce: bool = True,
     ) -> None:
         objective = _default_objective(model) if objective is None else objective
         if not isinstance(objective, (DiffusionELBO, ContinuousELBO)):
@@ -102,7 +114,7 @@ class DiffusionPrior(TorchDistribution):
                 f"a ContinuousELBO, got {type(objective).__name__}"
             )
         if guide is None and isinstance(objective, DiffusionELBO):
-            guide = ForwardGuide(model.schedule) if hasattr(model, "schedule") else None
+            guide = _forward_chain(model) if hasattr(model, "schedule") else None
         objective._check_pair(model, guide)
         if _has_global_sites(model):
             raise ConfigError(
@@ -111,30 +123,50 @@ class DiffusionPrior(TorchDistribution):
                 "call the model itself (its literal chain) for those"
             )
         self.model, self.guide, self.objective = model, guide, objective
-        # built (or broadcast by a plate) inside a program's run: record the parameters there
-        self._announced = _announce and am_i_wrapped()
-        if self._announced:
-            announce_parameters(model)
-            if guide is not None:
-                announce_parameters(guide)
+        self._announced = self._announce()
         super().__init__(
             torch.Size(batch_shape), torch.Size(model.event_shape), validate_args=validate_args
         )
+
+    def _announce(self) -> bool:
+        """Record the parameters in the program's run, if one is running (see the class doc).
+
+        Pyro's ELBOs differentiate only when a trace holds a parameter site, and the network
+        runs after the run. Once the parameters are in the param store, one site per module
+        marks the run as training them (the rest are recorded when log_prob runs, under SVI's
+        parameter capture); recording every tensor again would cost, for a small network, a
+        tenth of the update (measured with benchmarks/prior_step.py).
+        """
+        if not am_i_wrapped():
+            return False
+        store = pyro.get_param_store()
+        for module in (self.model, self.guide):
+            first = (
+                next((p for p in module.parameters() if p.requires_grad), None) if module else None
+            )
+            if first is None:
+                continue
+            name = store.param_name(first)
+            if name is None:
+                announce_parameters(module)  # first run: names every tensor in the store
+            else:
+                pyro.param(name, first)
+        return True
 
     @constraints.dependent_property(is_discrete=False, event_dim=0)
     def support(self):
         return constraints.independent(constraints.real, len(self.event_shape))
 
     def expand(self, batch_shape, _instance=None) -> DiffusionPrior:
-        # a plate broadcasts the distribution in the run that built it: announced once is enough
-        return DiffusionPrior(
-            self.model,
-            self.guide,
-            self.objective,
-            torch.Size(batch_shape),
-            validate_args=False,
-            _announce=not self._announced,
+        # a plate broadcasts the distribution in the run that built it: checked and announced
+        # once is enough, and the expanded copy is made without repeating either
+        new = self._get_checked_instance(DiffusionPrior, _instance)
+        new.model, new.guide, new.objective = self.model, self.guide, self.objective
+        new._announced = self._announced or new._announce()
+        TorchDistribution.__init__(
+            new, torch.Size(batch_shape), self.event_shape, validate_args=False
         )
+        return new
 
     def log_prob(self, value: Tensor) -> Tensor:
         """One draw of the one-call ELBO estimate per datum, shape ``value``'s batch shape
