@@ -4,8 +4,7 @@ its data dimension lives in, its global sample sites, and the hook through which
 of :mod:`pyrodiff.infer` stand in for a whole chain.
 
 Private Pyro attributes read here, and why: ``PyroModule._pyro_context`` and
-``_pyro_get_fullname`` (announce a submodule once per run, :func:`child`), ``_pyro_name`` (the
-module's name in Pyro's convention, the prefix of its sites) and ``_pyro_samples`` (the
+``_pyro_get_fullname`` (announce a submodule once per run, :func:`child`) and ``_pyro_samples`` (the
 ``PyroSample`` attributes to draw outside the data plate, :func:`draw_global_sites`).
 """
 
@@ -114,11 +113,14 @@ def batch_size_argument(batch_size: int | None, num_samples: int | None) -> int 
 
 
 def site_name(module: PyroModule, base: str) -> str:
-    """``base`` under the module's Pyro name: ``"x_0"`` for an unnamed module (a top-level one
-    built without ``name``), ``"prior.x_0"`` for one named ``"prior"`` or held as the attribute
-    ``prior`` of a :class:`~pyro.nn.PyroModule` (Pyro's convention for parameters and
-    ``PyroSample`` sites, applied to the module's own sample sites)."""
-    prefix = module._pyro_name
+    """``base`` under the module's ``name``: ``"x_0"`` unnamed, ``"prior.x_0"`` for a module
+    built with ``name="prior"``.
+
+    Its parameters follow Pyro's convention (the name, or the attribute path once the module
+    is held by another :class:`~pyro.nn.PyroModule`); its sites keep the name it was built with,
+    so holding a model or guide inside a module of one's own never renames its sites, and a
+    guide's sites stay its model's."""
+    prefix = module.name
     return f"{prefix}.{base}" if prefix else base
 
 

@@ -554,3 +554,25 @@ def test_readme_inside_your_own_model_block_runs_as_written(capsys, monkeypatch,
     out = capsys.readouterr().out
     value = float(re.search(r"ELBO (-?\d+\.\d+) nats per datum", out).group(1))
     assert math.isfinite(value)
+
+
+def test_held_by_a_users_module_the_sites_keep_their_names_and_the_parameters_their_path():
+    """Pyro's convention for parameters (the attribute path), the built name for sites: a guide
+    wrapped in a module of one's own still lines up with its model."""
+    sched = linear_schedule(T)
+
+    class Holder(PyroModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = Diffusion(MLPDenoiser(D, hidden=8, depth=1, time_dim=8), sched, name="a")
+            self.second = Diffusion(MLPDenoiser(D, hidden=8, depth=1, time_dim=8), sched, name="b")
+
+        def forward(self, x):
+            self.first(x)
+            self.second(x)
+
+    tr = poutine.trace(Holder()).get_trace(torch.randn(3, D))
+    sites = {n for n, s in tr.nodes.items() if s["type"] == "sample"}
+    assert {"a.x_0", f"a.x_{T}", "b.x_0", f"b.x_{T}"} <= sites
+    params = [n for n, s in tr.nodes.items() if s["type"] == "param"]
+    assert params and all(n.startswith(("first.", "second.")) for n in params)

@@ -28,6 +28,7 @@ class ContinuousForwardGuide(PyroModule):
 
     def __init__(self, name: str = "") -> None:
         super().__init__(name)
+        self.name = name
 
     def forward(self, x0: Tensor | None = None, *args, **kwargs) -> None:
         hook = fast_bound_hook()

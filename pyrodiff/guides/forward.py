@@ -67,6 +67,7 @@ class ForwardGuide(PyroModule):
         event_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__(name)
+        self.name = name
         if not isinstance(order, ChainOrder):
             raise TypeError(f"order must be a ChainOrder, got {order!r}")
         self.schedule = schedule
@@ -78,7 +79,7 @@ class ForwardGuide(PyroModule):
     def for_model(cls, model) -> ForwardGuide:
         """The forward chain of ``model``'s schedule, under the model's name and with its event
         shape: the guide whose sites are the model's wherever the model sits."""
-        return cls(model.schedule, name=model._pyro_name, event_shape=tuple(model.event_shape))
+        return cls(model.schedule, name=model.name, event_shape=tuple(model.event_shape))
 
     @property
     def num_steps(self) -> int:

@@ -186,7 +186,9 @@ class LearnedGuide(PyroModule):
         time_dim: int = 32,
         name: str | None = None,
     ) -> None:
-        super().__init__(getattr(model, "_pyro_name", "") if name is None else name)
+        name = getattr(model, "name", "") if name is None else name
+        super().__init__(name)
+        self.name = name
         for attr in ("num_steps", "event_shape", "schedule"):
             if not hasattr(model, attr):
                 raise ModelMismatchError(
@@ -283,7 +285,9 @@ class HierarchicalVAEGuide(PyroModule):
         hidden: int = 128,
         name: str | None = None,
     ) -> None:
-        super().__init__(getattr(model, "_pyro_name", "") if name is None else name)
+        name = getattr(model, "name", "") if name is None else name
+        super().__init__(name)
+        self.name = name
         if not hasattr(model, "latent_dims") or not hasattr(model, "event_shape"):
             raise ModelMismatchError(
                 f"HierarchicalVAEGuide is built from a HierarchicalVAE, got {type(model).__name__}"

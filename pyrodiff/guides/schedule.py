@@ -228,6 +228,6 @@ class LearnedScheduleGuide(ForwardGuide):
         return cls(
             model.schedule,
             endpoints=endpoints,
-            name=model._pyro_name,
+            name=model.name,
             event_shape=tuple(model.event_shape),
         )

@@ -120,11 +120,11 @@ class _CollapsedChains:
         self.objective._check_guide(guide)
         _refuse_partial_handlers(guide, "guide", False)
         effects = _inspect()
-        self.guides[guide._pyro_name] = (guide, effects["scale"], effects["mask"])
+        self.guides[guide.name] = (guide, effects["scale"], effects["mask"])
 
     def model(self, model, x0: Tensor | None, batch: int) -> Tensor:
         self.seen_model = True
-        name = model._pyro_name
+        name = model.name
         entry = self.guides.get(name)
         guide = None if entry is None else entry[0]
         if entry is None and not hasattr(model, "log_snr_and_slope"):

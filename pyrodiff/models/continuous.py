@@ -89,6 +89,7 @@ class ContinuousDiffusion(PyroModule):
         name: str = "",
     ) -> None:
         super().__init__(name)
+        self.name = name
         if not isinstance(parameterization, Parameterization):
             raise ConfigError(
                 f"parameterization must be a Parameterization, got {parameterization!r}"
@@ -212,7 +213,7 @@ class ContinuousDiffusion(PyroModule):
             prior_loc=self.prior_loc,
             prior_scale=self.prior_scale,
             fixed_log_variance=log_var,
-            name=self._pyro_name,
+            name=self.name,
         )
         # the new tables follow the shared denoiser's device (a no-op for the denoiser itself)
         device = next(self.denoiser.parameters(), torch.empty(0)).device

@@ -60,9 +60,10 @@ class Diffusion(PyroModule):
     from the prior N(prior_loc, prior_scale² I), then ``"x_{t-1}"`` from the reverse kernel for
     t = T … 2, then ``"x_0"`` from the likelihood, observed when ``x0`` is given.
 
-    It is a sub-program the way Pyro's own modules are. A ``name`` (or being held as an
-    attribute of a :class:`~pyro.nn.PyroModule`) prefixes its parameters and its sites
-    (``"prior.x_0"``); unnamed, the sites are ``"x_0"`` … ``"x_T"``. Called inside a
+    It is a sub-program the way Pyro's own modules are. A ``name`` prefixes its sites
+    (``"prior.x_0"``; unnamed, ``"x_0"`` … ``"x_T"``) and its parameters (which, in Pyro's
+    convention, take the attribute path instead once a :class:`~pyro.nn.PyroModule` holds it;
+    the sites keep the name). Called inside a
     ``pyro.plate`` at the rightmost batch dimension it joins that plate (any name; subsampled,
     the plate scales it by N/B); outside one, data lives in its own ``pyro.plate("data")`` over
     the first dimension. Particle and ``Predictive`` plates broadcast it. ``PyroSample``
@@ -100,6 +101,7 @@ class Diffusion(PyroModule):
         name: str = "",
     ) -> None:
         super().__init__(name)
+        self.name = name
         if not isinstance(parameterization, Parameterization):
             raise ConfigError(
                 f"parameterization must be a Parameterization, got {parameterization!r}"

@@ -87,6 +87,7 @@ class HierarchicalVAE(PyroModule):
         name: str = "",
     ) -> None:
         super().__init__(name)
+        self.name = name
         dims = tuple(int(d) for d in latent_dims)
         if not dims or any(d < 1 for d in dims):
             raise ConfigError(
