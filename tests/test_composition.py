@@ -203,17 +203,21 @@ def test_diffusion_prior_log_prob_is_unbiased_for_the_exact_elbo_and_sample_runs
     assert not prior.has_rsample
 
 
-def test_a_program_whose_only_parameters_are_the_priors_trains_them():
+@pytest.mark.parametrize("built", ["outside, broadcast by a plate", "in the run, no plate"])
+def test_a_program_whose_only_parameters_are_the_priors_trains_them(built):
     """Trace_ELBO differentiates only when the traces hold parameter sites; the prior's network
     runs when Pyro scores the trace, after the run, so DiffusionPrior records its parameters in
-    the run itself (here built outside the program and broadcast by its plate)."""
+    the run itself: when a plate broadcasts it, and when it is built there."""
     model, _ = _pair()
-    prior = DiffusionPrior(model)
+    prebuilt = DiffusionPrior(model)
     x = torch.randn(8, D)
 
     def program(x):
-        with pyro.plate("batch", x.shape[0]):
-            pyro.sample("x", prior, obs=x)
+        if built.startswith("outside"):
+            with pyro.plate("batch", x.shape[0]):
+                pyro.sample("x", prebuilt, obs=x)
+        else:
+            pyro.sample("x", DiffusionPrior(model, batch_shape=(x.shape[0],)).to_event(1), obs=x)
 
     before = [p.detach().clone() for p in model.parameters()]
     svi = SVI(program, lambda x: None, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
