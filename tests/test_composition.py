@@ -25,6 +25,7 @@ from pyro.nn import PyroModule, PyroSample
 from pyrodiff import (
     ContinuousDiffusion,
     ContinuousForwardGuide,
+    DataError,
     Diffusion,
     DiffusionPrior,
     ForwardGuide,
@@ -580,3 +581,16 @@ def test_held_by_a_users_module_the_sites_keep_their_names_and_the_parameters_th
     assert {"a.x_0", f"a.x_{T}", "b.x_0", f"b.x_{T}"} <= sites
     params = [n for n, s in tr.nodes.items() if s["type"] == "param"]
     assert params and all(n.startswith(("first.", "second.")) for n in params)
+
+
+def test_data_that_disagree_with_the_enclosing_plate_are_one_clear_error():
+    """Inside pyro.plate(subsample_size=B) the model takes the subsample, not the full data."""
+    model, _ = _pair()
+    x = torch.randn(12, D)
+
+    def program(x):
+        with pyro.plate("batch", x.shape[0], subsample_size=4):
+            model(x)  # should be model(x[idx])
+
+    with pytest.raises(DataError, match=r"12 data inside pyro.plate\('batch'\) of size 4"):
+        poutine.trace(program).get_trace(x)
