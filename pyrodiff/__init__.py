@@ -29,6 +29,7 @@ from .guides import (
     LearnedSchedule,
     LearnedScheduleGuide,
 )
+from .infer import DiffusionPrior
 from .likelihoods import DiscretizedGaussianLikelihood, GaussianLikelihood
 from .models import (
     Conditioning,
@@ -62,6 +63,7 @@ __all__ = [
     "DataError",
     "DeviceError",
     "Diffusion",
+    "DiffusionPrior",
     "DiscretizedGaussianLikelihood",
     "ForwardGuide",
     "GaussianLikelihood",

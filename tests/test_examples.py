@@ -78,3 +78,21 @@ def test_outputs_go_to_outputs_unless_docs_are_asked_for():
         parser.parse_args(["--out", "/tmp/x", "--write-docs"])
     # outputs/ is ignored by git, so a default run leaves the tree clean
     assert "outputs/" in (root / ".gitignore").read_text().split()
+
+
+def test_latent_diffusion(tmp_path, capsys, load_example):
+    """The VAE with a diffusion prior and the one with N(0, I) train and report their test
+    bounds; bits/dim is −ELBO / (64 ln 2) of the printed ELBO, and the gain is their paired
+    difference."""
+    torch.set_default_dtype(torch.float32)
+    out = load_example("latent_diffusion").main(["--quick", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    for name in ("diffusion", "normal"):
+        r = out[name]
+        assert math.isfinite(r["test_elbo"]) and r["test_se"] > 0
+        assert r["test_bits_per_dim"] == pytest.approx(-r["test_elbo"] / (64 * math.log(2)))
+        assert f"{r['test_bits_per_dim']:.4f} bits/dim" in printed
+    assert out["gain_nats"] == pytest.approx(
+        out["diffusion"]["test_elbo"] - out["normal"]["test_elbo"], abs=1e-3
+    )
+    assert (tmp_path / "latent_diffusion.json").stat().st_size > 0

@@ -17,7 +17,14 @@ from ..gaussian import (
     q_posterior_moments,
     q_step,
 )
-from ..modules import batch_size_argument, child, pyro_method
+from ..modules import (
+    batch_size_argument,
+    child,
+    data_plate,
+    fast_bound_hook,
+    pyro_method,
+    site_name,
+)
 from ..schedules import NoiseSchedule
 
 __all__ = ["ChainOrder", "ForwardGuide"]
@@ -44,14 +51,35 @@ class ForwardGuide(PyroModule):
     program it exposes the closed forms that timestep-sampled estimators
     (:class:`~pyrodiff.infer.DiffusionELBO`) use: :meth:`marginal` q(x_t | x_0) and
     :meth:`posterior` q(x_{t−1} | x_t, x_0), and their moments as tensors.
+
+    As a sub-program it follows :class:`~pyrodiff.Diffusion`: ``name`` prefixes its sites (give
+    it the name of the model it serves), it joins an enclosing plate at the rightmost batch
+    dimension, and it runs on an x_0 that a user's guide drew, particle dimensions included
+    when it knows the data's ``event_shape`` (:meth:`for_model` gives it the model's name and
+    event shape); without it, x_0 is read as (batch, *event).
     """
 
-    def __init__(self, schedule: NoiseSchedule, order: ChainOrder = ChainOrder.TOP_DOWN) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        order: ChainOrder = ChainOrder.TOP_DOWN,
+        name: str = "",
+        event_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.name = name
         if not isinstance(order, ChainOrder):
             raise TypeError(f"order must be a ChainOrder, got {order!r}")
         self.schedule = schedule
         self.order = order
+        if event_shape is not None:
+            self.event_shape = tuple(int(s) for s in event_shape)
+
+    @classmethod
+    def for_model(cls, model) -> ForwardGuide:
+        """The forward chain of ``model``'s schedule, under the model's name and with its event
+        shape: the guide whose sites are the model's wherever the model sits."""
+        return cls(model.schedule, name=model.name, event_shape=tuple(model.event_shape))
 
     @property
     def num_steps(self) -> int:
@@ -91,13 +119,23 @@ class ForwardGuide(PyroModule):
             raise DataError("the forward-chain guide needs the data x0: it is q(x_{1:T} | x_0)")
         sched = self.schedule
         T = sched.num_steps
-        event_dim = x0.dim() - 1
-        with pyro.plate("data", x0.shape[0]):
-            if self.order is ChainOrder.TOP_DOWN:
-                x = pyro.sample(f"x_{T}", q_marginal(sched, x0, T).to_event(event_dim))
+        shape = getattr(self, "event_shape", None)
+        event_dim = x0.dim() - 1 if shape is None else len(shape)
+        size = x0.shape[x0.dim() - event_dim - 1]
+        hook = fast_bound_hook()
+        with data_plate(self, size, "the guide's x0"):
+            if hook is not None:
+                hook.guide(self, x0)
+            elif self.order is ChainOrder.TOP_DOWN:
+                x = pyro.sample(
+                    site_name(self, f"x_{T}"), q_marginal(sched, x0, T).to_event(event_dim)
+                )
                 for t in range(T, 1, -1):
-                    x = pyro.sample(f"x_{t - 1}", q_posterior(sched, x0, x, t).to_event(event_dim))
+                    q = q_posterior(sched, x0, x, t).to_event(event_dim)
+                    x = pyro.sample(site_name(self, f"x_{t - 1}"), q)
             else:
                 x = x0
                 for t in range(1, T + 1):
-                    x = pyro.sample(f"x_{t}", q_step(sched, x, t).to_event(event_dim))
+                    x = pyro.sample(
+                        site_name(self, f"x_{t}"), q_step(sched, x, t).to_event(event_dim)
+                    )

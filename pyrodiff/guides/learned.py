@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError, ModelMismatchError
 from ..gaussian import q_marginal, q_posterior, q_step
-from ..modules import batch_size_argument
+from ..modules import batch_size_argument, data_plate, fast_bound_hook, site_name
 from ..networks import TimeEmbedding
 from ..schedules import NoiseSchedule
 from ..validation import check_pair
@@ -123,14 +123,18 @@ class GaussianFactor(nn.Module):
     def forward(
         self, inputs: tuple[Tensor, ...], k: int, base_loc: Tensor, base_scale: Tensor
     ) -> dist.Distribution:
-        """The factor's distribution, event shape (out_dim,), batch shape (N,)."""
-        loc = base_loc + self.bias[k]
+        """The factor's distribution, event shape (out_dim,), batch shape (N,) or, when an
+        input carries particle dimensions in front, the broadcast batch shape."""
+        batch = torch.broadcast_shapes(base_loc.shape[:-1], *(a.shape[:-1] for a in inputs))
+        inputs = tuple(a.expand(batch + a.shape[-1:]) for a in inputs)
+        loc = base_loc.expand(batch + base_loc.shape[-1:]) + self.bias[k]
         for w, a in zip(self.weights, inputs, strict=True):
             loc = loc + a @ w[k].T
         log_s = self.log_scale[k].expand_as(loc)
         if self.hidden:
-            kt = torch.full((loc.shape[0],), k, dtype=torch.long, device=loc.device)
-            h = self.inp(torch.cat([*inputs, self.time(kt).to(loc.dtype)], -1))
+            kt = torch.full((1,), k, dtype=torch.long, device=loc.device)
+            emb = self.time(kt).to(loc.dtype).expand(batch + (-1,))
+            h = self.inp(torch.cat([*inputs, emb], -1))
             out = self.mlp(h)
             if self.covariance is GuideCovariance.FULL:
                 loc = loc + out
@@ -143,7 +147,8 @@ class GaussianFactor(nn.Module):
         scale = base_scale.expand_as(loc) * log_s.exp()
         if self.covariance is GuideCovariance.DIAGONAL:
             return dist.Normal(loc, scale).to_event(1)
-        L = torch.tril(self.tril[k], -1) + torch.diag_embed(scale[0])
+        # FULL: the scales do not depend on the inputs, so any row gives them
+        L = torch.tril(self.tril[k], -1) + torch.diag_embed(scale.reshape(-1, self.out_dim)[0])
         return dist.MultivariateNormal(loc, scale_tril=L)
 
 
@@ -165,6 +170,9 @@ class LearnedGuide(PyroModule):
     Args:
         model: the generative model; needs ``num_steps``, ``event_shape`` and ``schedule``.
         structure: :class:`GuideStructure`.
+        name: the prefix of its parameters and sites, in Pyro's convention; the model's name
+            (at construction) unless given, so its sites are the model's. A sub-program like
+            the model: it joins an enclosing plate and takes particle dimensions.
         hidden: width of the shared MLP (0 for purely affine factors).
         covariance: :class:`GuideCovariance`.
     """
@@ -176,8 +184,11 @@ class LearnedGuide(PyroModule):
         hidden: int = 64,
         covariance: GuideCovariance = GuideCovariance.DIAGONAL,
         time_dim: int = 32,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        name = getattr(model, "name", "") if name is None else name
+        super().__init__(name)
+        self.name = name
         for attr in ("num_steps", "event_shape", "schedule"):
             if not hasattr(model, attr):
                 raise ModelMismatchError(
@@ -222,30 +233,39 @@ class LearnedGuide(PyroModule):
         batch_size_argument(batch_size, num_samples)
         if x0 is None:
             raise DataError("a learned guide needs the data x0: it is q_φ(x_(1:T) | x_0)")
-        if tuple(x0.shape[1:]) != self.event_shape:
+        event_dim = len(self.event_shape)
+        if x0.dim() <= event_dim or tuple(x0.shape[x0.dim() - event_dim :]) != self.event_shape:
             raise ModelMismatchError(
                 f"this guide was built for data of shape {self.event_shape}, got a batch of shape "
                 f"{tuple(x0.shape)}"
             )
-        T, N = self.num_steps, x0.shape[0]
-        sched, flat0 = self.schedule, x0.reshape(N, -1)
+        T = self.num_steps
+        sched = self.schedule
+        hook = fast_bound_hook()
+
+        def flat(x: Tensor) -> Tensor:
+            # (particles…, N, *event) → (particles…, N, D)
+            return x.reshape(x.shape[: x.dim() - event_dim] + (-1,))
 
         def site(name: str, q: dist.Distribution) -> Tensor:
-            value = pyro.sample(name, _as_event(q, self.event_shape))
-            return value.reshape(N, -1)
+            return flat(pyro.sample(site_name(self, name), _as_event(q, self.event_shape)))
 
-        with pyro.plate("data", N):
+        with data_plate(self, x0.shape[x0.dim() - event_dim - 1], "the guide's x0"):
+            if hook is not None:
+                return hook.guide(self, x0)
+            flat0 = flat(x0)
             if self.structure is GuideStructure.TOP_DOWN:
                 base = q_marginal(sched, x0, T)
-                x = site(f"x_{T}", self.factor((flat0, flat0), T, *_flat(base, N)))
+                x = site(f"x_{T}", self.factor((flat0, flat0), T, *_flat(base, event_dim)))
                 for t in range(T, 1, -1):
-                    base = q_posterior(sched, x0, x.reshape(x0.shape), t)
-                    x = site(f"x_{t - 1}", self.factor((x, flat0), t - 1, *_flat(base, N)))
+                    latent = x.reshape(x.shape[:-1] + self.event_shape)
+                    base = q_posterior(sched, x0, latent, t)
+                    x = site(f"x_{t - 1}", self.factor((x, flat0), t - 1, *_flat(base, event_dim)))
             else:
                 x = flat0
                 for t in range(1, T + 1):
-                    base = q_step(sched, x.reshape(x0.shape), t)
-                    x = site(f"x_{t}", self.factor((x,), t, *_flat(base, N)))
+                    base = q_step(sched, x.reshape(x.shape[:-1] + self.event_shape), t)
+                    x = site(f"x_{t}", self.factor((x,), t, *_flat(base, event_dim)))
 
 
 class HierarchicalVAEGuide(PyroModule):
@@ -254,7 +274,8 @@ class HierarchicalVAEGuide(PyroModule):
     BOTTOM_UP_MARKOV: q_φ(z_1 | x_0) Π_{l=2}^{L} q_φ(z_l | z_{l−1}) (sites z_1 … z_L); TOP_DOWN:
     q_φ(z_L | x_0) Π_{l=L}^{2} q_φ(z_{l−1} | z_l, x_0) (sites z_L … z_1, the model's order, for
     which TraceMeanField_ELBO is valid; see :class:`~pyrodiff.guides.GuideStructure`). Each factor
-    is a :class:`~pyrodiff.guides.GaussianFactor` that starts at N(0, I).
+    is a :class:`~pyrodiff.guides.GaussianFactor` that starts at N(0, I). Named after the model
+    unless ``name`` is given; a sub-program like the model (plates, particles).
     """
 
     def __init__(
@@ -262,8 +283,11 @@ class HierarchicalVAEGuide(PyroModule):
         model,
         structure: GuideStructure = GuideStructure.BOTTOM_UP_MARKOV,
         hidden: int = 128,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        name = getattr(model, "name", "") if name is None else name
+        super().__init__(name)
+        self.name = name
         if not hasattr(model, "latent_dims") or not hasattr(model, "event_shape"):
             raise ModelMismatchError(
                 f"HierarchicalVAEGuide is built from a HierarchicalVAE, got {type(model).__name__}"
@@ -308,20 +332,24 @@ class HierarchicalVAEGuide(PyroModule):
         batch_size_argument(batch_size, num_samples)
         if x0 is None:
             raise DataError("the encoder needs the data x0: it is q_φ(z_(1:L) | x_0)")
-        if tuple(x0.shape[1:]) != self.event_shape:
+        event_dim = len(self.event_shape)
+        if x0.dim() <= event_dim or tuple(x0.shape[x0.dim() - event_dim :]) != self.event_shape:
             raise ModelMismatchError(
                 f"this guide was built for data of shape {self.event_shape}, got {tuple(x0.shape)}"
             )
-        N, L = x0.shape[0], self.num_steps
-        x = x0.reshape(N, -1)
+        L = self.num_steps
+        x = x0.reshape(x0.shape[: x0.dim() - event_dim] + (-1,))
+        hook = fast_bound_hook()
 
         def factor(layer: int, inputs: tuple[Tensor, ...]) -> Tensor:
             d = self.latent_dims[layer - 1]
-            zeros = x.new_zeros(N, d)
+            zeros = x.new_zeros(x.shape[:-1] + (d,))
             q = self.factors[layer - 1](inputs, 1, zeros, torch.ones_like(zeros))
-            return pyro.sample(f"z_{layer}", q)
+            return pyro.sample(site_name(self, f"z_{layer}"), q)
 
-        with pyro.plate("data", N):
+        with data_plate(self, x.shape[-2], "the guide's x0"):
+            if hook is not None:
+                return hook.guide(self, x0)
             if self.structure is GuideStructure.BOTTOM_UP_MARKOV:
                 z = factor(1, (x,))
                 for layer in range(2, L + 1):
@@ -332,8 +360,11 @@ class HierarchicalVAEGuide(PyroModule):
                     z = factor(layer - 1, (z, x))
 
 
-def _flat(q: dist.Normal, n: int) -> tuple[Tensor, Tensor]:
-    return q.loc.reshape(n, -1), q.scale.reshape(n, -1)
+def _flat(q: dist.Normal, event_dim: int) -> tuple[Tensor, Tensor]:
+    """(loc, scale) of an elementwise Normal over (…, *event), flattened to (…, D)."""
+    loc, scale = q.loc, q.scale.expand_as(q.loc)
+    batch = loc.shape[: loc.dim() - event_dim]
+    return loc.reshape(batch + (-1,)), scale.reshape(batch + (-1,))
 
 
 def _as_event(q: dist.Distribution, event_shape: tuple[int, ...]) -> dist.Distribution:

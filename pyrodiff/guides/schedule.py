@@ -207,6 +207,8 @@ class LearnedScheduleGuide(ForwardGuide):
         schedule: LearnedSchedule | NoiseSchedule | int,
         order: ChainOrder = ChainOrder.TOP_DOWN,
         endpoints: Endpoints = Endpoints.LEARNED,
+        name: str = "",
+        event_shape: tuple[int, ...] | None = None,
     ) -> None:
         if isinstance(schedule, int):
             schedule = LearnedSchedule.from_schedule(linear_schedule(schedule), endpoints)
@@ -217,11 +219,15 @@ class LearnedScheduleGuide(ForwardGuide):
                 "schedule must be a LearnedSchedule, a NoiseSchedule to start from, or T; "
                 f"got {type(schedule).__name__}"
             )
-        super().__init__(schedule, order)
+        super().__init__(schedule, order, name=name, event_shape=event_shape)
 
     @classmethod
     def for_model(cls, model, endpoints: Endpoints = Endpoints.LEARNED) -> LearnedScheduleGuide:
-        """The learned-schedule guide that starts at the model's own (fixed) schedule."""
-        guide = cls(model.schedule, endpoints=endpoints)
-        guide.event_shape = tuple(model.event_shape)
-        return guide
+        """The learned-schedule guide that starts at the model's own (fixed) schedule, under the
+        model's name (so its sites are the model's)."""
+        return cls(
+            model.schedule,
+            endpoints=endpoints,
+            name=model.name,
+            event_shape=tuple(model.event_shape),
+        )

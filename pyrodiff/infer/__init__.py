@@ -40,6 +40,7 @@ from .objectives import (
     SimpleLoss,
     simple_weights,
 )
+from .prior import DiffusionPrior, reverse_chain
 from .timesteps import (
     AntitheticTimesteps,
     ImportanceTimesteps,
@@ -59,6 +60,7 @@ __all__ = [
     "ContinuousELBO",
     "ContinuousTerms",
     "DiffusionELBO",
+    "DiffusionPrior",
     "ELBOTerms",
     "EstimatorSpread",
     "HybridLoss",
@@ -91,6 +93,7 @@ __all__ = [
     "log_spaced_bins",
     "log_weights",
     "pareto_khat",
+    "reverse_chain",
     "prior_kl",
     "psis_diagnostic",
     "sample_times",

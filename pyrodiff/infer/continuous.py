@@ -209,7 +209,14 @@ class ContinuousELBO(TimestepObjective):
 
     ``schedule_objective`` chooses what a learned schedule's interior is trained on
     (:class:`ScheduleObjective`); the value of the loss is the bound either way.
+
+    Like :class:`~pyrodiff.infer.DiffusionELBO` it takes programs that call the model
+    (``poutine`` wrappers, plain functions, a user's model with the ContinuousDiffusion as a
+    sub-program): :func:`pyrodiff.infer.programs.program_loss`. There the guide program may run
+    ``ContinuousForwardGuide(name=...)`` or nothing for the chain.
     """
+
+    takes_programs = True
 
     def __init__(
         self,
@@ -230,6 +237,12 @@ class ContinuousELBO(TimestepObjective):
 
     def _check_pair(self, model, guide) -> None:
         _check_model(model)
+        self._check_guide(guide)
+
+    def _check_model(self, model) -> None:
+        _check_model(model)
+
+    def _check_guide(self, guide) -> None:
         if guide is not None and not isinstance(guide, ContinuousForwardGuide):
             raise ModelMismatchError(
                 "ContinuousELBO's guide is the fixed forward process: pass "

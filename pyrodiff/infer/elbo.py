@@ -37,13 +37,16 @@ __all__ = [
 ]
 
 
-def _check_closed_form_pair(model, guide) -> None:
+def _check_diffusion_model(model) -> None:
     for attr in ("reverse_moments", "prior_loc", "prior_scale", "likelihood", "num_steps"):
         if not hasattr(model, attr):
             raise ModelMismatchError(
                 f"this estimator needs a pyrodiff.Diffusion model (missing .{attr}); "
                 f"got {type(model).__name__}"
             )
+
+
+def _check_closed_form_guide(guide) -> None:
     if not has_closed_forms(guide):
         missing = [a for a in CLOSED_FORM_METHODS if not callable(getattr(guide, a, None))]
         raise ModelMismatchError(
@@ -51,6 +54,11 @@ def _check_closed_form_pair(model, guide) -> None:
             f"(ForwardGuide or a learned schedule); {type(guide).__name__} has no .{missing[0]}. "
             "Use Pyro's Trace_ELBO for other guides."
         )
+
+
+def _check_closed_form_pair(model, guide) -> None:
+    _check_diffusion_model(model)
+    _check_closed_form_guide(guide)
     check_pair(model, guide)
 
 
@@ -262,6 +270,23 @@ class TimestepObjective(ELBO):
         for the pair: here a Diffusion and a guide with closed-form factors."""
         _check_closed_form_pair(model, guide)
 
+    def _check_model(self, model) -> None:
+        """Raise :class:`~pyrodiff.errors.ModelMismatchError` unless ``model`` is the kind of
+        model this objective evaluates."""
+        _check_diffusion_model(model)
+
+    def _check_guide(self, guide) -> None:
+        """Raise :class:`~pyrodiff.errors.ModelMismatchError` unless ``guide`` is a guide this
+        objective evaluates in closed form (checked when a program's guide announces itself)."""
+        _check_closed_form_guide(guide)
+
+    @staticmethod
+    def _is_pair(model, guide) -> bool:
+        """Whether (model, guide) are a pyrodiff model and a guide module themselves, which are
+        evaluated directly, rather than programs that call them."""
+        is_model = hasattr(model, "reverse_moments") or hasattr(model, "log_snr_and_slope")
+        return is_model and (guide is None or isinstance(guide, torch.nn.Module))
+
     def _prepare(self, model, guide, args, kwargs) -> Tensor:
         """The checked data, repeated ``num_particles`` times along the batch."""
         x0 = self._data(args, kwargs)
@@ -285,12 +310,25 @@ class TimestepObjective(ELBO):
         :meth:`loss_and_grads` raise :class:`~pyrodiff.errors.DataError` when a non-finite loss
         comes from bad data), and ``pyrodiff.train.fit`` checks its whole dataset once.
         """
+        if not self._is_pair(model, guide):
+            return self._program_loss(model, guide, args, kwargs)
         x0 = self._prepare(model, guide, args, kwargs)
         return self.per_datum_loss(model, guide, x0).sum() / self.num_particles
 
+    def _program_loss(self, model, guide, args, kwargs) -> Tensor:
+        if not self.takes_programs:
+            self._check_pair(model, guide)  # names what is missing
+            raise ModelMismatchError(
+                f"{type(self).__name__} takes a pyrodiff model and guide themselves, not programs"
+            )
+        # imported here: the program path builds DiffusionPrior, which is built on this module
+        from .programs import program_loss
+
+        return program_loss(self, model, guide, args, kwargs)
+
     def _read(self, loss: Tensor, model, args, kwargs) -> float:
         value = loss.item()
-        if not math.isfinite(value):
+        if not math.isfinite(value) and hasattr(model, "event_shape"):
             # the one place a value is read back anyway: say so if the data is to blame
             check_data(self._data(args, kwargs), model.event_shape, model.likelihood, name="x0")
         return value
@@ -302,7 +340,8 @@ class TimestepObjective(ELBO):
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
+        if loss.requires_grad:  # a program whose chains are all blocked has nothing to train
+            loss.backward()
         return self._read(loss, model, args, kwargs)
 
 
@@ -319,7 +358,16 @@ class DiffusionELBO(TimestepObjective):
     ``guide.posterior``: :class:`~pyrodiff.ForwardGuide` and learned schedules) and the model
     is a :class:`~pyrodiff.Diffusion`; for other guides use Trace_ELBO. Use it as ``loss=`` in
     :class:`pyro.infer.SVI`, or ``DiffusionELBO()(model, guide)`` as an ``nn.Module``.
+
+    It also takes programs that call such a pair: the pair wrapped by ``poutine.scale``,
+    ``mask``, ``condition`` (on x_0), ``block`` (the whole chain), a plain function, or a user's
+    model in which the Diffusion is a sub-program (a prior over a latent) with a guide program
+    that runs the matching ForwardGuide. It then estimates what Trace_ELBO estimates on the
+    same programs, at one network call per datum of each chain
+    (:func:`pyrodiff.infer.programs.program_loss` says how, and which handlers it refuses).
     """
+
+    takes_programs = True
 
     def per_datum_loss(self, model, guide, x0: Tensor) -> Tensor:
         """ℓ_n = KL_prior,n − w(t_n) · term_n, unbiased for −ELBO(x0_n)."""

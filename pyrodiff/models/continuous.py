@@ -20,7 +20,14 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..gaussian import Parameterization
 from ..likelihoods import GaussianLikelihood, Likelihood
-from ..modules import batch_size_argument, child, pyro_method
+from ..modules import (
+    batch_size_argument,
+    child,
+    data_plate,
+    draw_global_sites,
+    fast_bound_hook,
+    pyro_method,
+)
 from ..schedules import LinearLogSNR, LogSNRSchedule, alpha_sigma, discrete_times
 from ..validation import check_data
 from .diffusion import Diffusion, ReverseVariance
@@ -63,6 +70,9 @@ class ContinuousDiffusion(PyroModule):
         event_shape: the shape of one datum; read from ``denoiser.event_shape`` if omitted.
         prior_loc, prior_scale: the prior p(z_1).
         num_steps: the T at which ``forward`` runs the model as a Pyro program.
+        name: the prefix of its parameters and sites, in Pyro's convention ("" for none); as a
+            Pyro program it is a sub-program like :class:`~pyrodiff.Diffusion` (plates, names,
+            particles).
     """
 
     def __init__(
@@ -76,8 +86,10 @@ class ContinuousDiffusion(PyroModule):
         prior_loc: float = 0.0,
         prior_scale: float = 1.0,
         num_steps: int = 1000,
+        name: str = "",
     ) -> None:
-        super().__init__()
+        super().__init__(name)
+        self.name = name
         if not isinstance(parameterization, Parameterization):
             raise ConfigError(
                 f"parameterization must be a Parameterization, got {parameterization!r}"
@@ -176,7 +188,8 @@ class ContinuousDiffusion(PyroModule):
         Its reverse kernels are VDM's: p(x_{t−1} | x_t) = q(x_{t−1} | x_t, x = x̂_θ(x_t)), i.e.
         the posterior variance β̃_t; its decoder p(x_0 | x_1) is this model's decoder. The
         schedule's current values are frozen into float64 tables: rebuild after training a
-        learned schedule. T = ``num_steps`` of the model unless given.
+        learned schedule. T = ``num_steps`` of the model unless given. It carries this model's
+        name, so its sites are this model's.
         """
         T = self.num_steps if num_steps is None else num_steps
         s = discrete_times(T)
@@ -200,6 +213,7 @@ class ContinuousDiffusion(PyroModule):
             prior_loc=self.prior_loc,
             prior_scale=self.prior_scale,
             fixed_log_variance=log_var,
+            name=self.name,
         )
         # the new tables follow the shared denoiser's device (a no-op for the denoiser itself)
         device = next(self.denoiser.parameters(), torch.empty(0)).device
@@ -213,11 +227,19 @@ class ContinuousDiffusion(PyroModule):
         num_samples: int | None = None,
     ) -> Tensor:
         """Run the model as a Pyro program at T = ``num_steps`` (sites ``"x_0"`` … ``"x_T"``);
-        ``batch_size`` draws when ``x0`` is not given (``num_samples=`` is its deprecated name)."""
+        ``batch_size`` draws when ``x0`` is not given (``num_samples=`` is its deprecated name).
+        Under :class:`~pyrodiff.infer.ContinuousELBO` run on a user's program, the T = ∞ bound
+        stands in for the chain."""
         batch_size = batch_size_argument(batch_size, num_samples)
         if x0 is not None:
             check_data(x0, self.event_shape, self.likelihood, name="x0")
-        return self.discretize()(x0, batch_size)
+        hook = fast_bound_hook()
+        if hook is None:
+            return self.discretize()(x0, batch_size)
+        draw_global_sites(self)
+        size = x0.shape[0] if x0 is not None else batch_size
+        with data_plate(self, size, "the model") as batch:
+            return hook.model(self, x0, batch)
 
     def config(self) -> dict:
         """A JSON-able description of the structure (not the weights)."""

@@ -21,7 +21,15 @@ from ..gaussian import (
     schedule_table,
 )
 from ..likelihoods import GaussianLikelihood, Likelihood
-from ..modules import batch_size_argument, child, pyro_method
+from ..modules import (
+    batch_size_argument,
+    child,
+    data_plate,
+    draw_global_sites,
+    fast_bound_hook,
+    pyro_method,
+    site_name,
+)
 from ..schedules import NoiseSchedule
 from ..validation import check_data
 
@@ -50,8 +58,17 @@ class Diffusion(PyroModule):
 
     Calling the module runs the Pyro model: site ``"x_T"`` (the real number, e.g. ``"x_100"``)
     from the prior N(prior_loc, prior_scale² I), then ``"x_{t-1}"`` from the reverse kernel for
-    t = T … 2, then ``"x_0"`` from the likelihood, observed when ``x0`` is given. Data lives in a
-    ``pyro.plate("data")`` over its first dimension.
+    t = T … 2, then ``"x_0"`` from the likelihood, observed when ``x0`` is given.
+
+    It is a sub-program the way Pyro's own modules are. A ``name`` prefixes its sites
+    (``"prior.x_0"``; unnamed, ``"x_0"`` … ``"x_T"``) and its parameters (which, in Pyro's
+    convention, take the attribute path instead once a :class:`~pyro.nn.PyroModule` holds it;
+    the sites keep the name). Called inside a
+    ``pyro.plate`` at the rightmost batch dimension it joins that plate (any name; subsampled,
+    the plate scales it by N/B); outside one, data lives in its own ``pyro.plate("data")`` over
+    the first dimension. Particle and ``Predictive`` plates broadcast it. ``PyroSample``
+    attributes of its submodules (a Bayesian denoiser's weights) are drawn once per run,
+    outside the data plate.
 
     The reverse mean is the forward posterior mean with the data replaced by the denoiser's
     estimate, μ_θ(x_t, t) = μ̃_t(x_t, x̂_0(x_t, t)); the denoiser's output is read as ε, x_0 or v
@@ -67,6 +84,7 @@ class Diffusion(PyroModule):
         prior_loc, prior_scale: p(x_T) = N(prior_loc, prior_scale² I); DDPM's N(0, I) by default.
         fixed_log_variance: with ``variance=PER_STEP``, a table of log σ_t² (length T + 1) held
             fixed as a buffer instead of learned (a continuous model's discretisation uses it).
+        name: the prefix of its parameters and sites, in Pyro's convention ("" for none).
     """
 
     def __init__(
@@ -80,8 +98,10 @@ class Diffusion(PyroModule):
         prior_loc: float | Tensor = 0.0,
         prior_scale: float | Tensor = 1.0,
         fixed_log_variance: Tensor | None = None,
+        name: str = "",
     ) -> None:
-        super().__init__()
+        super().__init__(name)
+        self.name = name
         if not isinstance(parameterization, Parameterization):
             raise ConfigError(
                 f"parameterization must be a Parameterization, got {parameterization!r}"
@@ -252,22 +272,25 @@ class Diffusion(PyroModule):
         num_samples: int | None = None,
     ) -> Tensor:
         """Run p_θ(x_{0:T}); returns x_0 (the observed data when ``x0`` is given, else
-        ``batch_size`` draws, one by default). ``num_samples=`` is the deprecated name of
-        ``batch_size``."""
+        ``batch_size`` draws, one by default, or one per datum of the enclosing plate).
+        ``num_samples=`` is the deprecated name of ``batch_size``."""
         batch_size = batch_size_argument(batch_size, num_samples)
         if x0 is not None:
             check_data(x0, self.event_shape, self.likelihood, name="x0")
-            batch = x0.shape[0]
-            like = x0
+            batch_size, like = x0.shape[0], x0
         else:
-            batch = 1 if batch_size is None else int(batch_size)
+            batch_size = None if batch_size is None else int(batch_size)
             like = self.prior_loc.to(torch.get_default_dtype())
         T = self.num_steps
-        with pyro.plate("data", batch):
-            x = pyro.sample(f"x_{T}", self.prior(batch, like))
+        hook = fast_bound_hook()
+        draw_global_sites(self)
+        with data_plate(self, batch_size, "the model") as batch:
+            if hook is not None:
+                return hook.model(self, x0, batch)
+            x = pyro.sample(site_name(self, f"x_{T}"), self.prior(batch, like))
             for t in range(T, 1, -1):
-                x = pyro.sample(f"x_{t - 1}", self.reverse_kernel(x, t))
-            return pyro.sample("x_0", self.reverse_kernel(x, 1), obs=x0)
+                x = pyro.sample(site_name(self, f"x_{t - 1}"), self.reverse_kernel(x, t))
+            return pyro.sample(site_name(self, "x_0"), self.reverse_kernel(x, 1), obs=x0)
 
     def config(self) -> dict:
         """A JSON-able description of the structure (not the weights)."""

@@ -23,7 +23,13 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..likelihoods import GaussianLikelihood, Likelihood
-from ..modules import batch_size_argument
+from ..modules import (
+    batch_size_argument,
+    data_plate,
+    draw_global_sites,
+    fast_bound_hook,
+    site_name,
+)
 from ..validation import check_data
 
 __all__ = ["HierarchicalVAE"]
@@ -67,6 +73,8 @@ class HierarchicalVAE(PyroModule):
         hidden: width of the conditionals' MLPs; 0 makes every conditional affine with a
             constant scale (a linear-Gaussian model when the likelihood is Gaussian).
         min_scale: a floor on every scale.
+        name: the prefix of its parameters and sites, in Pyro's convention ("" for none); a
+            sub-program like :class:`~pyrodiff.Diffusion` (plates, names, particles).
     """
 
     def __init__(
@@ -76,8 +84,10 @@ class HierarchicalVAE(PyroModule):
         likelihood: Likelihood | None = None,
         hidden: int = 128,
         min_scale: float = 1e-3,
+        name: str = "",
     ) -> None:
-        super().__init__()
+        super().__init__(name)
+        self.name = name
         dims = tuple(int(d) for d in latent_dims)
         if not dims or any(d < 1 for d in dims):
             raise ConfigError(
@@ -118,17 +128,24 @@ class HierarchicalVAE(PyroModule):
         batch_size = batch_size_argument(batch_size, num_samples)
         if x0 is not None:
             check_data(x0, self.event_shape, self.likelihood, name="x0")
-            N = x0.shape[0]
-        else:
-            N = 1 if batch_size is None else int(batch_size)
+            batch_size = x0.shape[0]
         L, dtype = self.num_layers, self.decoder.skip.weight.dtype
-        with pyro.plate("data", N):
+        hook = fast_bound_hook()
+        draw_global_sites(self)
+        with data_plate(self, batch_size, "the model") as N:
+            if hook is not None:
+                return hook.model(self, x0, N)
             top = torch.zeros(N, self.latent_dims[-1], dtype=dtype)
-            z = pyro.sample(f"z_{L}", dist.Normal(top, torch.ones_like(top)).to_event(1))
+            z = pyro.sample(
+                site_name(self, f"z_{L}"), dist.Normal(top, torch.ones_like(top)).to_event(1)
+            )
             for layer in range(L, 1, -1):
                 loc, scale = self.transitions[layer - 2](z)
-                z = pyro.sample(f"z_{layer - 1}", dist.Normal(loc, scale).to_event(1))
+                z = pyro.sample(
+                    site_name(self, f"z_{layer - 1}"), dist.Normal(loc, scale).to_event(1)
+                )
             loc, scale = self.decoder(z)
-            shape = (N, *self.event_shape)
+            # leading dimensions beyond the data's are particles (vectorised ELBOs, Predictive)
+            shape = loc.shape[:-1] + self.event_shape
             p_x = self.likelihood.distribution(loc.reshape(shape), scale.reshape(shape))
-            return pyro.sample("x_0", p_x.to_event(len(self.event_shape)), obs=x0)
+            return pyro.sample(site_name(self, "x_0"), p_x.to_event(len(self.event_shape)), obs=x0)

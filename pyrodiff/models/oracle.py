@@ -13,7 +13,7 @@ from .diffusion import Diffusion, ReverseVariance
 __all__ = ["gaussian_oracle"]
 
 
-def gaussian_oracle(schedule: NoiseSchedule, mean: Tensor, std: float) -> Diffusion:
+def gaussian_oracle(schedule: NoiseSchedule, mean: Tensor, std: float, name: str = "") -> Diffusion:
     """The model whose reverse kernels are the true q(x_{t−1} | x_t) for x_0 ~ N(mean, std² I).
 
     With x_t | x_0 Gaussian, q(x_0 | x_t) = N(E[x_0 | x_t], V_t I) with
@@ -21,7 +21,8 @@ def gaussian_oracle(schedule: NoiseSchedule, mean: Tensor, std: float) -> Diffus
     V_t = s² (1 − ᾱ_t) / (ᾱ_t s² + 1 − ᾱ_t); averaging q(x_{t−1} | x_t, x_0) over it gives
     q(x_{t−1} | x_t) = N(μ̃_t(x_t, E[x_0 | x_t]), (β̃_t + c_0² V_t) I). The prior is the exact
     q(x_T). With this model p_θ(x_{1:T} | x_0) = q(x_{1:T} | x_0), so the ELBO equals
-    log p(x_0) = log N(x_0; mean, std² I) for every draw from the guide.
+    log p(x_0) = log N(x_0; mean, std² I) for every draw from the guide. ``name`` is the
+    model's (:class:`~pyrodiff.Diffusion`).
     """
     mean = torch.as_tensor(mean, dtype=torch.float64).flatten()
     D, T = mean.numel(), schedule.num_steps
@@ -44,6 +45,7 @@ def gaussian_oracle(schedule: NoiseSchedule, mean: Tensor, std: float) -> Diffus
         variance=ReverseVariance.PER_STEP,
         prior_loc=ab[T].sqrt() * mean,
         prior_scale=float((ab[T] * s2 + 1 - ab[T]).sqrt()),
+        name=name,
     )
     with torch.no_grad():
         model.log_variance.copy_(torch.log(var))
