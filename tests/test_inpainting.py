@@ -168,3 +168,17 @@ def test_quick_run_reports_what_its_results_file_says(tmp_path, capsys, load_exa
     assert torch.equal(draws[..., top], truth[..., top].expand_as(draws[..., top]))
     levels = (draws + 1) * 8
     assert torch.allclose(levels, levels.round(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--particles", "1"], "need --images >= 2, --particles >= 2"),
+        (["--run", "/no/such/run"], "run folder /no/such/run does not exist"),
+    ],
+)
+def test_bad_arguments_get_one_error_line(load_example, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        load_example("inpainting").main(argv)
+    err = capsys.readouterr().err
+    assert message in err.splitlines()[-1] and "Traceback" not in err
