@@ -159,6 +159,16 @@ def test_quick_run_reports_what_its_results_file_says(tmp_path, capsys, load_exa
     assert f"{results['summary']['posterior_log_lik'][0]:.3f}" in printed
     # a discretised decoder's predictive is a probability mass: log ≤ 0 for every pixel
     assert (post <= 0).all() and (prior <= 0).all()
+    err = {
+        k: torch.tensor(per[f"{k}_squared_error"], dtype=torch.float64)
+        for k in ("posterior", "prior")
+    }
+    assert math.isclose(
+        results["squared_error"]["difference"][0],
+        float((err["posterior"] - err["prior"]).mean()),
+        rel_tol=1e-6,
+    )
+    assert all(1 <= d <= results["num_particles"] for d in per["distinct_particles"])
     ess = torch.tensor(per["ess"])
     K = results["num_particles"]
     assert ((ess >= 1 - 1e-3) & (ess <= K * (1 + 1e-3))).all()  # float32 round-off
@@ -182,3 +192,25 @@ def test_bad_arguments_get_one_error_line(load_example, capsys, argv, message):
         load_example("inpainting").main(argv)
     err = capsys.readouterr().err
     assert message in err.splitlines()[-1] and "Traceback" not in err
+
+
+def test_pixel_scores_are_the_weighted_mixture_and_the_weighted_squared_error(load_example):
+    example = load_example("inpainting")
+    # K = 2 particles, B = 1 image of 2 pixels; the second pixel is missing
+    loc = torch.tensor([[[0.0, 1.0]], [[2.0, -1.0]]])  # (K, B, 2)
+    decoder = torch.distributions.Normal(loc, 0.5)
+    truth = torch.tensor([[0.5, 0.0]])
+    log_w = torch.tensor([[math.log(3.0)], [0.0]])  # normalised weights 3/4, 1/4
+    got = example.pixel_log_predictive(decoder, log_w, truth)
+    p = decoder.log_prob(truth).exp()
+    assert torch.allclose(got, (0.75 * p[0] + 0.25 * p[1]).log())
+    # unconditional: both particles pooled with equal weight, for every image
+    pooled = example.pixel_log_predictive(decoder, None, truth)
+    assert torch.allclose(pooled, (0.5 * p[0] + 0.5 * p[1]).log())
+    observed = torch.tensor([True, False])
+    x0 = torch.tensor([[[0.0, 3.0]], [[0.0, -2.0]]])
+    err = example.missing_squared_error(x0, log_w, truth, observed, lambda x: x)
+    assert torch.allclose(err, torch.tensor([0.75 * 9 + 0.25 * 4]))
+    err = example.missing_squared_error(x0, None, truth, observed, lambda x: x)
+    assert torch.allclose(err, torch.tensor([0.5 * 9 + 0.5 * 4]))
+    assert example.distinct_particles(torch.cat([x0, x0[:1]])).tolist() == [2]
