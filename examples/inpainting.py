@@ -186,7 +186,9 @@ class SMCResult:
     (in Ẑ) estimate of p_θ(y_b); ``log_weights`` (K, B) and ``x0`` (K, B, *event) the final
     weighted particles (observed pixels set to y); ``ess`` (B,) the final Kish ESS;
     ``resamples`` (B,) how many times each image's particles were resampled; ``decoder`` the
-    final particles' p_θ(x_0 | x_1^k) per pixel, batch (K, B, *event)."""
+    final particles' p_θ(x_0 | x_1^k) per pixel, batch (K, B, *event); ``ancestors`` (B,) how
+    many different particles of x_{⌊T/2⌋} the final K descend from (resampling narrows the
+    genealogy: the particles can be distinct at the end yet share their middle of the chain)."""
 
     log_evidence: Tensor
     log_weights: Tensor
@@ -194,6 +196,7 @@ class SMCResult:
     ess: Tensor
     resamples: Tensor
     decoder: dist.Distribution
+    ancestors: Tensor
 
     def resample(self, num_draws: int) -> Tensor:
         """``num_draws`` posterior draws of x_0 per image, shaped (num_draws, B, *event)."""
@@ -234,6 +237,8 @@ def twisted_smc(
     log_z = image.new_zeros(batch)
     log_g_prev = image.new_zeros(num_particles, batch)
     resamples = torch.zeros(batch, dtype=torch.long)
+    # which particle of x_{T // 2} each particle descends from
+    origin = torch.arange(num_particles)[:, None].expand(num_particles, batch)
     columns = torch.arange(batch)
     obs = observed.to(image.dtype)
     for t in range(T, 0, -1):
@@ -250,6 +255,8 @@ def twisted_smc(
         log_w = log_w + log_g - log_g_prev
         log_g_prev = log_g
         x = kernel.sample()
+        if t - 1 == T // 2:
+            origin = torch.arange(num_particles)[:, None].expand(num_particles, batch)
         if t == 1:
             break
         ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
@@ -260,13 +267,15 @@ def twisted_smc(
             keep = torch.arange(num_particles)[:, None].expand_as(parents)
             parents = torch.where(low, parents, keep)
             x = x[parents, columns]
+            origin = origin[parents, columns]
             log_g_prev = log_g_prev[parents, columns]
             log_w = torch.where(low, torch.zeros_like(log_w), log_w)
             resamples += low.long()
     log_z = log_z + torch.logsumexp(log_w, 0) - log_k
     ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
     x0 = torch.where(observed, image, x)
-    return SMCResult(log_z, log_w, x0, ess, resamples, decoder)
+    ancestors = torch.tensor([origin[:, b].unique().numel() for b in range(batch)])
+    return SMCResult(log_z, log_w, x0, ess, resamples, decoder, ancestors)
 
 
 def missing_squared_error(
@@ -399,13 +408,14 @@ def main(argv: list[str] | None = None) -> dict:
     prior = missing_sum(pixel_log_predictive(sir.decoder, None, test))
     to_levels = model.likelihood.to_levels
     prior_err = missing_squared_error(sir.x0, None, test, top, to_levels)
-    post, post_err, log_z, ess, resamples, distinct = [], [], [], [], [], []
+    post, post_err, log_z, ess, resamples, distinct, ancestors = [], [], [], [], [], [], []
     for i in range(0, num_images, args.chunk):
         image = test[i : i + args.chunk]
         run = twisted_smc(model, image, top, num_particles)
         post.append(missing_sum(pixel_log_predictive(run.decoder, run.log_weights, image)))
         post_err.append(missing_squared_error(run.x0, run.log_weights, image, top, to_levels))
         distinct.append(distinct_particles(run.x0))
+        ancestors.append(run.ancestors)
         log_z.append(run.log_evidence)
         ess.append(run.ess)
         resamples.append(run.resamples)
@@ -414,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - start
     post, post_err, log_z = torch.cat(post), torch.cat(post_err), torch.cat(log_z)
     ess, resamples = torch.cat(ess), torch.cat(resamples).double()
-    distinct = torch.cat(distinct).double()
+    distinct, ancestors = torch.cat(distinct).double(), torch.cat(ancestors).double()
     summary = {
         "posterior_log_lik": _mean_se(post),
         "prior_log_lik": _mean_se(prior),
@@ -434,6 +444,9 @@ def main(argv: list[str] | None = None) -> dict:
         "resamples_mean": float(resamples.mean()),
         "distinct_mean": float(distinct.mean()),
         "distinct_min": float(distinct.min()),
+        "ancestors_mean": float(ancestors.mean()),
+        "ancestors_min": float(ancestors.min()),
+        "ancestors_max": float(ancestors.max()),
         "sir_mean": float(sir_ess.mean()),
         "sir_min": float(sir_ess.min()),
         "sir_max": float(sir_ess.max()),
@@ -455,15 +468,17 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     ess_table = named_table(
         ["method", "particles K", "Kish ESS: mean", "min", "max", "resamplings",
-         "distinct particles: mean", "min", "images"],
+         "distinct x_0: mean", f"ancestors at t = {model.num_steps // 2}: mean", "min", "max",
+         "images"],
         [
             ["twisted SMC (final weights)", num_particles, f"{ess_stats['mean']:.1f}",
              f"{ess_stats['min']:.1f}", f"{ess_stats['max']:.1f}",
              f"{ess_stats['resamples_mean']:.1f}", f"{ess_stats['distinct_mean']:.1f}",
-             f"{ess_stats['distinct_min']:.0f}", num_images],
+             f"{ess_stats['ancestors_mean']:.1f}", f"{ess_stats['ancestors_min']:.0f}",
+             f"{ess_stats['ancestors_max']:.0f}", num_images],
             ["SIR, prior proposal", num_particles, f"{ess_stats['sir_mean']:.1f}",
-             f"{ess_stats['sir_min']:.1f}", f"{ess_stats['sir_max']:.1f}", "—", "—", "—",
-             ess_stats["sir_images"]],
+             f"{ess_stats['sir_min']:.1f}", f"{ess_stats['sir_max']:.1f}", "—", "—", "—", "—",
+             "—", ess_stats["sir_images"]],
         ],
     )  # fmt: skip
     error_table = named_table(
@@ -482,8 +497,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"squared error of a missing pixel (grey levels²): posterior "
         f"{_pm(error['posterior'], 3)}, unconditional {_pm(error['prior'], 3)}, "
         f"difference {_pm(error['difference'], 3)}",
-        f"distinct SMC particles at the end: mean {ess_stats['distinct_mean']:.1f} of "
-        f"{num_particles}",
+        f"SMC particles at the end: {ess_stats['distinct_mean']:.1f} distinct x_0 of "
+        f"{num_particles} on average, from {ess_stats['ancestors_mean']:.1f} ancestors at "
+        f"t = {model.num_steps // 2}",
         f"Kish ESS of K = {num_particles}: SMC mean {ess_stats['mean']:.1f} "
         f"(range {ess_stats['min']:.1f} … {ess_stats['max']:.1f}); SIR mean "
         f"{ess_stats['sir_mean']:.1f} (range {ess_stats['sir_min']:.1f} … "
@@ -512,6 +528,7 @@ def main(argv: list[str] | None = None) -> dict:
             "posterior_squared_error": post_err.tolist(),
             "prior_squared_error": prior_err.tolist(),
             "distinct_particles": distinct.tolist(),
+            "ancestors_mid_chain": ancestors.tolist(),
             "log_z_observed": log_z.tolist(),
             "ess": ess.tolist(),
         },

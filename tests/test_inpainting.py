@@ -168,7 +168,8 @@ def test_quick_run_reports_what_its_results_file_says(tmp_path, capsys, load_exa
         float((err["posterior"] - err["prior"]).mean()),
         rel_tol=1e-6,
     )
-    assert all(1 <= d <= results["num_particles"] for d in per["distinct_particles"])
+    for key in ("distinct_particles", "ancestors_mid_chain"):
+        assert all(1 <= d <= results["num_particles"] for d in per[key])
     ess = torch.tensor(per["ess"])
     K = results["num_particles"]
     assert ((ess >= 1 - 1e-3) & (ess <= K * (1 + 1e-3))).all()  # float32 round-off
