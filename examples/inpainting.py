@@ -454,14 +454,14 @@ def main(argv: list[str] | None = None) -> dict:
     }
     table = named_table(
         [
-            f"missing pixels: Σ_i log p(x_i | ·) ({num_images} test images)",
+            f"missing pixels: Σ_i log p(x_i) ({num_images} test images)",
             "nats/image",
             "bits per missing pixel",
         ],
         [
-            ["posterior predictive p(x_i | y)", _pm(summary["posterior_log_lik"], 2),
+            ["posterior predictive, given the top half", _pm(summary["posterior_log_lik"], 2),
              _pm(per_pixel["posterior_log_lik"], 3)],
-            ["unconditional model p(x_i)", _pm(summary["prior_log_lik"], 2),
+            ["unconditional model", _pm(summary["prior_log_lik"], 2),
              _pm(per_pixel["prior_log_lik"], 3)],
             ["paired difference", _pm(summary["gain"], 2), _pm(per_pixel["gain"], 3)],
         ],

@@ -168,6 +168,9 @@ def test_quick_run_reports_what_its_results_file_says(tmp_path, capsys, load_exa
         float((err["posterior"] - err["prior"]).mean()),
         rel_tol=1e-6,
     )
+    # the tables are printed into markdown: a "|" inside a cell would split it
+    for table in results["tables"].values():
+        assert not any("|" in c for c in [*table["header"], *sum(table["rows"], [])])
     for key in ("distinct_particles", "ancestors_mid_chain"):
         assert all(1 <= d <= results["num_particles"] for d in per[key])
     ess = torch.tensor(per["ess"])
