@@ -123,8 +123,14 @@ def log_normal(x: Tensor, mean: Tensor, cov: Tensor) -> Tensor:
 
 
 def evidence(lg: LinearGaussian, x0: Tensor) -> Tensor:
-    """log p(x_0) per datum: x_0 = Φ_T x_T + Σ_t Φ_{t−1} (a_t + σ_t z_t), Φ_k = A_1 ⋯ A_k, so the
-    marginal is Gaussian with mean Φ_T m + Σ Φ_{t−1} a_t and covariance
+    """log p(x_0) per datum, from :func:`marginal`."""
+    mean, cov = marginal(lg)
+    return log_normal(x0.double(), mean, cov)
+
+
+def marginal(lg: LinearGaussian) -> tuple[Tensor, Tensor]:
+    """(mean, covariance) of p(x_0): x_0 = Φ_T x_T + Σ_t Φ_{t−1} (a_t + σ_t z_t), Φ_k = A_1 ⋯ A_k,
+    so the marginal is Gaussian with mean Φ_T m + Σ Φ_{t−1} a_t and covariance
     Φ_T S Φ_Tᵀ + Σ σ_t² Φ_{t−1} Φ_{t−1}ᵀ (summed from the data end, unlike a forward recursion)."""
     D = lg.A.shape[-1]
     phi = torch.eye(D, dtype=torch.float64)
@@ -136,7 +142,7 @@ def evidence(lg: LinearGaussian, x0: Tensor) -> Tensor:
         phi = phi @ lg.A[t]
     mean = mean + phi @ lg.prior_loc
     cov = cov + phi @ torch.diag(lg.prior_var) @ phi.T
-    return log_normal(x0.double(), mean, 0.5 * (cov + cov.T))
+    return mean, 0.5 * (cov + cov.T)
 
 
 @dataclass(frozen=True)
