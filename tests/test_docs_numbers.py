@@ -307,3 +307,17 @@ def test_readme_says_the_last_digits_are_the_machines_and_gives_their_standard_e
         assert f"± {se:.2f} nats/datum" in text and f"± {se_bits:.3f} bits/dim" in text
         bits = second[f"final_{split}"]["bits_per_dim"]
         assert abs(bits - run[f"final_{split}"]["bits_per_dim"]) < 2 * se_bits
+
+
+def test_guides_quote_the_latent_diffusion_gain_and_cost_as_its_results_file_says():
+    """docs/guides.md's sentence on what the diffusion prior buys is the paired difference and
+    the time ratio that examples/latent_diffusion.py wrote (a loss printed as a magnitude)."""
+    results = json.loads((ROOT / "docs" / "results" / "latent_diffusion.json").read_text())
+    text = " ".join((ROOT / "docs" / "guides.md").read_text().split())
+    gain, se = results["gain_nats"], results["gain_se"]
+    direction = "below" if gain < 0 else "above"
+    assert f"{abs(gain):.2f} ± {se:.2f} nats per image *{direction}* N(0, I)" in text
+    assert f"at {results['cost_ratio']:.2f} times the time per update" in text
+    for name in ("diffusion", "normal"):
+        kept = results[name]
+        assert kept["updates"] in [h["updates"] for h in kept["history"]]
