@@ -246,10 +246,12 @@ class EvaluationReport:
         if self.same_noise_as_training:
             text = f"{self.seed}, as training's own evaluation of this split: the same noise"
         elif self.same_noise_as_training is False and self.training_seed is not None:
-            text = (
-                f"{self.seed}: new evaluation noise (training evaluates whole splits with seed "
-                f"{self.training_seed}), which moves the ELBO within its SE"
-            )
+            if self.seed == self.training_seed:
+                # the seed is training's, but a subset or other settings draw other noise
+                why = "not training's evaluation of the whole split"
+            else:
+                why = f"training evaluates whole splits with seed {self.training_seed}"
+            text = f"{self.seed}: new evaluation noise ({why}), which moves the ELBO within its SE"
         else:
             text = str(self.seed)
         return ("evaluation seed", text)
