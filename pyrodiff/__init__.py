@@ -20,6 +20,7 @@ from .errors import (
 )
 from .gaussian import Parameterization
 from .guides import (
+    AdaptiveNoiseGuide,
     ChainOrder,
     ContinuousForwardGuide,
     ForwardGuide,
@@ -32,6 +33,7 @@ from .guides import (
 from .infer import DiffusionPrior
 from .likelihoods import DiscretizedGaussianLikelihood, GaussianLikelihood
 from .models import (
+    AdaptiveDiffusion,
     Conditioning,
     ContinuousDiffusion,
     Diffusion,
@@ -44,6 +46,7 @@ from .schedules import (
     LearnedLogSNR,
     LinearLogSNR,
     LogSNRSchedule,
+    MultivariateLogSNR,
     NoiseSchedule,
     cosine_schedule,
     linear_schedule,
@@ -53,6 +56,8 @@ from .schedules import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveDiffusion",
+    "AdaptiveNoiseGuide",
     "ChainOrder",
     "CheckpointError",
     "Conditioning",
@@ -77,6 +82,7 @@ __all__ = [
     "LinearLogSNR",
     "LogSNRSchedule",
     "ModelMismatchError",
+    "MultivariateLogSNR",
     "NoiseSchedule",
     "NonFiniteError",
     "NotLinearGaussianError",

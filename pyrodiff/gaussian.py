@@ -43,6 +43,8 @@ __all__ = [
     "gaussian_kl",
     "isotropic_gaussian_kl",
     "log_snr_marginal_moments",
+    "log_snr_posterior_moments",
+    "x0_from_output",
     "prior_kl",
     "sum_event",
 ]
@@ -177,6 +179,41 @@ def log_snr_marginal_moments(log_snr: Tensor, x0: Tensor) -> tuple[Tensor, Tenso
     """
     alpha, sigma = alpha_sigma(log_snr)
     return alpha * x0, sigma
+
+
+def log_snr_posterior_moments(
+    log_snr_s: Tensor, log_snr_t: Tensor, x0: Tensor, x_t: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(mean, standard deviation) of q(x_s | x_t, x_0) between log-SNRs λ_s > λ_t (x_s the less
+    noisy), elementwise, so λ may be per datum or per dimension as in
+    :func:`log_snr_marginal_moments`:
+
+        mean = (α_t / α_s)(σ_s² / σ_t²) x_t + α_s r x_0,   variance = r σ_s²,
+        r = σ²_{t|s} / σ_t² = 1 − e^{λ_t − λ_s},
+
+    the λ-keyed counterpart of :func:`q_posterior_moments` (which reads the discrete chain's
+    tables at s = t − 1). With x̂_0 in place of x_0 it is VDM's reverse kernel.
+    """
+    alpha_s, sigma_s = alpha_sigma(log_snr_s)
+    alpha_t, sigma_t = alpha_sigma(log_snr_t)
+    r = -torch.expm1(log_snr_t - log_snr_s)
+    mean = (alpha_t / alpha_s) * (sigma_s / sigma_t) ** 2 * x_t + alpha_s * r * x0
+    return mean, r.sqrt() * sigma_s
+
+
+def x0_from_output(
+    parameterization: Parameterization, alpha: Tensor, sigma: Tensor, x_t: Tensor, output: Tensor
+) -> Tensor:
+    """The x̂_0 a denoiser's ``output`` implies at x_t = α x_0 + σ ε (α, σ broadcastable, per
+    datum or per dimension): ε̂ gives (x_t − σ ε̂)/α, v̂ gives α x_t − σ v̂, x̂ is itself. The
+    λ-keyed counterpart of :func:`predict_x0`."""
+    if parameterization is Parameterization.X0:
+        return output
+    if parameterization is Parameterization.EPSILON:
+        return (x_t - sigma * output) / alpha
+    if parameterization is Parameterization.V:
+        return alpha * x_t - sigma * output
+    raise TypeError(f"parameterization must be a Parameterization, got {parameterization!r}")
 
 
 def q_marginal(schedule: NoiseSchedule, x0: Tensor, t: int | Tensor) -> dist.Normal:

@@ -69,11 +69,34 @@ class FourierFeatures(nn.Module):
         return torch.cat([x, feats], dim=1)
 
 
+def _latent_projection(latent_dim: int, time_dim: int) -> nn.Linear | None:
+    """A latent z (MuLAN's auxiliary variable) enters as a learned projection added to the time
+    embedding, so every block that sees the noise level sees z too."""
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 0:
+        raise ConfigError(f"latent_dim must be an integer >= 0, got {latent_dim!r}")
+    return nn.Linear(latent_dim, time_dim) if latent_dim else None
+
+
+def _condition(emb: Tensor, projection: nn.Linear | None, latent: Tensor | None) -> Tensor:
+    if projection is None:
+        if latent is not None:
+            raise ConfigError("this denoiser has no latent input (latent_dim = 0)")
+        return emb
+    if latent is None:
+        raise ConfigError(
+            f"this denoiser is conditioned on a latent of size {projection.in_features}: "
+            "pass latent="
+        )
+    return emb + projection(latent.to(emb.dtype))
+
+
 class MLPDenoiser(nn.Module):
     """A residual MLP for vector data x_t ∈ R^D, conditioned on t by an additive embedding.
 
     It parameterises whatever the model asks of it (ε̂_θ(x_t, t) by default).
-    ``fourier_exponents`` adds :class:`FourierFeatures` of x_t to its input.
+    ``fourier_exponents`` adds :class:`FourierFeatures` of x_t to its input; ``latent_dim`` > 0
+    conditions it on a latent z as well (``forward(x_t, t, latent=z)``), added to the time
+    embedding.
     """
 
     def __init__(
@@ -84,6 +107,7 @@ class MLPDenoiser(nn.Module):
         time_dim: int = 64,
         out_dim: int | None = None,
         fourier_exponents: tuple[int, ...] = (),
+        latent_dim: int = 0,
     ) -> None:
         super().__init__()
         if data_dim < 1 or hidden < 1 or depth < 1:
@@ -92,6 +116,7 @@ class MLPDenoiser(nn.Module):
             )
         self.event_shape = (data_dim,)
         self.time = TimeEmbedding(time_dim)
+        self.latent = _latent_projection(latent_dim, time_dim)
         self.features = FourierFeatures(fourier_exponents)
         self.inp = nn.Linear(self.features.channels(data_dim), hidden)
         self.temb = nn.ModuleList(nn.Linear(time_dim, hidden) for _ in range(depth))
@@ -104,8 +129,8 @@ class MLPDenoiser(nn.Module):
         # out_dim = 2·data_dim for a learned reverse variance (ReverseVariance.LEARNED_RANGE)
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim or data_dim))
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        emb = self.time(t)
+    def forward(self, x_t: Tensor, t: Tensor, latent: Tensor | None = None) -> Tensor:
+        emb = _condition(self.time(t), self.latent, latent)
         h = self.inp(self.features(x_t))
         for proj, block in zip(self.temb, self.blocks, strict=True):
             h = h + block(h + proj(emb))
@@ -134,7 +159,8 @@ class UNetDenoiser(nn.Module):
 
     Sized for 8×8 digits: ``base=32`` has about 0.2 M parameters and trains on two CPU cores
     in minutes. ``fourier_exponents`` adds :class:`FourierFeatures` of x_t to its input
-    channels (for 17 grey levels on [−1, 1], spacing 2^−3: exponents 3, 4, 5).
+    channels (for 17 grey levels on [−1, 1], spacing 2^−3: exponents 3, 4, 5); ``latent_dim``
+    > 0 conditions it on a latent z, as :class:`MLPDenoiser`.
     """
 
     def __init__(
@@ -146,6 +172,7 @@ class UNetDenoiser(nn.Module):
         groups: int = 8,
         out_channels: int | None = None,
         fourier_exponents: tuple[int, ...] = (),
+        latent_dim: int = 0,
     ) -> None:
         super().__init__()
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
@@ -154,6 +181,7 @@ class UNetDenoiser(nn.Module):
         self.event_shape = (channels, h, w)
         out_channels = channels if out_channels is None else out_channels
         self.time = TimeEmbedding(time_dim)
+        self.latent = _latent_projection(latent_dim, time_dim)
         self.features = FourierFeatures(fourier_exponents)
         self.inp = nn.Conv2d(self.features.channels(channels), base, 3, padding=1)
         self.down1 = _ResBlock(base, base, time_dim, groups)
@@ -168,8 +196,8 @@ class UNetDenoiser(nn.Module):
             nn.Conv2d(base, out_channels, 3, padding=1),
         )
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        emb = self.time(t)
+    def forward(self, x_t: Tensor, t: Tensor, latent: Tensor | None = None) -> Tensor:
+        emb = _condition(self.time(t), self.latent, latent)
         h0 = self.down1(self.inp(self.features(x_t)), emb)
         h = self.mid2(self.mid1(self.pool(h0), emb), emb)
         h = self.up1(torch.cat([self.up(h), h0], dim=1), emb)

@@ -1,5 +1,6 @@
 """Guides q(x_{1:T} | x_0): the fixed forward chain and learned alternatives."""
 
+from .adaptive import AdaptiveNoiseGuide, GaussianEncoder
 from .closed_forms import has_closed_forms
 from .continuous import ContinuousForwardGuide
 from .forward import ChainOrder, ForwardGuide
@@ -13,10 +14,12 @@ from .learned import (
 from .schedule import Endpoints, LearnedSchedule, LearnedScheduleGuide
 
 __all__ = [
+    "AdaptiveNoiseGuide",
     "ChainOrder",
     "ContinuousForwardGuide",
     "Endpoints",
     "ForwardGuide",
+    "GaussianEncoder",
     "GaussianFactor",
     "GuideCovariance",
     "GuideStructure",

@@ -21,6 +21,7 @@ from .continuous import (
     continuous_elbo_terms,
     diffusion_integrand,
     sample_times,
+    step_integrand,
 )
 from .elbo import (
     DiffusionELBO,
@@ -97,6 +98,7 @@ __all__ = [
     "prior_kl",
     "psis_diagnostic",
     "sample_times",
+    "step_integrand",
     "simple_weights",
     "sitewise_elbo_terms",
     "step_terms",

@@ -56,6 +56,11 @@ def _check_closed_form_guide(guide) -> None:
         )
 
 
+def _continuous_time(model) -> bool:
+    """Whether ``model`` is a continuous-time model (read through its log-SNR, not tables)."""
+    return hasattr(model, "log_snr_and_slope")
+
+
 def _check_closed_form_pair(model, guide) -> None:
     _check_diffusion_model(model)
     _check_closed_form_guide(guide)
@@ -369,8 +374,27 @@ class DiffusionELBO(TimestepObjective):
 
     takes_programs = True
 
+    def _check_pair(self, model, guide) -> None:
+        if _continuous_time(model):
+            from .continuous import check_pair
+
+            check_pair(model, guide)
+            return
+        super()._check_pair(model, guide)
+
+    def _check_model(self, model) -> None:
+        if not _continuous_time(model):
+            super()._check_model(model)
+
     def per_datum_loss(self, model, guide, x0: Tensor) -> Tensor:
-        """ℓ_n = KL_prior,n − w(t_n) · term_n, unbiased for −ELBO(x0_n)."""
+        """ℓ_n = KL_prior,n − w(t_n) · term_n, unbiased for −ELBO(x0_n). A continuous-time model
+        (:class:`~pyrodiff.ContinuousDiffusion`, :class:`~pyrodiff.models.AdaptiveDiffusion`) is
+        evaluated at its T = ``num_steps`` in closed form over its log-SNR
+        (:func:`pyrodiff.infer.continuous.one_call_loss`)."""
+        if _continuous_time(model):
+            from .continuous import one_call_loss
+
+            return one_call_loss(self, model, guide, x0, model.num_steps)
         t, weight = self.timesteps.sample(x0.shape[0], model.num_steps, x0.device)
         terms = step_terms(model, guide, x0, t)
         self.timesteps.update(t, terms.detach())

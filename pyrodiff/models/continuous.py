@@ -141,13 +141,17 @@ class ContinuousDiffusion(PyroModule):
         return TIME_SCALE * (start - log_snr) / (start - end)
 
     @pyro_method
-    def log_snr_and_slope(self, t: Tensor, shape_hook=None) -> tuple[Tensor, Tensor]:
+    def log_snr_and_slope(
+        self, t: Tensor, shape_hook=None, latent: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """(λ(t), λ′(t)) of the schedule; ``shape_hook`` goes to a learned schedule's interior
-        (see :class:`~pyrodiff.schedules.LearnedLogSNR`)."""
+        (see :class:`~pyrodiff.schedules.LearnedLogSNR`), ``latent`` to a schedule conditioned
+        on a latent z (:class:`~pyrodiff.models.AdaptiveDiffusion`)."""
         sched = child(self, "schedule")
-        if shape_hook is None:
-            return sched.log_snr_and_slope(t)
-        return sched.log_snr_and_slope(t, shape_hook=shape_hook)
+        kwargs = {} if shape_hook is None else {"shape_hook": shape_hook}
+        if latent is not None:
+            kwargs["latent"] = latent
+        return sched.log_snr_and_slope(t, **kwargs)
 
     def gamma_and_slope(self, t: Tensor, shape_hook=None) -> tuple[Tensor, Tensor]:
         """Deprecated: (γ, γ′) = (−λ, −λ′); use :meth:`log_snr_and_slope`."""
@@ -160,15 +164,21 @@ class ContinuousDiffusion(PyroModule):
         return -lam, -slope
 
     @pyro_method
-    def schedule_endpoints(self) -> tuple[Tensor, Tensor]:
-        """(λ(0), λ(1)), differentiable for a learned schedule."""
-        return child(self, "schedule").endpoints()
+    def schedule_endpoints(self, latent: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(λ(0), λ(1)), differentiable for a learned schedule (per datum given a latent z)."""
+        sched = child(self, "schedule")
+        return sched.endpoints() if latent is None else sched.endpoints(latent)
 
     @pyro_method
-    def predict(self, z_t: Tensor, t: Tensor, log_snr: Tensor) -> Tensor:
-        """The denoiser's raw output (ε̂, x̂ or v̂) at per-datum times ``t`` (shape (batch,))."""
+    def predict(
+        self, z_t: Tensor, t: Tensor, log_snr: Tensor, latent: Tensor | None = None
+    ) -> Tensor:
+        """The denoiser's raw output (ε̂, x̂ or v̂) at per-datum times ``t`` (shape (batch,)),
+        given the latent z when the model has one."""
         c = self.network_input(t, log_snr).to(z_t.dtype)
-        return child(self, "denoiser")(z_t, c)
+        if latent is None:
+            return child(self, "denoiser")(z_t, c)
+        return child(self, "denoiser")(z_t, c, latent=latent)
 
     def decoder_moments(self, z_0: Tensor, log_snr_0: Tensor) -> tuple[Tensor, Tensor]:
         """(z_0/α_0, σ_0/α_0 = e^{−λ_0/2}): the location and scale of p(x | z_0)."""

@@ -7,7 +7,8 @@ One sign convention across the package: λ = +log SNR = log(ᾱ / (1 − ᾱ)), 
 and λ falls as the noise grows. Discrete chains give λ_t at steps t = 0 … T
 (:attr:`NoiseSchedule.log_snr`, the learned :class:`~pyrodiff.guides.LearnedSchedule`); the
 continuous families give λ(t) on t ∈ [0, 1] (:meth:`LogSNRSchedule.log_snr`, with λ(0) the
-least noise). Both learned schedules answer ``endpoints()`` = (λ at the least noise, λ at the
+least noise); :class:`MultivariateLogSNR` gives one λ(t) per dimension of the data, optionally
+conditioned on a latent z. The learned schedules answer ``endpoints()`` = (λ at the least noise, λ at the
 most) and hold whether those are trained in ``endpoints_mode`` (:class:`Endpoints`). ᾱ, 1 − ᾱ,
 α and σ are computed from λ in one place, :mod:`pyrodiff.schedules.log_snr`. (Variational
 diffusion models write γ = −λ; pyrodiff does not.)
@@ -32,6 +33,7 @@ from .discrete import (
     schedule_from_config,
 )
 from .log_snr import alpha_sigma, noise_variance, signal_variance
+from .multivariate import MultivariateLogSNR
 
 __all__ = [
     "CosineLogSNR",
@@ -39,6 +41,7 @@ __all__ = [
     "LearnedLogSNR",
     "LinearLogSNR",
     "LogSNRSchedule",
+    "MultivariateLogSNR",
     "NoiseSchedule",
     "alpha_sigma",
     "noise_variance",
