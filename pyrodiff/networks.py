@@ -69,6 +69,17 @@ class FourierFeatures(nn.Module):
         return torch.cat([x, feats], dim=1)
 
 
+def _check_dropout(p: float) -> float:
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
+        raise ConfigError(f"dropout must be a probability in [0, 1), got {p!r}")
+    return float(p)
+
+
+def _dropout(h: Tensor, p: float, training: bool) -> Tensor:
+    # no op at all when off: the default network's step costs what it did
+    return nn.functional.dropout(h, p, training) if p and training else h
+
+
 def _latent_projection(latent_dim: int, time_dim: int) -> nn.Linear | None:
     """A latent z (MuLAN's auxiliary variable) enters as a learned projection added to the time
     embedding, so every block that sees the noise level sees z too."""
@@ -96,7 +107,8 @@ class MLPDenoiser(nn.Module):
     It parameterises whatever the model asks of it (ε̂_θ(x_t, t) by default).
     ``fourier_exponents`` adds :class:`FourierFeatures` of x_t to its input; ``latent_dim`` > 0
     conditions it on a latent z as well (``forward(x_t, t, latent=z)``), added to the time
-    embedding.
+    embedding. ``dropout`` drops units of each residual branch while training (a regulariser
+    for small data sets; ``model.eval()`` turns it off for evaluation).
     """
 
     def __init__(
@@ -108,8 +120,10 @@ class MLPDenoiser(nn.Module):
         out_dim: int | None = None,
         fourier_exponents: tuple[int, ...] = (),
         latent_dim: int = 0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.dropout = _check_dropout(dropout)
         if data_dim < 1 or hidden < 1 or depth < 1:
             raise ConfigError(
                 f"MLPDenoiser needs data_dim, hidden, depth >= 1, got {data_dim}, {hidden}, {depth}"
@@ -133,13 +147,16 @@ class MLPDenoiser(nn.Module):
         emb = _condition(self.time(t), self.latent, latent)
         h = self.inp(self.features(x_t))
         for proj, block in zip(self.temb, self.blocks, strict=True):
-            h = h + block(h + proj(emb))
+            h = h + _dropout(block(h + proj(emb)), self.dropout, self.training)
         return self.out(h)
 
 
 class _ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, time_dim: int, groups: int) -> None:
+    def __init__(
+        self, cin: int, cout: int, time_dim: int, groups: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        self.dropout = dropout
         self.norm1 = nn.GroupNorm(min(groups, cin), cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.temb = nn.Linear(time_dim, cout)
@@ -150,7 +167,8 @@ class _ResBlock(nn.Module):
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(nn.functional.silu(self.norm1(x)))
         h = h + self.temb(emb)[:, :, None, None]
-        h = self.conv2(nn.functional.silu(self.norm2(h)))
+        h = nn.functional.silu(self.norm2(h))
+        h = self.conv2(_dropout(h, self.dropout, self.training))
         return self.skip(x) + h
 
 
@@ -160,7 +178,8 @@ class UNetDenoiser(nn.Module):
     Sized for 8×8 digits: ``base=32`` has about 0.2 M parameters and trains on two CPU cores
     in minutes. ``fourier_exponents`` adds :class:`FourierFeatures` of x_t to its input
     channels (for 17 grey levels on [−1, 1], spacing 2^−3: exponents 3, 4, 5); ``latent_dim``
-    > 0 conditions it on a latent z, as :class:`MLPDenoiser`.
+    > 0 conditions it on a latent z, and ``dropout`` drops units before each residual block's
+    second convolution while training, as in :class:`MLPDenoiser`.
     """
 
     def __init__(
@@ -173,8 +192,10 @@ class UNetDenoiser(nn.Module):
         out_channels: int | None = None,
         fourier_exponents: tuple[int, ...] = (),
         latent_dim: int = 0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        dropout = _check_dropout(dropout)
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
         if h % 2 or w % 2 or h < 2 or w < 2:
             raise ConfigError(f"UNetDenoiser needs an even image size, got {h}x{w}")
@@ -184,12 +205,12 @@ class UNetDenoiser(nn.Module):
         self.latent = _latent_projection(latent_dim, time_dim)
         self.features = FourierFeatures(fourier_exponents)
         self.inp = nn.Conv2d(self.features.channels(channels), base, 3, padding=1)
-        self.down1 = _ResBlock(base, base, time_dim, groups)
+        self.down1 = _ResBlock(base, base, time_dim, groups, dropout)
         self.pool = nn.Conv2d(base, 2 * base, 3, stride=2, padding=1)
-        self.mid1 = _ResBlock(2 * base, 2 * base, time_dim, groups)
-        self.mid2 = _ResBlock(2 * base, 2 * base, time_dim, groups)
+        self.mid1 = _ResBlock(2 * base, 2 * base, time_dim, groups, dropout)
+        self.mid2 = _ResBlock(2 * base, 2 * base, time_dim, groups, dropout)
         self.up = nn.ConvTranspose2d(2 * base, base, 2, stride=2)
-        self.up1 = _ResBlock(2 * base, base, time_dim, groups)
+        self.up1 = _ResBlock(2 * base, base, time_dim, groups, dropout)
         self.out = nn.Sequential(
             nn.GroupNorm(min(groups, base), base),
             nn.SiLU(),

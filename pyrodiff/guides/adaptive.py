@@ -111,11 +111,19 @@ class AdaptiveNoiseGuide(PyroModule):
         """(μ, σ) of q_φ(z | x_0), shape (N, latent_dim)."""
         return child(self, "encoder")(x0)
 
-    def latent(self, x0: Tensor, prior_loc: Tensor, prior_var: Tensor) -> tuple[Tensor, Tensor]:
-        """(z, KL): a reparameterised draw z ~ q_φ(z | x_0) and KL(q_φ(z | x_0) ‖ p(z)) per
-        datum in closed form, for p(z) = N(prior_loc, prior_var I)."""
+    def latent(
+        self,
+        x0: Tensor,
+        prior_loc: Tensor,
+        prior_var: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(z, KL): a reparameterised draw z ~ q_φ(z | x_0) (its noise from ``generator`` when
+        given) and KL(q_φ(z | x_0) ‖ p(z)) per datum in closed form, for
+        p(z) = N(prior_loc, prior_var I)."""
         loc, scale = self.latent_moments(x0)
-        z = loc + scale * torch.randn_like(loc)
+        noise = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
+        z = loc + scale * noise
         kl = gaussian_kl(loc, scale**2, prior_loc, prior_var).sum(-1)
         return z, kl
 

@@ -223,7 +223,9 @@ def _ends(model, x0: Tensor, latent: Tensor | None = None) -> tuple[Tensor, Tens
     return ends[0], ends[1]
 
 
-def _latent(model, guide, x0: Tensor) -> tuple[Tensor | None, Tensor | None]:
+def _latent(
+    model, guide, x0: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor | None, Tensor | None]:
     """(z, KL(q(z | x) ‖ p(z))) for a model with a latent z, drawn from its guide; else None's."""
     if not getattr(model, "latent_dim", 0):
         return None, None
@@ -232,7 +234,7 @@ def _latent(model, guide, x0: Tensor) -> tuple[Tensor | None, Tensor | None]:
             f"{type(model).__name__} has a latent z: its guide must draw it "
             f"(pyrodiff.AdaptiveNoiseGuide.for_model(model)), got {type(guide).__name__}"
         )
-    return guide.latent(x0, *model.latent_prior_moments(x0))
+    return guide.latent(x0, *model.latent_prior_moments(x0), generator=generator)
 
 
 def _check_steps(num_steps: int | None) -> None:
@@ -287,7 +289,7 @@ def continuous_elbo_terms(
     _check_steps(num_steps)
     check_data(x0, model.event_shape, model.likelihood, name="x0")
     sampler = timesteps if timesteps is not None else UniformTimesteps()
-    latent, latent_kl = _latent(model, guide, x0)
+    latent, latent_kl = _latent(model, guide, x0, generator)
     w, integrand, _ = _diffusion_draw(
         model, x0, sampler, num_bins, num_steps, latent, generator=generator
     )
