@@ -322,3 +322,15 @@ def test_sub_program_under_a_name_in_the_callers_plate():
     # poutine.scale reaches every site
     scaled = poutine.trace(poutine.scale(model, 0.5)).get_trace(x[:3])
     assert scaled.nodes["prior.x_1"]["scale"] == 0.5
+
+
+def test_the_pages_example_runs():
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "continuous.md").read_text()
+    section = page.split("## A noise process per dimension")[1].split("\n## ")[0]
+    (block,) = re.findall(r"^```python\n(.*?)^```$", section, re.S | re.M)
+    scope: dict = {}
+    exec(compile(block, "docs/continuous.md", "exec"), scope)
+    assert scope["samples"].shape == (8, 2)
