@@ -42,6 +42,7 @@ ENUM = "tests/test_timestep_enumeration.py"
 PINNED = "tests/test_samplers_pinned.py"
 CONT = "tests/test_continuous.py"
 ONE_HOME = "tests/test_one_home.py"
+ADAPT = "tests/test_adaptive.py"
 
 MUTANTS = [
     # the four bugs that once survived the whole suite
@@ -383,6 +384,55 @@ MUTANTS = [
         "                    p.copy_(saved[name])",
         "                    pass",
         ("tests/test_train.py::test_ema_is_the_exponential_average_and_swaps_back_exactly",),
+    ),
+    # the adaptive (multivariate, latent-conditioned) noise process
+    Mutant(
+        "log_snr_posterior_std_of_the_noisier_end",
+        "wrong variable",
+        "pyrodiff/gaussian.py",
+        "    return mean, r.sqrt() * sigma_s",
+        "    return mean, r.sqrt() * sigma_t",
+        (ADAPT,),
+    ),
+    Mutant(
+        "step_integrand_ratio_not_expm1",
+        "off by one",
+        "pyrodiff/infer/continuous.py",
+        "rate = torch.expm1(_per_datum(lam_prev, x0) - lam_n)",
+        "rate = torch.exp(_per_datum(lam_prev, x0) - lam_n)",
+        (ADAPT,),
+    ),
+    Mutant(
+        "multivariate_basis_slope_missing_sharpness",
+        "missing factor",
+        "pyrodiff/schedules/multivariate.py",
+        "slopes = sharp * s * (1.0 - s) / span",
+        "slopes = s * (1.0 - s) / span",
+        (ADAPT,),
+    ),
+    Mutant(
+        "latent_kl_sign",
+        "sign flip",
+        "pyrodiff/infer/continuous.py",
+        "return loss if latent_kl is None else loss + latent_kl",
+        "return loss if latent_kl is None else loss - latent_kl",
+        (ADAPT,),
+    ),
+    Mutant(
+        "adaptive_guide_top_at_the_wrong_time",
+        "off by one",
+        "pyrodiff/guides/adaptive.py",
+        "m, sd = log_snr_marginal_moments(self._log_snr(1.0, z, like), like)",
+        "m, sd = log_snr_marginal_moments(self._log_snr(times[T - 1], z, like), like)",
+        (ADAPT,),
+    ),
+    Mutant(
+        "x0_from_epsilon_swaps_alpha_and_sigma",
+        "wrong variable",
+        "pyrodiff/gaussian.py",
+        "        return (x_t - sigma * output) / alpha",
+        "        return (x_t - alpha * output) / sigma",
+        (ADAPT,),
     ),
 ]
 
