@@ -295,6 +295,13 @@ def test_vector_i_mmse_each_snr_derivative_of_the_information_is_half_the_mmse()
         assert abs(grad - 0.5 * mmse[j]) < err, (j, grad, 0.5 * mmse[j], err)
         # the check sees the correlations: the marginal's error lies outside the band
         assert abs(grad - 0.5 * alone[j]) > err, (j, grad, 0.5 * alone[j], err)
+    # and the per-datum K(λ) = KL(q(z_λ | x) ‖ p′_λ) of the other tests, averaged over x ~ N(0, Σ),
+    # is this I (p′ = the data's own density): K is quadratic in x, so the mean over the 2D
+    # points ±√D L e_i (L Lᵀ = Σ) is its exact expectation, equal to I up to rounding
+    points = math.sqrt(D) * np.linalg.cholesky(SIGMA).T
+    points = np.concatenate([points, -points])
+    average = np.mean([ref.kl_to_pushed_forward(x, B_OPTIMAL, np.log(snr)) for x in points])
+    assert abs(average - ref.mutual_information(SIGMA, snr)) < 1e-12, average
 
 
 def kl_to_pushed_forward_at(B, x):
