@@ -37,6 +37,7 @@ __all__ = [
     "plot_scatter",
     "plot_guide_comparison",
     "plot_traces",
+    "plot_schedule_images",
     "save_figure",
 ]
 
@@ -594,6 +595,38 @@ def plot_samples(
         title = title or _sampler_title(shape[0], sampler, steps)
         return plot_image_grid(x, value_range=value_range, num_levels=num_levels, title=title)
     raise DataError(f"cannot draw samples of shape {shape}: expected (N, 2) or (N, C, H, W)")
+
+
+def plot_schedule_images(
+    log_snr: Mapping[float, torch.Tensor | np.ndarray],
+    *,
+    title: str | None = None,
+) -> Figure:
+    """A noise process per pixel as images: λ(t) at each time t of ``log_snr`` ({t: λ(t)}, each
+    shaped (H, W) or (1, H, W), e.g. a :class:`~pyrodiff.schedules.MultivariateLogSNR` averaged
+    over the latents of some images), one panel per t on one colour scale, the scale beside."""
+    if not isinstance(log_snr, Mapping) or not log_snr:
+        raise DataError("plot_schedule_images takes {t: λ(t) per pixel}, at least one time")
+    images = {}
+    for t, lam in log_snr.items():
+        arr = np.asarray(lam.detach().cpu() if isinstance(lam, torch.Tensor) else lam, float)
+        if arr.ndim == 3 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 2:
+            raise DataError(f"λ({t}) has shape {arr.shape}: expected (H, W) or (1, H, W)")
+        images[float(t)] = arr
+    lo = min(a.min() for a in images.values())
+    hi = max(a.max() for a in images.values())
+    fig, axes = _figure(len(images), width=2.2, height=2.6)
+    for ax, (t, arr) in zip(axes, sorted(images.items()), strict=True):
+        shown = ax.imshow(arr, vmin=lo, vmax=hi, cmap="viridis")
+        ax.set_title(f"t = {t:g}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(shown, ax=axes, label="log-SNR λ", shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 def plot_guide_comparison(

@@ -41,3 +41,26 @@ def test_latent_changes_the_output_and_is_required_when_declared():
         MLPDenoiser(3)(x, t, latent=torch.zeros(5, 2))
     with pytest.raises(ConfigError, match="dropout"):
         MLPDenoiser(3, dropout=1.0)
+
+
+def test_schedule_images_one_panel_per_time_on_one_scale():
+    from pyrodiff.plots import plot_schedule_images
+    from pyrodiff.schedules import MultivariateLogSNR
+
+    sched = MultivariateLogSNR((1, 8, 8))
+    with torch.no_grad():
+        sched.start.add_(torch.linspace(0, 1, 64).reshape(1, 8, 8))
+    times = (0.0, 0.5, 1.0)
+    lam = {t: sched.log_snr(torch.full((1,), t, dtype=torch.float64))[0] for t in times}
+    fig = plot_schedule_images(lam, title="λ per pixel")
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["t = 0", "t = 0.5", "t = 1"]
+    limits = {ax.images[0].get_clim() for ax in panels}
+    assert len(limits) == 1  # one colour scale for every time
+    lo, hi = limits.pop()
+    assert lo == pytest.approx(min(v.min().item() for v in lam.values()))
+    assert hi == pytest.approx(max(v.max().item() for v in lam.values()))
+    from pyrodiff.errors import DataError
+
+    with pytest.raises(DataError, match="expected"):
+        plot_schedule_images({0.0: torch.zeros(3, 8, 8)})
