@@ -21,13 +21,17 @@ import torch
 from linear_models import random_linear_diffusion
 from pyro.infer import Trace_ELBO
 from reference import (
+    FixedVariance,
     Target,
     per_dim_elbo_terms,
     per_dim_evidence,
+    per_dim_fixed_variances,
     per_dim_from_model,
     per_dim_gaussian_oracle,
     per_dim_kernels,
+    per_dim_posterior_coefs,
     per_dim_step_term,
+    per_dim_x0_hat_affine,
 )
 from torch import Tensor, nn
 
@@ -356,6 +360,49 @@ def test_single_steps_compose_to_the_marginal_per_dimension():
         torch.testing.assert_close(mean, loc, atol=1e-12, rtol=0)
         torch.testing.assert_close(var, scale**2, atol=1e-12, rtol=0)
         torch.testing.assert_close(step.scale[0] ** 2, sched.betas[:, s], atol=1e-15, rtol=0)
+
+
+# --- reverse moments with a different ᾱ per dimension ---------------------------------------
+
+
+@pytest.mark.parametrize("variance", list(ReverseVariance))
+@pytest.mark.parametrize("param", list(Parameterization))
+def test_reverse_moments_per_dimension_follow_the_reference(param, variance):
+    """μ_θ = c0_t ⊙ x̂_0 + ct_t ⊙ x_t (x̂_0 = x_t at t = 1) and σ_t² per dimension: β_{j,t},
+    β̃_{j,t} (β̃_{j,2} at t = 1), the PER_STEP table, or exp(v log β + (1 − v) log β̃), each
+    from the reference's per-dimension formulas at every t, for a per-datum and an int t."""
+    sched = _per_dim_schedule(seed=8)
+    model = _model(sched, param, variance, seed=3)
+    if variance is ReverseVariance.PER_STEP:
+        with torch.no_grad():
+            model.log_variance.add_(0.3 * torch.randn_like(model.log_variance))
+    ab = sched.alpha_bar
+    net = model.denoiser
+    beta = per_dim_fixed_variances(ab, FixedVariance.BETA)
+    post = per_dim_fixed_variances(ab, FixedVariance.POSTERIOR)
+    x_t = torch.randn(N, D)
+    for s in range(1, T + 1):
+        t = torch.full((N,), s)
+        G, h = per_dim_x0_hat_affine(ab, net.W.detach(), net.b.detach(), s, Target[param.name])
+        x0_hat = x_t @ G.T + h
+        if s == 1:
+            want_mean = x0_hat
+        else:
+            c0, ct, _ = per_dim_posterior_coefs(ab, s)
+            want_mean = c0 * x0_hat + ct * x_t
+        if variance is ReverseVariance.BETA:
+            want_var = beta[s].expand(N, D)
+        elif variance is ReverseVariance.POSTERIOR:
+            want_var = post[s].expand(N, D)
+        elif variance is ReverseVariance.PER_STEP:
+            want_var = model.log_variance.detach()[:, s].exp().expand(N, D)
+        else:
+            v = net(x_t, t).detach()[:, D:]
+            want_var = torch.exp(v * beta[s].log() + (1 - v) * post[s].log())
+        for step in (t, s):
+            mean, var = model.reverse_moments(x_t, step)
+            torch.testing.assert_close(mean, want_mean, atol=1e-12, rtol=0)
+            torch.testing.assert_close(var.expand(N, D), want_var, atol=0, rtol=1e-12)
 
 
 # --- exact answers against the independent reference ----------------------------------------
