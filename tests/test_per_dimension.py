@@ -536,6 +536,47 @@ def test_ancestral_samples_of_the_per_dimension_oracle_have_the_datas_moments():
     assert (x.var(0) - std**2).abs().max() < 4 * std**2 * math.sqrt(2 / (n - 1))
 
 
+def test_strided_sampling_of_every_step_is_ancestral_sampling_per_dimension():
+    """Respacing onto all of 0 … T rebuilds the per-dimension β from ᾱ[..., τ]: the same chain,
+    so the same draws from the same noise (to rounding of 1 − ᾱ_t/ᾱ_{t−1})."""
+    model = _model(_per_dim_schedule(seed=9), Parameterization.EPSILON, ReverseVariance.POSTERIOR)
+    noise = torch.randn(T + 1, N, D)
+    torch.testing.assert_close(
+        strided_sample(model, N, T, noise=noise),
+        ancestral_sample(model, N, noise=noise),
+        atol=1e-12,
+        rtol=0,
+    )
+
+
+def test_ddim_with_the_true_x0_follows_the_forward_marginals_per_dimension():
+    """With x̂_0 = x_0 (an x_0-predictor that returns it) and x_T = √ᾱ_T ⊙ x_0 + √(1 − ᾱ_T) ⊙ z,
+    deterministic DDIM visits x_s = √ᾱ_s ⊙ x_0 + √(1 − ᾱ_s) ⊙ z at every step, per dimension."""
+    sched = _per_dim_schedule(T=8, seed=10)
+    ab = sched.alpha_bar
+    x0 = torch.tensor([0.5, -1.0, 2.0])
+
+    class _Truth(nn.Module):
+        event_shape = (D,)
+
+        def forward(self, x_t, t):
+            return x0.expand_as(x_t)
+
+    model = Diffusion(
+        _Truth(),
+        sched,
+        parameterization=Parameterization.X0,
+        prior_loc=ab[:, -1].sqrt() * x0,
+        prior_scale=(1 - ab[:, -1]).sqrt(),
+    )
+    noise = torch.randn(5, N, D)
+    _, traj = ddim_sample(model, N, 4, eta=0.0, noise=noise, return_trajectory=True)
+    z = noise[4]
+    for i, s in enumerate(traj.timesteps.tolist()):
+        want = ab[:, s].sqrt() * x0 + (1 - ab[:, s]).sqrt() * z
+        torch.testing.assert_close(traj.states[i], want, atol=1e-12, rtol=0)
+
+
 # --- continuous time: a log-SNR per dimension --------------------------------------------
 
 
