@@ -213,9 +213,9 @@ class Diffusion(PyroModule):
         return moments
 
     def _reverse_tables(self, sched: NoiseSchedule, like: Tensor) -> tuple[Tensor, Tensor]:
-        """(the (2, [*event,] T + 1) reverse-mean table, the variance table) in ``like``'s dtype; for
-        LEARNED_RANGE the variance table has the rows (log β̃_t, log β_t), for PER_STEP it is
-        log σ_t² (the parameter itself, so gradients reach it)."""
+        """(the (2, [*event,] T + 1) reverse-mean table, the variance table) in ``like``'s
+        dtype; for LEARNED_RANGE the variance table has the rows (log β̃_t, log β_t), for
+        PER_STEP it is log σ_t² (the parameter itself, so gradients reach it)."""
         mean = reverse_mean_table(self.parameterization, sched, like)
         if self.variance is ReverseVariance.LEARNED_RANGE:
             var = schedule_table(sched, _log_variance_range, like)
@@ -322,8 +322,9 @@ class Diffusion(PyroModule):
 
 
 # The two fixed reverse variances as float64 tables over t = 0 … T, time on the last axis
-# (built once per schedule by schedule_table). POSTERIOR replaces β̃_1 = 0 by β̃_2 (β_1 when T = 1) so the decoder has a
-# proper scale; the clamp keeps the logs finite at t = 0, which no step uses.
+# (built once per schedule by schedule_table). POSTERIOR replaces β̃_1 = 0 by β̃_2 (β_1 when
+# T = 1) so the decoder has a proper scale; the clamp keeps the logs finite at t = 0, which no
+# step uses.
 
 
 def _beta(s: nn.Module) -> Tensor:
