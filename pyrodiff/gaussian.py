@@ -2,7 +2,9 @@
 
 All functions take a :class:`~pyrodiff.schedules.NoiseSchedule` and a timestep ``t`` that is
 either an ``int`` or a LongTensor of shape ``(batch,)``; schedule coefficients are computed
-in float64 and cast to the data's dtype, broadcast over the event dimensions.
+in float64 and cast to the data's dtype, broadcast over the event dimensions. A schedule per
+dimension (tables of shape (*event_shape, T + 1)) gives coefficients with the data's event
+shape, so every closed form below holds elementwise, dimension by dimension.
 
 These functions sit inside every training step and every sampling step, so the tables they
 read are derived and cast once, not per call (:func:`schedule_table`, :func:`coef`).
@@ -25,6 +27,7 @@ __all__ = [
     "Parameterization",
     "coef",
     "coef_rows",
+    "schedule_event_dim",
     "schedule_table",
     "q_sample",
     "q_marginal",
@@ -61,25 +64,59 @@ class Parameterization(enum.Enum):
     """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (progressive distillation)"""
 
 
-def coef(table: Tensor, t: int | Tensor, like: Tensor) -> Tensor:
-    """``table[..., t]`` cast to ``like``'s dtype/device, shaped to broadcast over its event dims.
+def coef(table: Tensor, t: int | Tensor, like: Tensor, event_dim: int = 0) -> Tensor:
+    """``table[..., t]`` cast to ``like``'s dtype/device, shaped to broadcast over ``like``.
 
-    ``like`` has shape ``(batch, *event)``; with a tensor ``t`` of shape ``(batch,)`` a table of
-    length T + 1 gives shape ``(batch, 1, …, 1)``, with an int ``t`` a 0-d tensor (leading
-    table dimensions are kept in front). A table that already has ``like``'s dtype and device
-    (as :func:`schedule_table` gives) is not copied.
+    ``like`` has shape ``(batch, *event)``. ``event_dim`` says how many axes before the time
+    axis are the data's event axes: 0 for a scalar schedule's table (length T + 1), the length
+    of ``schedule.event_shape`` for a schedule per dimension (shape (*event, T + 1); see
+    :func:`schedule_event_dim`). It is an argument, never guessed from shapes: a table of 3
+    stacked rows and a schedule per dimension of 3-dimensional data look alike.
+
+    With a tensor ``t`` of shape ``(batch,)`` a scalar table gives shape ``(batch, 1, …, 1)``
+    and a per-dimension table ``(batch, *event)``; with an int ``t`` a 0-d tensor, or
+    ``(*event)``. Leading table dimensions (stacked rows) are kept in front. A table that
+    already has ``like``'s dtype and device (as :func:`schedule_table` gives) is not copied.
     """
     table = table.to(device=like.device, dtype=like.dtype)
     if isinstance(t, int):
         return table[..., t]
     # index_select is the cheaper call for the usual 1-D t; it has the same gradient
     value = table.index_select(-1, t) if t.dim() == 1 else table[..., t]
+    if event_dim:
+        return _time_before_event(value, t.dim(), event_dim, like.dim())
     return value.reshape(value.shape + (1,) * (like.dim() - t.dim()))
 
 
-def coef_rows(table: Tensor, t: int | Tensor, like: Tensor) -> tuple[Tensor, ...]:
-    """:func:`coef` for each row of a (k, T + 1) table, with one gather for all k rows."""
-    return coef(table, t, like).unbind(0)
+def _time_before_event(value: Tensor, t_dim: int, event_dim: int, like_dim: int) -> Tensor:
+    """(*rows, *event, *t) → (*rows, *t, 1…, *event): the gathered timesteps move in front of
+    the event axes (with ones between them for batch axes of ``like`` that ``t`` lacks)."""
+    rows = value.dim() - event_dim - t_dim
+    order = (
+        list(range(rows))
+        + list(range(rows + event_dim, value.dim()))
+        + list(range(rows, rows + event_dim))
+    )
+    value = value.permute(order)
+    pad = like_dim - t_dim - event_dim
+    if pad > 0:
+        shape = value.shape
+        value = value.reshape(shape[: rows + t_dim] + (1,) * pad + shape[rows + t_dim :])
+    return value
+
+
+def coef_rows(
+    table: Tensor, t: int | Tensor, like: Tensor, event_dim: int = 0
+) -> tuple[Tensor, ...]:
+    """:func:`coef` for each row of a (k, T + 1) table, or a (k, *event, T + 1) one with
+    ``event_dim`` = len(event), with one gather for all k rows."""
+    return coef(table, t, like, event_dim).unbind(0)
+
+
+def schedule_event_dim(schedule: nn.Module) -> int:
+    """The number of event axes in a schedule's tables: 0 for a scalar schedule, the length of
+    ``schedule.event_shape`` for a schedule per dimension (the ``event_dim`` of :func:`coef`)."""
+    return len(getattr(schedule, "event_shape", ()))
 
 
 class _Tables:
@@ -101,8 +138,8 @@ _DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def schedule_table(
     schedule: nn.Module, build: Callable[[nn.Module], Tensor], like: Tensor | None = None
 ) -> Tensor:
-    """``build(schedule)``, a float64 table of length T + 1 derived from the schedule's tables,
-    cast to ``like``'s dtype and device when ``like`` is given.
+    """``build(schedule)``, a float64 table of length T + 1 on its last axis derived from the
+    schedule's tables, cast to ``like``'s dtype and device when ``like`` is given.
 
     Built and cast once, then reused while the schedule's buffers are the same tensors at the
     same version, so ``.to(device)`` and in-place edits rebuild it. A schedule with parameters
@@ -142,12 +179,13 @@ def _sqrt_betas(s: nn.Module) -> Tensor:
 
 
 def _posterior_coef_x0(s: nn.Module) -> Tensor:
-    # roll(1) puts index T at 0; t = 0 is never a valid step, so that entry is unused.
-    return s.alpha_bar.sqrt().roll(1) * s.betas / s.one_minus_alpha_bar
+    # roll along time (the last axis) reads index t − 1 at t; it puts index T at 0, but t = 0
+    # is never a valid step, so that entry is unused.
+    return s.alpha_bar.sqrt().roll(1, -1) * s.betas / s.one_minus_alpha_bar
 
 
 def _posterior_coef_xt(s: nn.Module) -> Tensor:
-    return s.alphas.sqrt() * s.one_minus_alpha_bar.roll(1) / s.one_minus_alpha_bar
+    return s.alphas.sqrt() * s.one_minus_alpha_bar.roll(1, -1) / s.one_minus_alpha_bar
 
 
 def _posterior_table(s: nn.Module) -> Tensor:
@@ -157,14 +195,16 @@ def _posterior_table(s: nn.Module) -> Tensor:
 
 def _sqrt_coefs(schedule: nn.Module, t: int | Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     """(√ᾱ_t, √(1 − ᾱ_t)), square roots taken in float64."""
-    return coef_rows(schedule_table(schedule, _marginal_table, like), t, like)
+    table = schedule_table(schedule, _marginal_table, like)
+    return coef_rows(table, t, like, schedule_event_dim(schedule))
 
 
 def q_marginal_moments(
     schedule: NoiseSchedule, x0: Tensor, t: int | Tensor
 ) -> tuple[Tensor, Tensor]:
     """(√ᾱ_t x_0, √(1 − ᾱ_t)): the mean and standard deviation of q(x_t | x_0); the standard
-    deviation is shaped to broadcast over ``x0`` (see :func:`coef`)."""
+    deviation is shaped to broadcast over ``x0`` (see :func:`coef`): one per datum for a scalar
+    schedule, the data's shape for a schedule per dimension."""
     sa, so = _sqrt_coefs(schedule, t, x0)
     return sa * x0, so
 
@@ -230,8 +270,9 @@ def q_sample(schedule: NoiseSchedule, x0: Tensor, t: int | Tensor, noise: Tensor
 
 def q_step(schedule: NoiseSchedule, x_prev: Tensor, t: int | Tensor) -> dist.Normal:
     """One forward step q(x_t | x_{t−1}) = N(√α_t x_{t−1}, β_t I)."""
-    a = coef(schedule_table(schedule, _sqrt_alphas, x_prev), t, x_prev)
-    b = coef(schedule_table(schedule, _sqrt_betas, x_prev), t, x_prev)
+    e = schedule_event_dim(schedule)
+    a = coef(schedule_table(schedule, _sqrt_alphas, x_prev), t, x_prev, e)
+    b = coef(schedule_table(schedule, _sqrt_betas, x_prev), t, x_prev, e)
     return dist.Normal(a * x_prev, b.expand_as(x_prev))
 
 
@@ -243,7 +284,8 @@ def q_posterior_mean_coefs(
     c_0 = √ᾱ_{t−1} β_t / (1 − ᾱ_t) and c_t = √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t); at t = 1 they are
     (1, 0): the posterior mean is x_0 itself.
     """
-    c0, ct, _ = coef_rows(schedule_table(schedule, _posterior_table, like), t, like)
+    table = schedule_table(schedule, _posterior_table, like)
+    c0, ct, _ = coef_rows(table, t, like, schedule_event_dim(schedule))
     return c0, ct
 
 
@@ -254,7 +296,8 @@ def q_posterior_moments(
     t ≥ 2; the standard deviation is shaped to broadcast over ``x0``."""
     if isinstance(t, int) and t < 2:
         raise ValueError(f"q(x_(t-1) | x_t, x_0) is a proper density only for t >= 2, got t = {t}")
-    c0, ct, std = coef_rows(schedule_table(schedule, _posterior_table, x0), t, x0)
+    table = schedule_table(schedule, _posterior_table, x0)
+    c0, ct, std = coef_rows(table, t, x0, schedule_event_dim(schedule))
     return c0 * x0 + ct * x_t, std
 
 
@@ -321,8 +364,8 @@ def _reverse_mean_table(s: nn.Module, parameterization: Parameterization) -> Ten
     c0, ct = _posterior_coef_x0(s), _posterior_coef_xt(s)
     table = torch.stack([c0 * g_x + ct, c0 * g_o])
     # at t = 1 the posterior mean is x_0 itself; (c0, ct) = (1, 0) only up to rounding
-    table[:, 1] = torch.stack([g_x[1], g_o[1]])
-    table[:, 0] = 0.0  # t = 0 is no step
+    table[..., 1] = torch.stack([g_x[..., 1], g_o[..., 1]])
+    table[..., 0] = 0.0  # t = 0 is no step
     return table
 
 
@@ -343,14 +386,16 @@ def reverse_mean_coefs(
     √ᾱ_t ≈ 0 in the data's dtype at large t. For ε: a_t = 1/√α_t, b_t = −β_t/(√α_t √(1 − ᾱ_t)),
     DDPM's sampling formula. At t = 1 the mean is x̂_0 itself.
     """
-    a, b = coef_rows(reverse_mean_table(parameterization, schedule, like), t, like)
+    table = reverse_mean_table(parameterization, schedule, like)
+    a, b = coef_rows(table, t, like, schedule_event_dim(schedule))
     return a, b
 
 
 def reverse_mean_table(
     parameterization: Parameterization, schedule: NoiseSchedule, like: Tensor | None = None
 ) -> Tensor:
-    """The (2, T + 1) table of :func:`reverse_mean_coefs` (rows a_t, b_t), cast to ``like``."""
+    """The (2, T + 1) table of :func:`reverse_mean_coefs` (rows a_t, b_t), cast to ``like``;
+    (2, *event, T + 1) for a schedule per dimension."""
     return schedule_table(schedule, _REVERSE_MEAN[parameterization], like)
 
 

@@ -192,7 +192,8 @@ def predictive_sample(
 def respace(model: Diffusion, timesteps: Tensor) -> Diffusion:
     """The model restricted to a subsequence τ of its timesteps (improved DDPM's respacing).
 
-    The respaced chain keeps ᾱ on τ, so its β's are β'_i = 1 − ᾱ_{τ_i} / ᾱ_{τ_{i−1}}; its
+    The respaced chain keeps ᾱ on τ (per dimension for a schedule per dimension), so its β's
+    are β'_i = 1 − ᾱ_{τ_i} / ᾱ_{τ_{i−1}}; its
     reverse kernels call the *same* denoiser with the original t = τ_i, and fixed variances
     (β or β̃) are recomputed from β'. The result is a :class:`~pyrodiff.Diffusion` with S steps
     sharing the original's parameters, usable with every sampler and ELBO in pyrodiff.
@@ -204,7 +205,7 @@ def respace(model: Diffusion, timesteps: Tensor) -> Diffusion:
             "a model with ReverseVariance.PER_STEP cannot be respaced: its learned σ_t² belong "
             "to the full chain; sample it with ancestral_sample or ddim_sample"
         )
-    ab = model.schedule.alpha_bar.detach().cpu()[tau]
+    ab = model.schedule.alpha_bar.detach().cpu()[..., tau]
     sched = schedule_from_alpha_bar(ab, name=f"respaced_{model.schedule.name}")
     return Diffusion(
         _Respaced(model.denoiser, tau.to(model.schedule.alpha_bar.device)),
@@ -301,12 +302,21 @@ def ddim_sample(
             x = _decode(model.likelihood, x0_hat, x0_hat, None)
         else:
             eps_hat = eps_from_x0(model.schedule, x, t, x0_hat)
-            ab_t, ab_s = ab[t].item(), ab[s].item()
+            ab_t, ab_s = ab[..., t], ab[..., s]
+            if ab_t.dim() == 0:
+                ab_t, ab_s = ab_t.item(), ab_s.item()
             var = eta**2 * (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
-            dir_coef = max(1 - ab_s - var, 0.0) ** 0.5
-            x = ab_s**0.5 * x0_hat + dir_coef * eps_hat
-            if var > 0:
-                x = x + var**0.5 * draw(i - 1)
+            if isinstance(var, Tensor):
+                # a schedule per dimension: every coefficient has the data's event shape
+                dir_coef = (1 - ab_s - var).clamp(min=0.0).sqrt().to(x.dtype)
+                x = ab_s.sqrt().to(x.dtype) * x0_hat + dir_coef * eps_hat
+                if bool((var > 0).any()):
+                    x = x + var.sqrt().to(x.dtype) * draw(i - 1)
+            else:
+                dir_coef = max(1 - ab_s - var, 0.0) ** 0.5
+                x = ab_s**0.5 * x0_hat + dir_coef * eps_hat
+                if var > 0:
+                    x = x + var**0.5 * draw(i - 1)
         if states is not None:
             states.append(x)
     if states is None:

@@ -272,3 +272,167 @@ def from_model(model, detach: bool = True) -> LinearGaussian:
         var = fixed_variances(ab, FixedVariance[model.variance.name])
     loc, scale = model.prior_loc.detach().cpu(), model.prior_scale.detach().cpu()
     return kernels(ab, W, b, target, var, loc, scale)
+
+
+# --- Schedules per dimension ----------------------------------------------------------------
+#
+# ᾱ is a (D, T + 1) table: dimension j has its own chain, q(x_{t,j} | x_{0,j}) =
+# N(√ᾱ_{j,t} x_{0,j}, 1 − ᾱ_{j,t}), independent across j given x_0. Every coefficient above
+# becomes a vector over j, written here dimension by dimension from ᾱ_{j,·} alone (scalar
+# arithmetic per j, nothing vectorised across the schedule), so a wrong axis in the library's
+# tables cannot be repeated here. A linear denoiser's reverse kernels stay affine,
+# p(x_{t−1} | x_t) = N(A_t x_t + a_t, diag(σ_t²)), with diagonal σ_t².
+
+
+def per_dim_posterior_coefs(ab: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(c0_t, ct_t, β̃_t) as (D,) vectors, each dimension from its own ᾱ row (t ≥ 1)."""
+    rows = [posterior_coefs(ab[j], t) for j in range(ab.shape[0])]
+    return tuple(torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in range(3))
+
+
+def per_dim_fixed_variances(ab: Tensor, kind: FixedVariance) -> Tensor:
+    """σ_t² for t = 0 … T and each dimension, shape (T + 1, D): :func:`fixed_variances` of
+    each dimension's own chain."""
+    return torch.stack([fixed_variances(ab[j], kind) for j in range(ab.shape[0])], 1)
+
+
+def per_dim_x0_hat_affine(ab: Tensor, W: Tensor, bias: Tensor, t: int, target: Target):
+    """(G, h) with x̂_0 = G x_t + h; the conversion of row j uses dimension j's ᾱ_{j,t}."""
+    D = W.shape[-1]
+    Wt, bt = W[t].double(), bias[t].double()
+    G = torch.zeros(D, D, dtype=torch.float64)
+    h = torch.zeros(D, dtype=torch.float64)
+    for j in range(D):
+        a = float(ab[j, t])
+        if target is Target.X0:
+            G[j], h[j] = Wt[j], bt[j]
+        elif target is Target.EPSILON:  # x_0,j = (x_t,j − √(1−ᾱ_j) ε_j) / √ᾱ_j
+            G[j] = -math.sqrt(1 - a) * Wt[j] / math.sqrt(a)
+            G[j, j] += 1 / math.sqrt(a)
+            h[j] = -math.sqrt(1 - a) * bt[j] / math.sqrt(a)
+        else:  # x_0,j = √ᾱ_j x_t,j − √(1−ᾱ_j) v_j
+            G[j] = -math.sqrt(1 - a) * Wt[j]
+            G[j, j] += math.sqrt(a)
+            h[j] = -math.sqrt(1 - a) * bt[j]
+    return G, h
+
+
+def per_dim_kernels(
+    ab, W, bias, target: Target, var: Tensor, prior_loc, prior_scale
+) -> LinearGaussian:
+    """The affine reverse kernels of a linear denoiser under a (D, T + 1) ᾱ; ``var`` is
+    (T + 1, D). Row j of A_t is c0_{j,t} G_t[j] + ct_{j,t} e_j (the posterior mean of x_{t−1,j})."""
+    ab = ab.double()
+    T, D = ab.shape[1] - 1, W.shape[-1]
+    A = torch.zeros(T + 1, D, D, dtype=torch.float64)
+    a = torch.zeros(T + 1, D, dtype=torch.float64)
+    for t in range(1, T + 1):
+        G, h = per_dim_x0_hat_affine(ab, W, bias, t, target)
+        if t == 1:
+            A[t], a[t] = G, h
+            continue
+        c0, ct, _ = per_dim_posterior_coefs(ab, t)
+        for j in range(D):
+            A[t, j] = c0[j] * G[j]
+            A[t, j, j] += ct[j]
+            a[t, j] = c0[j] * h[j]
+    loc = torch.as_tensor(prior_loc, dtype=torch.float64).expand(D).clone()
+    pvar = torch.as_tensor(prior_scale, dtype=torch.float64).expand(D) ** 2
+    return LinearGaussian(A, a, var.double().clone(), loc, pvar.clone())
+
+
+def per_dim_evidence(lg: LinearGaussian, x0: Tensor) -> Tensor:
+    """log p(x_0) per datum for kernels with diagonal σ_t² (``lg.var`` of shape (T + 1, D)):
+    x_0 = Φ_T x_T + Σ_t Φ_{t−1} (a_t + diag(σ_t) z_t), Φ_k = A_1 ⋯ A_k."""
+    D = lg.A.shape[-1]
+    phi = torch.eye(D, dtype=torch.float64)
+    mean = torch.zeros(D, dtype=torch.float64)
+    cov = torch.zeros(D, D, dtype=torch.float64)
+    for t in range(1, lg.num_steps + 1):
+        mean = mean + phi @ lg.a[t]
+        cov = cov + phi @ torch.diag(lg.var[t]) @ phi.T
+        phi = phi @ lg.A[t]
+    mean = mean + phi @ lg.prior_loc
+    cov = cov + phi @ torch.diag(lg.prior_var) @ phi.T
+    return log_normal(x0.double(), mean, 0.5 * (cov + cov.T))
+
+
+def per_dim_elbo_terms(lg: LinearGaussian, ab_q: Tensor, x0: Tensor) -> Terms:
+    """Every ELBO term in closed form under the forward chain with a (D, T + 1) ᾱ = ``ab_q``
+    and kernels with diagonal σ_t². For x_t ~ N(m_t, diag(v_t)) and a row M_j,
+    E(M_j x_t + r_j)² = (M_j m_t + r_j)² + Σ_k M_jk² v_k; each dimension's KL is the
+    one-dimensional one."""
+    x0 = x0.double()
+    ab_q = ab_q.double()
+    T = lg.num_steps
+
+    def moments(t):
+        a = ab_q[:, t]
+        return a.sqrt() * x0, 1 - a  # (N, D), (D,)
+
+    def expected_sq(M, r, m, v):  # (N, D): one column per row j of M
+        return (m @ M.T + r) ** 2 + (M**2 * v).sum(-1)
+
+    m1, v1 = moments(1)
+    sq = expected_sq(-lg.A[1], x0 - lg.a[1], m1, v1)
+    s2 = lg.var[1]
+    rec = (-0.5 * torch.log(2 * math.pi * s2) - sq / (2 * s2)).sum(-1)
+    cols = []
+    for t in range(2, T + 1):
+        c0, ct, post = per_dim_posterior_coefs(ab_q, t)
+        m, v = moments(t)
+        sq = expected_sq(torch.diag(ct) - lg.A[t], c0 * x0 - lg.a[t], m, v)
+        s2 = lg.var[t]
+        cols.append((0.5 * (torch.log(s2 / post) + post / s2 - 1) + sq / (2 * s2)).sum(-1))
+    mT, vT = moments(T)
+    prior = _kl_normal(mT, vT.expand_as(mT), lg.prior_loc, lg.prior_var)
+    diff = torch.stack(cols, 1) if cols else x0.new_zeros(x0.shape[0], 0)
+    return Terms(rec, diff, prior)
+
+
+def per_dim_step_term(lg: LinearGaussian, ab_q: Tensor, x0: Tensor, t: int, eps: Tensor) -> Tensor:
+    """The one-sample term at x_t = √ᾱ_t ⊙ x_0 + √(1 − ᾱ_t) ⊙ ε (ᾱ_t a (D,) column)."""
+    x0, eps = x0.double(), eps.double()
+    a = ab_q[:, t].double()
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    mean = x_t @ lg.A[t].T + lg.a[t]
+    s2 = lg.var[t].expand_as(mean)
+    if t == 1:
+        return (-0.5 * torch.log(2 * math.pi * s2) - (x0 - mean) ** 2 / (2 * s2)).sum(-1)
+    c0, ct, post = per_dim_posterior_coefs(ab_q, t)
+    mq = c0 * x0 + ct * x_t
+    return -_kl_normal(mq, post.expand_as(mq), mean, s2)
+
+
+def per_dim_gaussian_oracle(ab: Tensor, mean: Tensor, std: float):
+    """The true reverse process of x_0 ~ N(mean, std² I) under a (D, T + 1) ᾱ, as a linear
+    x_0-predictor: :func:`isotropic_gaussian_oracle` of each dimension's own chain (the
+    dimensions are independent under both the data and q). Returns (W, b, σ² (T + 1, D),
+    prior_loc, prior_scale (D,))."""
+    ab = ab.double()
+    mean = torch.as_tensor(mean, dtype=torch.float64)
+    D, T = ab.shape[0], ab.shape[1] - 1
+    W = torch.zeros(T + 1, D, D, dtype=torch.float64)
+    b = torch.zeros(T + 1, D, dtype=torch.float64)
+    var = torch.ones(T + 1, D, dtype=torch.float64)
+    p_loc = torch.zeros(D, dtype=torch.float64)
+    p_scale = torch.zeros(D, dtype=torch.float64)
+    for j in range(D):
+        Wj, bj, vj, lj, sj = isotropic_gaussian_oracle(ab[j], mean[j : j + 1], std)
+        W[:, j, j], b[:, j], var[:, j] = Wj[:, 0, 0], bj[:, 0], vj
+        p_loc[j], p_scale[j] = lj[0], sj
+    return W, b, var, p_loc, p_scale
+
+
+def per_dim_from_model(model, detach: bool = True) -> LinearGaussian:
+    """:func:`from_model` for a model over a schedule per dimension (ᾱ of shape (D, T + 1))."""
+    keep = (lambda x: x.detach().cpu()) if detach else (lambda x: x.cpu())
+    ab = model.schedule.alpha_bar.detach().double().cpu()
+    W, b = keep(model.denoiser.weight), keep(model.denoiser.bias)
+    target = Target[model.parameterization.name]
+    if model.variance.name == "PER_STEP":
+        var = keep(model.log_variance).double().exp().T  # (D, T + 1) → (T + 1, D)
+    else:
+        var = per_dim_fixed_variances(ab, FixedVariance[model.variance.name])
+    loc, scale = model.prior_loc.detach().cpu(), model.prior_scale.detach().cpu()
+    return per_dim_kernels(ab, W, b, target, var, loc, scale)

@@ -79,7 +79,8 @@ def step_terms(
 
     Returns, for each datum n, log p_θ(x_0 | x_1) if t_n = 1 and −KL(q(x_{t−1} | x_t, x_0) ‖
     p_θ(x_{t−1} | x_t)) otherwise, with x_t ~ q(x_t | x_0) drawn by reparameterisation (from
-    ``noise`` if given). Each is unbiased for its term of the ELBO.
+    ``noise`` if given). Each is unbiased for its term of the ELBO. Over a schedule per
+    dimension the KL is the sum of the dimensions' one-dimensional KLs.
 
     ``moments``, if given, are (μ_θ, σ_t²) already computed at the x_t that ``noise`` gives
     (``noise`` is then required); objectives that need the terms with parts of the moments
@@ -100,6 +101,8 @@ def step_terms(
     # torch.where discards in favour of the decoder term
     post_loc, post_scale = guide.posterior_moments(x0, x_t, t.clamp(min=2))
     post_var = post_scale**2
+    # a schedule per dimension gives variances of the data's shape, which take the elementwise
+    # branch: the isotropic form holds only for one variance shared by a datum's dimensions
     if _one_per_datum(var, x0) and _one_per_datum(post_var, x0):
         # fixed variances: a constant per step plus the mean's weighted squared error
         sq_dist = sum_event((post_loc - mean) ** 2, event_dim)

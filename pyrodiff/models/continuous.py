@@ -206,11 +206,12 @@ class ContinuousDiffusion(PyroModule):
         sched = self.schedule.discretize(T)
         with torch.no_grad():
             lam = sched.log_snr.clone()
-            lam[0] = lam[1]  # index 0 is the data; no step reads it
+            lam[..., 0] = lam[..., 1]  # index 0 is the data; no step reads it
             inputs = self.network_input(s, lam.to(s)).double()
             log_var = torch.log(sched.posterior_variance.clamp(min=1e-300))
-            # the decoder's variance σ_0²/α_0² = e^{−λ_0} (index 0 is unused)
-            log_var[:2] = -lam[1]
+            # the decoder's variance σ_0²/α_0² = e^{−λ_0} (index 0 is unused); per dimension
+            # for a schedule per dimension (time on the tables' last axis)
+            log_var[..., :2] = -lam[..., 1:2]
         adapter = _DiscreteTimeDenoiser(self.denoiser, inputs, self.parameterization, sched)
         # a fixed table, not a free parameter: these are VDM's variances, not learned ones
         model = Diffusion(
@@ -283,7 +284,9 @@ class _DiscreteTimeDenoiser(nn.Module):
         self.denoiser = denoiser
         self.event_shape = getattr(denoiser, "event_shape", None)
         self.register_buffer("inputs", inputs, persistent=False)
-        ab1 = schedule.alpha_bar[1].item()
+        ab1 = schedule.alpha_bar[..., 1]
+        # one number for a scalar schedule; the data's shape for a schedule per dimension
+        ab1 = ab1.item() if ab1.dim() == 0 else ab1.clone()
         if parameterization is Parameterization.EPSILON:
             self.identity_gain = 0.0
         elif parameterization is Parameterization.X0:
@@ -299,4 +302,7 @@ class _DiscreteTimeDenoiser(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         out = self.denoiser(x_t, self.inputs.index_select(0, t).to(x_t.dtype))
         at_one = (t == 1).reshape((-1,) + (1,) * (x_t.dim() - 1))
-        return torch.where(at_one, self.identity_gain * x_t, out)
+        gain = self.identity_gain
+        if isinstance(gain, Tensor):
+            gain = gain.to(device=x_t.device, dtype=x_t.dtype)
+        return torch.where(at_one, gain * x_t, out)

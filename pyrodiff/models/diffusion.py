@@ -18,6 +18,7 @@ from ..gaussian import (
     coef_rows,
     predict_x0,
     reverse_mean_table,
+    schedule_event_dim,
     schedule_table,
 )
 from ..likelihoods import GaussianLikelihood, Likelihood
@@ -76,14 +77,18 @@ class Diffusion(PyroModule):
 
     Args:
         denoiser: any ``nn.Module`` with ``forward(x_t, t) -> tensor shaped like x_t``.
-        schedule: the forward chain's schedule; the model uses the same ᾱ_t.
+        schedule: the forward chain's schedule; the model uses the same ᾱ_t. A schedule per
+            dimension (``schedule.event_shape`` equal to ``event_shape``) makes every σ_t² and
+            every mean coefficient a vector over the data's dimensions: p_θ(x_{t−1} | x_t) =
+            N(μ_θ, diag(σ_t²)).
         likelihood: the decoder p(x_0 | x_1); Gaussian unless given.
         parameterization: what the denoiser predicts.
         variance: the reverse variance σ_t².
         event_shape: the shape of one datum; read from ``denoiser.event_shape`` if omitted.
         prior_loc, prior_scale: p(x_T) = N(prior_loc, prior_scale² I); DDPM's N(0, I) by default.
-        fixed_log_variance: with ``variance=PER_STEP``, a table of log σ_t² (length T + 1) held
-            fixed as a buffer instead of learned (a continuous model's discretisation uses it).
+        fixed_log_variance: with ``variance=PER_STEP``, a table of log σ_t² (shape
+            (*schedule.event_shape, T + 1), the schedule's tables' shape) held fixed as a buffer
+            instead of learned (a continuous model's discretisation uses it).
         name: the prefix of its parameters and sites, in Pyro's convention ("" for none).
     """
 
@@ -117,6 +122,14 @@ class Diffusion(PyroModule):
                     "event_shape is required when the denoiser has no event_shape attribute"
                 )
         self.event_shape = tuple(int(s) for s in event_shape)
+        schedule_shape = tuple(getattr(schedule, "event_shape", ()))
+        if schedule_shape and schedule_shape != self.event_shape:
+            raise ConfigError(
+                f"a schedule per dimension must have the data's event shape {self.event_shape}, "
+                f"got a schedule with event shape {schedule_shape}"
+            )
+        # how many axes of the schedule's tables are the data's (see gaussian.coef)
+        self._table_event_dim = schedule_event_dim(schedule)
         self.denoiser = denoiser
         self.schedule = schedule
         self.likelihood = likelihood if likelihood is not None else GaussianLikelihood()
@@ -131,10 +144,11 @@ class Diffusion(PyroModule):
                 raise ConfigError(
                     f"fixed_log_variance is a PER_STEP table; got variance={variance.name}"
                 )
-            if tuple(fixed_log_variance.shape) != (schedule.num_steps + 1,):
+            table_shape = schedule_shape + (schedule.num_steps + 1,)
+            if tuple(fixed_log_variance.shape) != table_shape:
                 raise ConfigError(
-                    f"fixed_log_variance must have shape (T + 1,) = ({schedule.num_steps + 1},), "
-                    f"got {tuple(fixed_log_variance.shape)}"
+                    f"fixed_log_variance must have the schedule's table shape "
+                    f"(*event, T + 1) = {table_shape}, got {tuple(fixed_log_variance.shape)}"
                 )
             self.register_buffer("log_variance", fixed_log_variance)
         elif variance is ReverseVariance.PER_STEP:
@@ -160,7 +174,8 @@ class Diffusion(PyroModule):
 
         At t = 1 these are the decoder's location x̂_0(x_1, 1) and variance. σ_t² has shape
         ``(batch, 1, …)`` for fixed variances and a per-datum ``t`` (0-d for an int ``t``),
-        and x_t's shape for LEARNED_RANGE.
+        and x_t's shape for LEARNED_RANGE; over a schedule per dimension, fixed variances have
+        shape ``(batch, *event)`` (``event`` for an int ``t``).
         """
         sched = child(self, "schedule")
         batch_shape = x_t.shape[: x_t.dim() - self.event_dim]
@@ -177,7 +192,8 @@ class Diffusion(PyroModule):
         mean, var = self._moments(x_t, t, at, self._reverse_tables(sched, x_t))
         if len(batch_shape) != 1:
             mean = mean.reshape(batch_shape + mean.shape[1:])
-            if var.dim():
+            # one σ² for every datum (an int t): 0-d, or the event's shape per dimension
+            if var.dim() > self._table_event_dim:
                 var = var.reshape(batch_shape + var.shape[1:])
         return mean, var
 
@@ -197,9 +213,9 @@ class Diffusion(PyroModule):
         return moments
 
     def _reverse_tables(self, sched: NoiseSchedule, like: Tensor) -> tuple[Tensor, Tensor]:
-        """(the (2, T + 1) reverse-mean table, the variance table) in ``like``'s dtype; for
-        LEARNED_RANGE the variance table has the rows (log β̃_t, log β_t), for PER_STEP it is
-        log σ_t² (the parameter itself, so gradients reach it)."""
+        """(the (2, [*event,] T + 1) reverse-mean table, the variance table) in ``like``'s
+        dtype; for LEARNED_RANGE the variance table has the rows (log β̃_t, log β_t), for
+        PER_STEP it is log σ_t² (the parameter itself, so gradients reach it)."""
         mean = reverse_mean_table(self.parameterization, sched, like)
         if self.variance is ReverseVariance.LEARNED_RANGE:
             var = schedule_table(sched, _log_variance_range, like)
@@ -217,16 +233,17 @@ class Diffusion(PyroModule):
         """(μ_θ, σ_t²) at per-datum timesteps ``t``; ``at``, when every datum is at the same
         step, lets the coefficients be read as one number each instead of a gather."""
         step = t if at is None else at
+        e = self._table_event_dim
         mean_table, var_table = tables
         out, frac = self._split_output(child(self, "denoiser")(x_t, t))
         if self.variance is ReverseVariance.LEARNED_RANGE:
-            lo, hi = coef_rows(var_table, step, x_t)
+            lo, hi = coef_rows(var_table, step, x_t, e)
             var = torch.exp(frac * hi + (1 - frac) * lo)
         elif self.variance is ReverseVariance.PER_STEP:
-            var = coef(var_table, step, x_t).exp()
+            var = coef(var_table, step, x_t, e).exp()
         else:
-            var = coef(var_table, step, x_t)
-        a, b = coef_rows(mean_table, step, x_t)
+            var = coef(var_table, step, x_t, e)
+        a, b = coef_rows(mean_table, step, x_t, e)
         return a * x_t + b * out, var
 
     def _split_output(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -304,9 +321,10 @@ class Diffusion(PyroModule):
         }
 
 
-# The two fixed reverse variances as float64 tables over t = 0 … T (built once per schedule by
-# schedule_table). POSTERIOR replaces β̃_1 = 0 by β̃_2 (β_1 when T = 1) so the decoder has a
-# proper scale; the clamp keeps the logs finite at t = 0, which no step uses.
+# The two fixed reverse variances as float64 tables over t = 0 … T, time on the last axis
+# (built once per schedule by schedule_table). POSTERIOR replaces β̃_1 = 0 by β̃_2 (β_1 when
+# T = 1) so the decoder has a proper scale; the clamp keeps the logs finite at t = 0, which no
+# step uses.
 
 
 def _beta(s: nn.Module) -> Tensor:
@@ -315,7 +333,7 @@ def _beta(s: nn.Module) -> Tensor:
 
 def _posterior_variance(s: nn.Module) -> Tensor:
     post = s.posterior_variance.clone()
-    post[1] = post[2] if s.num_steps >= 2 else s.betas[1]
+    post[..., 1] = post[..., 2] if s.num_steps >= 2 else s.betas[..., 1]
     return post.clamp(min=1e-300)
 
 

@@ -23,30 +23,37 @@ def gaussian_oracle(schedule: NoiseSchedule, mean: Tensor, std: float, name: str
     q(x_T). With this model p_θ(x_{1:T} | x_0) = q(x_{1:T} | x_0), so the ELBO equals
     log p(x_0) = log N(x_0; mean, std² I) for every draw from the guide. ``name`` is the
     model's (:class:`~pyrodiff.Diffusion`).
+
+    Over a schedule per dimension (``schedule.event_shape == (D,)``) the same holds dimension
+    by dimension: k_t, V_t and the reverse variances become vectors, the denoiser's weights
+    diagonal matrices and the prior N(√ᾱ_T m, diag(ᾱ_T s² + 1 − ᾱ_T)).
     """
     mean = torch.as_tensor(mean, dtype=torch.float64).flatten()
     D, T = mean.numel(), schedule.num_steps
-    ab = schedule.alpha_bar.double()
+    # time first: (T + 1,) for a scalar schedule, (T + 1, D) for one per dimension
+    ab = schedule.alpha_bar.double().movedim(-1, 0)
     s2 = float(std) ** 2
     k = ab.sqrt() * s2 / (ab * s2 + 1 - ab)
     V = s2 * (1 - ab) / (ab * s2 + 1 - ab)
     c0, _ = q_posterior_mean_coefs(schedule, torch.arange(T + 1), ab)
-    var = schedule.posterior_variance.double() + c0**2 * V
+    var = schedule.posterior_variance.double().movedim(-1, 0) + c0**2 * V
     var[1] = V[1]
     var[0] = 1.0
     denoiser = LinearDenoiser(D, T)
     with torch.no_grad():
-        denoiser.weight.copy_(k[:, None, None] * torch.eye(D, dtype=torch.float64))
-        denoiser.bias.copy_(mean[None, :] * (1 - k * ab.sqrt())[:, None])
+        # (T + 1, 1, 1) or (T + 1, D, 1) against the identity: k_t I, or diag(k_t)
+        denoiser.weight.copy_(k.reshape(T + 1, -1, 1) * torch.eye(D, dtype=torch.float64))
+        denoiser.bias.copy_(mean * (1 - k * ab.sqrt()).reshape(T + 1, -1))
+    prior_var = ab[T] * s2 + 1 - ab[T]
     model = Diffusion(
         denoiser,
         schedule,
         parameterization=Parameterization.X0,
         variance=ReverseVariance.PER_STEP,
         prior_loc=ab[T].sqrt() * mean,
-        prior_scale=float((ab[T] * s2 + 1 - ab[T]).sqrt()),
+        prior_scale=float(prior_var.sqrt()) if prior_var.dim() == 0 else prior_var.sqrt(),
         name=name,
     )
     with torch.no_grad():
-        model.log_variance.copy_(torch.log(var))
+        model.log_variance.copy_(torch.log(var).movedim(0, -1))
     return model

@@ -106,11 +106,18 @@ class LogSNRSchedule(nn.Module):
     def discretize(self, num_steps: int) -> NoiseSchedule:
         """The discrete schedule of x_1 … x_T at times s_t = (t − 1)/(T − 1) (see
         :func:`discrete_times`): ᾱ_t = sigmoid(λ(s_t)), ᾱ_0 = 1 (x_0 is the data); float64,
-        detached from any learned parameters."""
+        detached from any learned parameters.
+
+        A schedule per dimension, whose λ(t) has shape t.shape + event_shape, gives a
+        :class:`NoiseSchedule` per dimension: ᾱ_{j,t} = sigmoid(λ_j(s_t)), tables of shape
+        (*event_shape, T + 1)."""
         s = discrete_times(num_steps)
         with torch.no_grad():
             lam = self.log_snr(s[1:].to(self._device())).double().cpu()
-        alpha_bar = torch.cat([torch.ones(1, dtype=torch.float64), signal_variance(lam)])
+        # time is the first axis of λ and the last of a table
+        lam = lam.movedim(0, -1)
+        one = torch.ones(lam.shape[:-1] + (1,), dtype=torch.float64)
+        alpha_bar = torch.cat([one, signal_variance(lam)], -1)
         sched = schedule_from_alpha_bar(alpha_bar, name=f"{self.name}@{num_steps}")
         return sched
 

@@ -1,7 +1,9 @@
 """Noise schedules of the forward chain q(x_t | x_{t-1}) = N(√α_t x_{t-1}, β_t I).
 
-Every table has length T + 1 and is indexed by t itself, so ``alpha_bar[0] == 1`` and
-``betas[0] == 0`` (there is no step into x_0). Tables are float64 buffers: they follow
+Every table has length T + 1 on its last axis and is indexed by t itself, so
+``alpha_bar[..., 0] == 1`` and ``betas[..., 0] == 0`` (there is no step into x_0). A schedule
+per dimension holds tables of shape (*event_shape, T + 1), one chain per dimension of a datum;
+a scalar schedule is the case ``event_shape == ()``. Tables are float64 buffers: they follow
 ``.to(device)`` and keep ᾱ_t accurate where 1 − ᾱ_t is tiny.
 """
 
@@ -20,7 +22,12 @@ __all__ = ["NoiseSchedule", "linear_schedule", "cosine_schedule", "schedule_from
 class NoiseSchedule(nn.Module):
     """A discrete-time variance-preserving schedule built from β_1 … β_T.
 
-    Buffers (all float64, length T + 1, index t):
+    ``betas`` holds β_1 … β_T: shape (T,) for one schedule shared by every dimension, or
+    (*event_shape, T) for a schedule per dimension (β_{j,t} for the data's dimension j), in
+    which case every buffer has shape (*event_shape, T + 1) and q(x_t | x_0) =
+    N(√ᾱ_t ⊙ x_0, diag(1 − ᾱ_t)). ``event_shape`` is () for the scalar case.
+
+    Buffers (all float64, length T + 1 on the last axis, index t):
 
     ============  ==========================================  ======================
     name          meaning                                     value at t = 0
@@ -41,19 +48,29 @@ class NoiseSchedule(nn.Module):
 
     def __init__(self, betas: Tensor | list[float], name: str = "custom") -> None:
         super().__init__()
-        b = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().flatten()
-        if b.numel() < 1:
-            raise ConfigError(f"a schedule needs T >= 1 steps, got T = {b.numel()}")
-        if not torch.isfinite(b).all() or (b <= 0).any() or (b >= 1).any():
-            bad = b[~(torch.isfinite(b) & (b > 0) & (b < 1))][0].item()
-            raise ConfigError(f"every β_t must lie in (0, 1); got β = {bad!r}")
+        b = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
+        if b.dim() == 0:
+            b = b.reshape(1)
+        if b.shape[-1] < 1:
+            raise ConfigError(f"a schedule needs T >= 1 steps, got T = {b.shape[-1]}")
+        if b.numel() == 0:
+            raise ConfigError(
+                f"a schedule per dimension needs every event dimension >= 1, got betas of shape "
+                f"{tuple(b.shape)} (event shape, T)"
+            )
+        ok = torch.isfinite(b) & (b > 0) & (b < 1)
+        if not ok.all():
+            bad, where = _first_bad(b, ~ok, first_step=1)
+            raise ConfigError(f"every β_t must lie in (0, 1); got β = {bad!r}{where}")
         self.name = name
-        betas_full = torch.cat([torch.zeros(1, dtype=torch.float64), b])
+        self.event_shape: tuple[int, ...] = tuple(b.shape[:-1])
+        zero = torch.zeros(self.event_shape + (1,), dtype=torch.float64)
+        betas_full = torch.cat([zero, b], -1)
         alphas = 1.0 - betas_full
-        alpha_bar = torch.cumprod(alphas, 0)
-        one_minus = -torch.expm1(torch.cumsum(torch.log1p(-betas_full), 0))
+        alpha_bar = torch.cumprod(alphas, -1)
+        one_minus = -torch.expm1(torch.cumsum(torch.log1p(-betas_full), -1))
         posterior_variance = torch.zeros_like(betas_full)
-        posterior_variance[1:] = betas_full[1:] * one_minus[:-1] / one_minus[1:]
+        posterior_variance[..., 1:] = betas_full[..., 1:] * one_minus[..., :-1] / one_minus[..., 1:]
         self.register_buffer("betas", betas_full)
         self.register_buffer("alphas", alphas)
         self.register_buffer("alpha_bar", alpha_bar)
@@ -76,28 +93,54 @@ class NoiseSchedule(nn.Module):
     @property
     def num_steps(self) -> int:
         """T, the number of noising steps."""
-        return self.betas.shape[0] - 1
+        return self.betas.shape[-1] - 1
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, T={self.num_steps}"
+        shape = f", event_shape={self.event_shape}" if self.event_shape else ""
+        return f"name={self.name!r}, T={self.num_steps}{shape}"
 
     def config(self) -> dict:
-        """A JSON-able description from which :func:`schedule_from_config` rebuilds it."""
-        return {"name": self.name, "num_steps": self.num_steps, **getattr(self, "_params", {})}
+        """A JSON-able description from which :func:`schedule_from_config` rebuilds it.
+
+        A schedule per dimension has no formula to name, so it serialises its table: β_1 … β_T
+        per dimension (``"betas"``, nested lists of shape (*event_shape, T)) with its
+        ``"event_shape"``; JSON's shortest round-trip floats rebuild it bit for bit.
+        """
+        cfg = {"name": self.name, "num_steps": self.num_steps, **getattr(self, "_params", {})}
+        if self.event_shape:
+            cfg["event_shape"] = list(self.event_shape)
+            cfg["betas"] = self.betas[..., 1:].cpu().tolist()
+        return cfg
 
 
 def schedule_from_alpha_bar(alpha_bar: Tensor, name: str = "custom") -> NoiseSchedule:
-    """Build a schedule from ᾱ_0 … ᾱ_T (ᾱ_0 = 1), which must be strictly decreasing in (0, 1]."""
-    ab = torch.as_tensor(alpha_bar, dtype=torch.float64).flatten()
-    if ab.numel() < 2:
-        raise ConfigError(f"ᾱ needs T + 1 >= 2 entries, got {ab.numel()}")
-    if abs(ab[0].item() - 1.0) > 1e-12:
-        raise ConfigError(f"ᾱ_0 must be 1 (x_0 is the data), got {ab[0].item()!r}")
-    if not (ab[1:] < ab[:-1]).all() or (ab[1:] <= 0).any():
+    """Build a schedule from ᾱ_0 … ᾱ_T (ᾱ_0 = 1), which must be strictly decreasing in (0, 1].
+
+    ``alpha_bar`` has shape (T + 1,), or (*event_shape, T + 1) for a schedule per dimension
+    (each dimension's ᾱ on the last axis).
+    """
+    ab = torch.as_tensor(alpha_bar, dtype=torch.float64).detach().cpu()
+    if ab.dim() == 0 or ab.shape[-1] < 2:
         raise ConfigError(
-            "ᾱ_t must be strictly decreasing and positive: the schedule is not monotone"
+            f"ᾱ needs T + 1 >= 2 entries on its last axis, got shape {tuple(ab.shape)}"
         )
-    return NoiseSchedule(1.0 - ab[1:] / ab[:-1], name=name)
+    if ab.numel() == 0:
+        raise ConfigError(
+            f"ᾱ per dimension needs every event dimension >= 1, got {tuple(ab.shape)}"
+        )
+    start = ab[..., 0]
+    off = (start - 1.0).abs() > 1e-12
+    if off.any():
+        bad, where = _first_bad(start, off)
+        raise ConfigError(f"ᾱ_0 must be 1 (x_0 is the data), got {bad!r}{where}")
+    step_ok = (ab[..., 1:] < ab[..., :-1]) & (ab[..., 1:] > 0)
+    if not step_ok.all():
+        bad, where = _first_bad(ab[..., 1:], ~step_ok, first_step=1)
+        raise ConfigError(
+            f"ᾱ_t must be strictly decreasing and positive: the schedule is not monotone "
+            f"(ᾱ = {bad!r}{where})"
+        )
+    return NoiseSchedule(1.0 - ab[..., 1:] / ab[..., :-1], name=name)
 
 
 def linear_schedule(
@@ -163,11 +206,33 @@ def schedule_from_config(config: dict) -> NoiseSchedule:
     cfg = dict(config)
     name = cfg.pop("name", None)
     steps = cfg.pop("num_steps")
+    if "betas" in cfg:
+        # a schedule per dimension carries its table (NoiseSchedule.config)
+        sched = NoiseSchedule(torch.tensor(cfg["betas"], dtype=torch.float64), name=name)
+        event = tuple(cfg.get("event_shape", sched.event_shape))
+        if sched.num_steps != steps or sched.event_shape != event:
+            raise ConfigError(
+                f"a per-dimension schedule's betas have shape {sched.event_shape + (sched.num_steps,)}"
+                f", but its config says event_shape {event} and T = {steps}"
+            )
+        return sched
     if name == "linear":
         return linear_schedule(steps, **cfg)
     if name == "cosine":
         return cosine_schedule(steps, **cfg)
     raise ConfigError(f"unknown schedule {name!r}; expected 'linear' or 'cosine'")
+
+
+def _first_bad(values: Tensor, bad: Tensor, first_step: int | None = None) -> tuple[float, str]:
+    """(the first offending value, where it is: " at dimension (j, …), step t = k"), for a
+    table whose last axis is time starting at ``first_step`` (or holds no time axis at all)."""
+    index = tuple(int(i) for i in bad.nonzero()[0])
+    value = values[index].item()
+    dims = index if first_step is None else index[:-1]
+    where = f" at dimension {dims}" if dims else ""
+    if first_step is not None:
+        where += f"{',' if dims else ' at'} step t = {index[-1] + first_step}"
+    return value, where
 
 
 def _check_steps(num_steps: int) -> None:

@@ -43,8 +43,98 @@ PINNED = "tests/test_samplers_pinned.py"
 CONT = "tests/test_continuous.py"
 ONE_HOME = "tests/test_one_home.py"
 ADAPT = "tests/test_adaptive.py"
+PER_DIM = "tests/test_per_dimension.py"
 
 MUTANTS = [
+    # schedules per dimension: a wrong axis is invisible to a scalar schedule's 1-D tables
+    Mutant(
+        "per_dim_coef_time_axis_not_moved_before_the_event",
+        "wrong axis",
+        "pyrodiff/gaussian.py",
+        "value = value.permute(order)",
+        "value = value.contiguous()",
+        (PER_DIM,),
+    ),
+    Mutant(
+        "per_dim_posterior_coef_x0_rolls_the_event_axis",
+        "wrong axis",
+        "pyrodiff/gaussian.py",
+        "return s.alpha_bar.sqrt().roll(1, -1) * s.betas",
+        "return s.alpha_bar.sqrt().roll(1, 0) * s.betas",
+        (PER_DIM,),
+    ),
+    Mutant(
+        "per_dim_posterior_coef_xt_rolls_the_event_axis",
+        "wrong axis",
+        "pyrodiff/gaussian.py",
+        "s.one_minus_alpha_bar.roll(1, -1) / s.one_minus_alpha_bar",
+        "s.one_minus_alpha_bar.roll(1, 0) / s.one_minus_alpha_bar",
+        (PER_DIM,),
+    ),
+    Mutant(
+        "per_dim_decoder_variance_indexes_the_event_axis",
+        "wrong axis",
+        "pyrodiff/models/diffusion.py",
+        "post[..., 1] = post[..., 2] if s.num_steps >= 2",
+        "post[1] = post[2] if s.num_steps >= 2",
+        (PER_DIM,),
+    ),
+    Mutant(
+        "per_dim_reverse_moments_read_the_table_as_scalar",
+        "wrong axis",
+        "pyrodiff/models/diffusion.py",
+        "e = self._table_event_dim",
+        "e = 0",
+        (PER_DIM,),
+    ),
+    Mutant(
+        "per_dim_exact_expected_square_transposed",
+        "swapped index",
+        "pyrodiff/infer/exact.py",
+        "+ v_t @ (M**2).T",
+        "+ v_t @ (M**2)",
+        (PER_DIM,),
+    ),
+    Mutant(
+        "per_dim_exact_reconstruction_without_half",
+        "factor of 1/2",
+        "pyrodiff/infer/exact.py",
+        "- e_sq / (2 * var[1])).sum(-1)",
+        "- e_sq / var[1]).sum(-1)",
+        (PER_DIM,),
+    ),
+    Mutant(
+        "per_dim_discretize_keeps_time_on_the_first_axis",
+        "wrong axis",
+        "pyrodiff/schedules/continuous.py",
+        "lam = lam.movedim(0, -1)",
+        "lam = lam",
+        (PER_DIM,),
+    ),
+    Mutant(
+        "per_dim_discrete_denoiser_reads_alpha_bar_2",
+        "off-by-one in t",
+        "pyrodiff/models/continuous.py",
+        "ab1 = schedule.alpha_bar[..., 1]",
+        "ab1 = schedule.alpha_bar[..., 2]",
+        (PER_DIM,),
+    ),
+    Mutant(
+        "per_dim_ddim_direction_drops_sigma",
+        "dropped term",
+        "pyrodiff/sampling.py",
+        "dir_coef = (1 - ab_s - var).clamp(min=0.0).sqrt().to(x.dtype)",
+        "dir_coef = (1 - ab_s).clamp(min=0.0).sqrt().to(x.dtype)",
+        (PER_DIM,),
+    ),
+    Mutant(
+        "per_dim_schedule_error_names_the_wrong_step",
+        "off-by-one in t",
+        "pyrodiff/schedules/discrete.py",
+        "{index[-1] + first_step}",
+        "{index[-1]}",
+        (PER_DIM,),
+    ),
     # the four bugs that once survived the whole suite
     Mutant(
         "ddim_variance_eta_not_squared",
@@ -115,8 +205,8 @@ MUTANTS = [
         "decoder_posterior_variance_off_by_one",
         "off-by-one in t",
         "pyrodiff/models/diffusion.py",
-        "post[1] = post[2] if s.num_steps >= 2",
-        "post[1] = post[3] if s.num_steps >= 3",
+        "post[..., 1] = post[..., 2] if s.num_steps >= 2",
+        "post[..., 1] = post[..., 3] if s.num_steps >= 3",
         (REF,),
     ),
     Mutant(
@@ -131,8 +221,8 @@ MUTANTS = [
         "forward_step_variance_not_square_rooted",
         "squared vs not",
         "pyrodiff/gaussian.py",
-        "b = coef(schedule_table(schedule, _sqrt_betas, x_prev), t, x_prev)",
-        "b = coef(schedule_table(schedule, _sqrt_betas, x_prev), t, x_prev) ** 2",
+        "b = coef(schedule_table(schedule, _sqrt_betas, x_prev), t, x_prev, e)",
+        "b = coef(schedule_table(schedule, _sqrt_betas, x_prev), t, x_prev, e) ** 2",
         ("tests/test_gaussian.py",),
     ),
     Mutant(
@@ -189,8 +279,8 @@ MUTANTS = [
         "exact_reconstruction_without_half",
         "factor of 1/2",
         "pyrodiff/infer/exact.py",
-        "- e_sq / (2 * var[1])",
-        "- e_sq / var[1]",
+        "rec = -0.5 * D * torch.log(2 * math.pi * var[1]) - e_sq / (2 * var[1])",
+        "rec = -0.5 * D * torch.log(2 * math.pi * var[1]) - e_sq / var[1]",
         (REF,),
     ),
     Mutant(
@@ -223,7 +313,7 @@ MUTANTS = [
         "posterior_coef_reads_alpha_bar_t_not_t_minus_1",
         "off-by-one in t",
         "pyrodiff/gaussian.py",
-        "return s.alpha_bar.sqrt().roll(1) * s.betas",
+        "return s.alpha_bar.sqrt().roll(1, -1) * s.betas",
         "return s.alpha_bar.sqrt() * s.betas",
         (REF,),
     ),
