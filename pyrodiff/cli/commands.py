@@ -174,8 +174,9 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
         )
         what = f"from update {done} of {config.updates}" if args.resume else config.updates
         _say(
-            f"{'resuming' if args.resume else 'training'} {config.model.value} with a "
-            f"{config.guide.value} guide on {built.dataset.name} (T = {config.num_steps}, "
+            f"{'resuming' if args.resume else 'training'} {config.model.value} with "
+            f"{_article(config.guide.value)} {config.guide.value} guide on {built.dataset.name} "
+            f"(T = {config.num_steps}, "
             f"{n_params:,} parameters, {what} updates) -> {run_dir}"
         )
     started = time.perf_counter()
@@ -210,6 +211,10 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
     _say_final_evaluations(history)
     _say(f"run folder: {run_dir}")
     return 0
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _checkpoint_step(run_dir: Path) -> int:
