@@ -205,11 +205,23 @@ def test_the_latent_dim_bound_is_the_same_from_python_and_the_command_line(tmp_p
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adaptive")
     out = {}
-    with float32(), contextlib.redirect_stdout(io.StringIO()):
-        for model in ("diffusion", "continuous"):
-            out[model] = root / model
+    for model in ("diffusion", "continuous"):
+        out[model] = root / model
+        printed = io.StringIO()
+        with float32(), contextlib.redirect_stdout(printed):
             assert main(["train", "--model", model, *TINY, "--out", str(out[model])]) == 0
+        (root / f"{model}.out").write_text(printed.getvalue())
     return out
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "continuous"])
+def test_train_says_what_it_chose_and_trains(runs, kind):
+    printed = (runs[kind].parent / f"{kind}.out").read_text().splitlines()
+    assert printed[0] == (
+        f"chose --objective elbo: what fits --model {kind} --guide adaptive "
+        "(give the flag to choose otherwise)"
+    )
+    assert printed[1].startswith(f"training {kind} with an adaptive guide on eight_gaussians")
 
 
 def _final_eval(run: Path) -> dict:
