@@ -109,8 +109,9 @@ def evaluate_elbo(
     :data:`CONTINUOUS_EVAL_PASSES` one-sample estimates per datum), split into reconstruction,
     diffusion loss and prior KL; for a model with a latent z
     (:class:`~pyrodiff.models.AdaptiveDiffusion`) each estimate is at one z ~ q(z | x) from
-    ``guide``, plus KL(q(z | x) ‖ p(z)) in closed form (the ``latent`` term). With a closed-form guide every per-step term is estimated by
-    :func:`elbo_terms` (one draw of x_t per datum and step). Otherwise (learned guides) the
+    ``guide``, plus KL(q(z | x) ‖ p(z)) in closed form (the ``latent`` term). With a
+    closed-form guide every per-step term is estimated by :func:`elbo_terms` (one draw of x_t
+    per datum and step). Otherwise (learned guides) the
     ELBO is one Trace_ELBO sample per datum, split by site: reconstruction = log p(x_0 | x_1),
     step t ≥ 2 contributes log q(x_{t−1} | ·) − log p_θ(x_{t−1} | x_t), the prior term
     log q(x_T | ·) − log p(x_T). The trace path evaluates up to ``batch_budget`` data per
@@ -277,15 +278,12 @@ def _chain_or_note(model, guide, x: Tensor, num_samples: int, what: str):
         # the literal chain, T network calls per datum per draw, through Pyro traces
         cost = model.num_steps * num_samples * x.shape[0]
         if cost > LITERAL_CHAIN_BUDGET:
-            return (
-                None,
-                None,
-                (
-                    f"not computed: {what} reads this model's literal chain, T · K · N = "
-                    f"{model.num_steps} · {num_samples} · {x.shape[0]} = {cost:,} network inputs, "
-                    f"over the {LITERAL_CHAIN_BUDGET:,} allowed (fewer data, draws or steps fit)"
-                ),
+            note = (
+                f"not computed: {what} reads this model's literal chain, T · K · N = "
+                f"{model.num_steps} · {num_samples} · {x.shape[0]} = {cost:,} network inputs, "
+                f"over the {LITERAL_CHAIN_BUDGET:,} allowed (fewer data, draws or steps fit)"
             )
+            return None, None, note
     return chain, chain_guide, None
 
 
