@@ -283,6 +283,9 @@ def test_evaluate_reads_the_bound_and_iwae_through_the_literal_chain(runs, kind,
     printed = capsys.readouterr().out
     label = "IWAE-4 (at T = 4)" if steps is None else "IWAE-4 "
     assert label in printed and out.get("discretized_at") == (T if steps is None else None)
+    at = "∞" if steps is None else str(steps)
+    assert f"diffusion loss (T = {at})" in printed
+    assert f"latent KL(q(z|x) || p(z))    {out['latent']:.4f} nats" in printed
 
 
 def test_an_iwae_too_costly_through_the_literal_chain_is_one_line_not_a_failure(runs, capsys):
