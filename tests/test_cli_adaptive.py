@@ -115,6 +115,7 @@ def test_model_diffusion_builds_the_adaptive_model_on_its_t_step_bound():
     assert schedule.start.requires_grad and schedule.gap.requires_grad
     # the guide shares the model's schedule: one noise process, trained by both terms
     assert isinstance(guide, AdaptiveNoiseGuide) and guide.schedule is schedule
+    assert guide.encoder.net[0].out_features == RunConfig().guide_hidden  # --guide-hidden
     assert model.denoiser.latent.in_features == LATENT
     assert type(loss) is DiffusionELBO and bound_steps(model, loss) == T
 

@@ -98,7 +98,13 @@ FIELDS = OptionSet(
         nullable=True,
         off=None,
     ),
-    Option("guide_hidden", int, "hidden width of a learned guide", default=64, low=1),
+    Option(
+        "guide_hidden",
+        int,
+        "hidden width of a learned guide (and of guide adaptive's encoder of z)",
+        default=64,
+        low=1,
+    ),
     Option(
         "parameterization",
         Parameterization,
