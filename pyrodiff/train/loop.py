@@ -103,6 +103,9 @@ def fit(
             ``data.validation``. At the end
             the validation data is evaluated once more (unless it just was) and a Dataset's
             test split once (``"split": "test"``): the only time fit reads the test split.
+            A continuous-time model is evaluated on the bound its ``loss`` trains
+            (:func:`~pyrodiff.train.evaluate.bound_steps`): T = ∞ under ContinuousELBO, its
+            T-step chain under DiffusionELBO or Trace_ELBO.
         eval_batch_budget: at most this many network inputs per call during evaluation.
         log_every: write a training record every this many updates, holding the mean loss of
             those updates.
