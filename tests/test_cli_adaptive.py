@@ -400,3 +400,17 @@ def test_an_interrupted_adaptive_run_resumes_bit_identically(tmp_path):
         torch.cat([v.flatten() for v in ref["ema"]["shadow"].values()]),
         torch.cat([v.flatten() for v in got["ema"]["shadow"].values()]),
     )
+
+
+def test_a_continuous_time_model_is_evaluated_on_the_bound_its_loss_trains():
+    from pyro.infer import Trace_ELBO
+
+    from pyrodiff import ContinuousDiffusion, Diffusion, LinearLogSNR, linear_schedule
+    from pyrodiff.networks import MLPDenoiser
+
+    scalar = ContinuousDiffusion(MLPDenoiser(2, 8, 1), LinearLogSNR(), num_steps=7)
+    assert bound_steps(scalar, ContinuousELBO()) is None  # T = ∞
+    assert bound_steps(scalar, ContinuousELBO(num_steps=5)) == 5
+    assert bound_steps(scalar, DiffusionELBO()) == bound_steps(scalar, Trace_ELBO()) == 7
+    discrete = Diffusion(MLPDenoiser(2, 8, 1), linear_schedule(3))
+    assert bound_steps(discrete, DiffusionELBO()) is None  # its bound has its own T
