@@ -414,3 +414,18 @@ def test_a_continuous_time_model_is_evaluated_on_the_bound_its_loss_trains():
     assert bound_steps(scalar, DiffusionELBO()) == bound_steps(scalar, Trace_ELBO()) == 7
     discrete = Diffusion(MLPDenoiser(2, 8, 1), linear_schedule(3))
     assert bound_steps(discrete, DiffusionELBO()) is None  # its bound has its own T
+
+
+def test_the_guides_page_builds_the_adaptive_pair_as_written():
+    """docs/guides.md's block, run as written: a pair whose guide shares the model's schedule
+    and whose T = ∞ loss is one estimate of −bound, a finite number."""
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "guides.md").read_text()
+    section = page.split("## An adaptive noise process (MuLAN)", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"^```python\n(.*?)^```$", section, re.S | re.M)
+    scope: dict = {}
+    exec(compile(block, "docs/guides.md", "exec"), scope)  # noqa: S102 (our own page)
+    assert scope["guide"].schedule is scope["model"].schedule
+    loss = scope["loss_fn"](torch.randn(16, 2))
+    assert torch.isfinite(loss)
