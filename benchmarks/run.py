@@ -233,6 +233,80 @@ def bench_continuous_step(
     )
 
 
+def _continuous_pair(name: str, device: torch.device, latent_dim: int):
+    """(model, guide, x) for :func:`bench_adaptive_step`: the digits U-Net (base 32, batch 128,
+    17-level decoder) or the 2-D MLP (width 128, batch 256), as a ContinuousDiffusion over a
+    fixed linear log-SNR with the forward process (``latent_dim`` 0), or as an
+    AdaptiveDiffusion with a latent z of ``latent_dim`` and its AdaptiveNoiseGuide."""
+    from pyrodiff import ContinuousDiffusion, ContinuousForwardGuide, LinearLogSNR
+    from pyrodiff.guides import AdaptiveNoiseGuide
+    from pyrodiff.models import AdaptiveDiffusion, Conditioning
+    from pyrodiff.schedules import MultivariateLogSNR
+
+    torch.manual_seed(0)
+    if name == "digits":
+        from pyrodiff.data import load_digits
+
+        data = load_digits()
+        net = UNetDenoiser(1, 8, base=32, latent_dim=latent_dim)
+        lik = DiscretizedGaussianLikelihood(data.num_levels)
+        x = data.train[:128].to(device=device, dtype=torch.float32)
+    else:
+        net, lik, x = MLPDenoiser(2, latent_dim=latent_dim), None, two_d_setup(device).x
+    shape = tuple(x.shape[1:])
+    if not latent_dim:
+        # told t, as the adaptive model's denoiser is: the two differ by z alone
+        model = ContinuousDiffusion(
+            net,
+            LinearLogSNR(log_snr_start=13.3, log_snr_end=-5.0),
+            lik,
+            conditioning=Conditioning.TIME,
+            event_shape=shape,
+        )
+        return model.to(device), ContinuousForwardGuide(), x
+    schedule = MultivariateLogSNR(shape, latent_dim, log_snr_start=13.3, log_snr_end=-5.0)
+    model = AdaptiveDiffusion(net, schedule, latent_dim, lik, event_shape=shape).to(device)
+    guide = AdaptiveNoiseGuide.for_model(model, hidden=ADAPTIVE_GUIDE_HIDDEN)
+    return model, guide.to(device), x
+
+
+ADAPTIVE_LATENT_DIM = 8
+"""z's size in ``adaptive_step_ratio``: the command line's default (--latent-dim)."""
+ADAPTIVE_GUIDE_HIDDEN = 64
+"""The encoder's width in ``adaptive_step_ratio``: the command line's default (--guide-hidden)."""
+
+
+def bench_adaptive_step(
+    device: torch.device, rounds: dict[str, tuple[int, int]], rows: list, result: dict
+) -> None:
+    """An SVI step (ContinuousELBO, pyrodiff.optim.Adam) of an AdaptiveDiffusion with its
+    AdaptiveNoiseGuide against one of a ContinuousDiffusion with the same denoiser architecture
+    without z, a fixed schedule and the forward process, same batch, interleaved; adds
+    ``adaptive_step_ratio`` (digits U-Net) and ``adaptive_step_ratio_2d`` (2-D MLP) and their
+    rows. ``rounds`` maps each case to its (rounds, calls)."""
+    from pyrodiff.infer import ContinuousELBO
+
+    for name, key in (("digits", ""), ("2d", "_2d")):
+        steps = {}
+        for case, latent_dim in (("fixed", 0), ("adaptive", ADAPTIVE_LATENT_DIM)):
+            model, guide, x = _continuous_pair(name, device, latent_dim)
+            pyro.clear_param_store()
+            svi = SVI(model, guide, joint_optim.Adam({"lr": 1e-4}), ContinuousELBO())
+            steps[case] = lambda svi=svi, x=x: svi.step(x)
+        n_rounds, calls = rounds[name]
+        t = interleaved(steps, rounds=n_rounds, calls=calls, warmup=2, device=device)
+        result[f"adaptive_step_ratio{key}"] = t.ratio("adaptive", "fixed")
+        what = "digits U-Net, B=128" if name == "digits" else "2-D MLP, B=256"
+        rows.append(
+            (
+                f"adaptive q step over fixed q (T = ∞), {what}",
+                f"{1e3 * t.median('fixed'):.1f} ms",
+                f"{1e3 * t.median('adaptive'):.1f} ms",
+                f"{result[f'adaptive_step_ratio{key}']:.3f}",
+            )
+        )
+
+
 def bench_elbo_eval(s: Setup, rounds: int) -> dict[str, float]:
     """elbo_terms (all T terms) against the plain vectorised bound and against Trace_ELBO on
     the literal chain, all without gradients, on the same data."""
@@ -430,6 +504,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'auto'")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--peak", nargs=3, metavar=("WHICH", "T", "N"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only",
+        choices=("adaptive",),
+        help="run one stage alone: adaptive (adaptive_step_ratio and adaptive_step_ratio_2d)",
+    )
     args = parser.parse_args(argv)
     if args.peak:
         which, steps, batch = args.peak
@@ -438,8 +517,6 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
     effort = QUICK if args.quick else FULL
-    digits = digits_setup(dev)
-    two_d = two_d_setup(dev)
     rows: list[tuple[str, str, str, str]] = []
     result: dict[str, object] = {}
 
@@ -447,6 +524,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     def stage(name: str) -> None:
         print(f"[{time.perf_counter() - clock:6.1f} s] {name}", file=sys.stderr, flush=True)
+
+    adaptive_rounds = {
+        "digits": (effort.train_rounds_digits, effort.train_calls_digits),
+        "2d": (effort.train_rounds_2d, effort.train_calls_2d),
+    }
+    if args.only == "adaptive":
+        stage("adaptive q train step")
+        bench_adaptive_step(dev, adaptive_rounds, rows, result)
+        return _report(rows, result, dev, args)
+    digits = digits_setup(dev)
+    two_d = two_d_setup(dev)
 
     stage("train step, digits")
     tr = bench_train_step(digits, effort.train_rounds_digits, effort.train_calls_digits)
@@ -540,6 +628,9 @@ def main(argv: list[str] | None = None) -> dict:
     stage("continuous-time train step")
     bench_continuous_step(dev, effort.train_rounds_digits, effort.train_calls_digits, rows, result)
 
+    stage("adaptive q train step")
+    bench_adaptive_step(dev, adaptive_rounds, rows, result)
+
     stage("literal chain")
     lit = bench_literal_chain(
         two_d_setup(dev, num_steps=100), effort.eval_rounds, effort.literal_calls
@@ -583,6 +674,11 @@ def main(argv: list[str] | None = None) -> dict:
         "T100": result["elbo_eval_peak_mb_T100"],
         "T1000": result["elbo_eval_peak_mb_T1000"],
     }
+    return _report(rows, result, dev, args)
+
+
+def _report(rows: list, result: dict, dev: torch.device, args: argparse.Namespace) -> dict:
+    """Print the table and, as the last line, the JSON object of every figure."""
     result["device"] = str(dev)
     result["machine"] = machine()
     result["threads"] = args.threads

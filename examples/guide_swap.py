@@ -1,9 +1,15 @@
-"""One diffusion model, three guides: the fixed forward chain, a learned schedule, a learned q.
+"""One diffusion model, four guides: the fixed forward chain, a learned schedule, a learned q,
+and a learned noise process per dimension conditioned on a latent z (adaptive, MuLAN).
 
 The same model structure (same denoiser, schedule, likelihood and initial weights) is trained
 jointly with each guide by Pyro's Trace_ELBO; only the ``guide`` argument changes. The ELBO
 traces are drawn side by side and each trained pair is scored on held-out data by its ELBO and
 its IWAE-K bound.
+
+The adaptive arm changes the model with its guide, as MuLAN's q requires: the model draws the
+same z from its prior p(z) and its denoiser (the same MLP, with z as an input) and reverse
+kernels see it, over a schedule per dimension that starts at the linear schedule's ends. It is
+trained and scored like the others, through its literal T-step chain.
 
     python examples/guide_swap.py --data moons            # 2-D continuous data
     python examples/guide_swap.py --data digits           # 8×8 digits, bits/dim (≈ 3-4 min)
@@ -36,6 +42,7 @@ from pyrodiff import (
 )
 from pyrodiff.data import load_digits
 from pyrodiff.guides import (
+    AdaptiveNoiseGuide,
     Endpoints,
     GuideCovariance,
     GuideStructure,
@@ -53,8 +60,10 @@ from pyrodiff.infer import (
     exact_log_evidence,
     iwae_bound,
 )
+from pyrodiff.models import AdaptiveDiffusion
 from pyrodiff.networks import LinearDenoiser, MLPDenoiser
 from pyrodiff.plots import plot_traces, save_figure
+from pyrodiff.schedules import MultivariateLogSNR
 
 
 class DataKind(enum.Enum):
@@ -67,14 +76,31 @@ class GuideKind(enum.Enum):
     FORWARD = "forward chain (fixed q)"
     SCHEDULE = "learned schedule"
     LEARNED = "learned q (top-down)"
+    ADAPTIVE = "adaptive noise per dimension (MuLAN)"
 
 
-def make_guide(kind: GuideKind, model: Diffusion, hidden: int):
+ADAPTIVE_LATENT_DIM = 4
+"""z's size in the adaptive arm: a few numbers per datum."""
+
+
+def make_guide(kind: GuideKind, model, hidden: int):
     if kind is GuideKind.FORWARD:
         return ForwardGuide(model.schedule)
     if kind is GuideKind.SCHEDULE:
         return LearnedScheduleGuide.for_model(model)
+    if kind is GuideKind.ADAPTIVE:
+        return AdaptiveNoiseGuide.for_model(model, hidden=hidden)
     return LearnedGuide(model, GuideStructure.TOP_DOWN, hidden=hidden)
+
+
+def build_arm(kind: GuideKind, D: int, T: int, likelihood, hidden: int, seed: int):
+    """(model, guide) of one arm: the shared model structure, or for the adaptive arm its
+    z-conditioned counterpart (:func:`build_adaptive_model`)."""
+    if kind is GuideKind.ADAPTIVE:
+        model = build_adaptive_model(D, T, likelihood, hidden, seed)
+    else:
+        model = build_model(D, T, likelihood, hidden, seed)
+    return model, make_guide(kind, model, hidden)
 
 
 def load(kind: DataKind, quick: bool):
@@ -104,6 +130,27 @@ def build_model(D: int, T: int, likelihood, hidden: int, seed: int) -> Diffusion
     )
 
 
+def build_adaptive_model(D: int, T: int, likelihood, hidden: int, seed: int) -> AdaptiveDiffusion:
+    """The adaptive arm's model: the same MLP with a latent input z, a log-SNR schedule per
+    dimension conditioned on z from the linear schedule's λ_1 to λ_T, the same T."""
+    torch.manual_seed(seed)
+    ends = linear_schedule(T).log_snr
+    return AdaptiveDiffusion(
+        MLPDenoiser(D, hidden=hidden, depth=2, time_dim=32, latent_dim=ADAPTIVE_LATENT_DIM),
+        MultivariateLogSNR(
+            (D,),
+            ADAPTIVE_LATENT_DIM,
+            log_snr_start=ends[1].item(),
+            log_snr_end=ends[T].item(),
+        ),
+        ADAPTIVE_LATENT_DIM,
+        likelihood=likelihood,
+        parameterization=Parameterization.EPSILON,
+        event_shape=(D,),
+        num_steps=T,
+    )
+
+
 def train_pair(model, guide, train, steps: int, batch: int, lr: float, seed: int) -> list[float]:
     """Joint SVI on (model, guide) with Trace_ELBO; returns the per-step ELBO per datum (nats)."""
     pyro.set_rng_seed(seed)
@@ -128,8 +175,7 @@ def run_swap(args) -> dict:
     T = args.steps_T
     results, traces = {}, {}
     for gk in GuideKind:
-        model = build_model(D, T, lik, args.hidden, args.seed)
-        guide = make_guide(gk, model, args.hidden)
+        model, guide = build_arm(gk, D, T, lik, args.hidden, args.seed)
         t0 = time.time()
         trace = train_pair(model, guide, train, args.updates, args.batch, args.lr, args.seed)
         seconds = time.time() - t0
@@ -158,7 +204,7 @@ def plot(traces: dict[str, list[float]], kind: DataKind, D: int, path: Path) -> 
         traces,
         xlabel="SVI step (Trace_ELBO, one batch each)",
         ylabel="train −ELBO (bits/dim)" if bits else "train ELBO (nats per datum)",
-        title=f"one model, three guides ({kind.value})",
+        title=f"one model, four guides ({kind.value})",
         # the first steps start tens of bits/dim above where training ends
         log_y=bits,
     )

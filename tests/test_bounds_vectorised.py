@@ -192,7 +192,9 @@ def test_the_config_accepts_timestep_objectives_exactly_for_closed_form_guides()
     from pyrodiff.errors import ConfigError
 
     model = mlp_model(4, ReverseVariance.BETA, seed=8)
-    for kind in GuideKind:
+    # guide adaptive comes with its own model, whose bound reads the closed forms of the
+    # model's schedule (tests/test_cli_adaptive.py)
+    for kind in set(GuideKind) - {GuideKind.ADAPTIVE}:
         guide = build_guide(RunConfig(guide=kind, objective=Objective.TRACE_ELBO), model)
         try:
             RunConfig(guide=kind, objective=Objective.ELBO)

@@ -19,7 +19,7 @@ from ..checkpoint import CHECKPOINT_NAME
 from ..config import CONFIG_NAME, GuideKind, ModelKind, RunConfig, build, load_data, parse_enum
 from ..data import Split
 from ..devices import param_dtype, resolve_device
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelMismatchError
 from ..train.history import METRICS_NAME, History
 from . import figures
 from .parser import config_overrides, flag_for
@@ -174,8 +174,9 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
         )
         what = f"from update {done} of {config.updates}" if args.resume else config.updates
         _say(
-            f"{'resuming' if args.resume else 'training'} {config.model.value} with a "
-            f"{config.guide.value} guide on {built.dataset.name} (T = {config.num_steps}, "
+            f"{'resuming' if args.resume else 'training'} {config.model.value} with "
+            f"{_article(config.guide.value)} {config.guide.value} guide on {built.dataset.name} "
+            f"(T = {config.num_steps}, "
             f"{n_params:,} parameters, {what} updates) -> {run_dir}"
         )
     started = time.perf_counter()
@@ -210,6 +211,10 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
     _say_final_evaluations(history)
     _say(f"run folder: {run_dir}")
     return 0
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _checkpoint_step(run_dir: Path) -> int:
@@ -262,6 +267,7 @@ def evaluate(args: argparse.Namespace) -> int:
     """``pyrodiff evaluate RUN``: :func:`~pyrodiff.train.evaluation_report` on a split of the
     run's data, printed as its table and written as ``evaluation.json``."""
     from ..train import EVAL_SEED_OFFSET, evaluation_report
+    from ..train.evaluate import bound_steps
 
     split = parse_enum(Split, args.split, "split")
     if args.num is not None and args.num < 1:
@@ -298,6 +304,7 @@ def evaluate(args: argparse.Namespace) -> int:
             batch_budget=loaded.config.eval_batch_budget,
             seed=seed,
             progress=True,
+            num_steps=bound_steps(loaded.model, loaded.built.loss),
         )
     # None: training has no evaluation of this split at this step to compare with
     evaluated = _training_evaluated(loaded.path, split, loaded.step)
@@ -342,8 +349,10 @@ def sample(args: argparse.Namespace) -> int:
 
     A diffusion is sampled by any sampler of :mod:`pyrodiff.sampling`; a continuous-time run
     is first discretised at T = ``--T`` (at S steps for ``strided``: the same model on a
-    coarser grid); a hierarchical VAE has no noise schedule to stride over or to run DDIM on,
-    so it is sampled ancestrally, by running its Pyro program."""
+    coarser grid); a run of guide adaptive draws z ~ p(z) and then its own chain of T steps
+    (S for ``strided``: the same model on a coarser grid); a hierarchical VAE has no noise
+    schedule to stride over or to run DDIM on, so it is sampled ancestrally, by running its
+    Pyro program."""
     kind = parse_enum(SamplerKind, args.sampler, "sampler")
     if args.num is not None and args.num < 1:
         raise ConfigError(f"--num must be >= 1, got {args.num}")
@@ -404,7 +413,12 @@ def _draw(
             )
         x = _run_program(loaded.model, num, args.seed, loaded.device)
         return _Drawn(x, "ancestral", loaded.model.num_steps)
-    model, _ = loaded.chain()
+    if getattr(loaded.model, "latent_dim", 0) and isinstance(loaded.model, ContinuousDiffusion):
+        return _draw_latent_chain(loaded.model, kind, num, args, gen)
+    try:
+        model, _ = loaded.chain()
+    except ModelMismatchError as exc:
+        raise ConfigError(f"this run cannot be sampled yet: {exc}") from None
     T = model.num_steps
     # strided re-discretises a continuous-time run, whose coarsest grid holds z_0 and z_1
     continuous = isinstance(loaded.model, ContinuousDiffusion)
@@ -432,6 +446,49 @@ def _draw(
         return _Drawn(x, f"strided{steps}", steps)
     x = sampling.ddim_sample(model, num, steps, eta=args.eta, generator=gen)
     return _Drawn(x, f"ddim{steps}-eta{args.eta:g}", steps)
+
+
+def _draw_latent_chain(
+    model, kind: SamplerKind, num: int, args: argparse.Namespace, gen: torch.Generator
+) -> _Drawn:
+    """Samples of a model with a latent z (:class:`~pyrodiff.models.AdaptiveDiffusion`):
+    z ~ p(z), x_S ~ p(x_S), then its reverse kernels on the S-step grid
+    (:meth:`~pyrodiff.models.AdaptiveDiffusion.reverse_kernel_moments`) and the decoder: an
+    exact draw of the model's S-step chain, S = T for ancestral. Its schedule depends on z, so
+    there is no fixed table for DDIM to run on."""
+    from ..sampling import _decode
+
+    T = model.num_steps
+    if kind is SamplerKind.DDIM:
+        raise ConfigError(
+            "--sampler ddim needs a fixed noise schedule; this run's depends on its latent z: "
+            "use --sampler ancestral, or strided with --sampler-steps S"
+        )
+    steps = T
+    if kind is SamplerKind.STRIDED:
+        steps = args.sampler_steps if args.sampler_steps is not None else max(2, T // 10)
+        if not 2 <= steps <= T:
+            raise ConfigError(
+                f"--sampler-steps must be an integer in 2..T = {T} for this run, got {steps}"
+            )
+    dev = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    shape = (num, *model.event_shape)
+
+    def normal(*size: int) -> torch.Tensor:
+        return torch.randn(size, generator=gen, device=dev, dtype=dtype)
+
+    with torch.no_grad():
+        z = normal(num, model.latent_dim)
+        x = model.prior_loc + model.prior_scale * normal(*shape)
+        for step in range(steps, 1, -1):
+            mean, std = model.reverse_kernel_moments(x, z, step, num_steps=steps)
+            x = mean + std * normal(*shape)
+        lam_0 = model._ends_per_datum(x, z)[0]
+        loc, scale = model.decoder_moments(x, lam_0)
+        x = _decode(model.likelihood, loc, scale, normal(*shape))
+    tag = "ancestral" if kind is SamplerKind.ANCESTRAL else f"strided{steps}"
+    return _Drawn(x, tag, steps)
 
 
 def _run_program(model, num: int, seed: int, device: torch.device) -> torch.Tensor:

@@ -32,6 +32,7 @@ from .builders import (
     CONTINUOUS_LOG_SNR_ENDS,
     FOURIER_EXPONENTS,
     Built,
+    adaptive_latent_dim,
     build,
     build_denoiser,
     build_guide,
@@ -42,12 +43,13 @@ from .builders import (
     load_data,
 )
 from .defaults import AUTO_FIELDS
-from .fields import CONTINUOUS_NUM_STEPS, DIFFUSION_NUM_STEPS, HVAE_NUM_STEPS
+from .fields import ADAPTIVE_LATENT_DIM, CONTINUOUS_NUM_STEPS, DIFFUSION_NUM_STEPS, HVAE_NUM_STEPS
 from .kinds import GuideKind, ModelKind, NetworkKind, Objective, ScheduleKind, TimestepKind
 from .migrate import CONFIG_VERSION
 from .run import RunConfig
 
 __all__ = [
+    "ADAPTIVE_LATENT_DIM",
     "AUTO_FIELDS",
     "CONFIG_NAME",
     "CONFIG_VERSION",
@@ -66,6 +68,7 @@ __all__ = [
     "RunConfig",
     "ScheduleKind",
     "TimestepKind",
+    "adaptive_latent_dim",
     "build",
     "build_denoiser",
     "build_guide",

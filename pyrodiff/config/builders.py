@@ -11,6 +11,7 @@ from torch import nn
 from ..errors import ConfigError, PyrodiffError
 from ..models.diffusion import ReverseVariance
 from ..validation import check_batch_size
+from .fields import ADAPTIVE_LATENT_DIM
 from .kinds import GuideKind, ModelKind, NetworkKind, Objective, ScheduleKind, TimestepKind
 from .run import RunConfig
 
@@ -19,6 +20,7 @@ __all__ = [
     "CONTINUOUS_LOG_SNR_ENDS",
     "FOURIER_EXPONENTS",
     "Built",
+    "adaptive_latent_dim",
     "build",
     "build_denoiser",
     "build_guide",
@@ -78,10 +80,14 @@ def build_schedule(config: RunConfig):
 
 
 def build_denoiser(
-    config: RunConfig, event_shape: tuple[int, ...], fourier_exponents: tuple[int, ...] = ()
+    config: RunConfig,
+    event_shape: tuple[int, ...],
+    fourier_exponents: tuple[int, ...] = (),
+    latent_dim: int = 0,
 ) -> nn.Module:
     """The denoiser for data of shape ``event_shape``; twice the outputs for a learned variance
-    (discrete models only); ``fourier_exponents`` adds Fourier features of its input."""
+    (discrete models only); ``fourier_exponents`` adds Fourier features of its input;
+    ``latent_dim`` > 0 gives it a latent input z (the adaptive guide's)."""
     from ..networks import MLPDenoiser, UNetDenoiser
 
     kind = config.network
@@ -90,6 +96,7 @@ def build_denoiser(
     doubled = (
         config.variance is ReverseVariance.LEARNED_RANGE
         and config.model is not ModelKind.CONTINUOUS
+        and config.guide is not GuideKind.ADAPTIVE
     )
     if kind is NetworkKind.UNET:
         if len(event_shape) != 3:
@@ -103,6 +110,7 @@ def build_denoiser(
             base=config.width or 32,
             out_channels=2 * c if doubled else c,
             fourier_exponents=fourier_exponents,
+            latent_dim=latent_dim,
         )
     if len(event_shape) != 1:
         raise ConfigError(
@@ -116,6 +124,7 @@ def build_denoiser(
         depth=config.depth,
         out_dim=2 * d if doubled else None,
         fourier_exponents=fourier_exponents,
+        latent_dim=latent_dim,
     )
 
 
@@ -131,6 +140,8 @@ def build_model(config: RunConfig, dataset) -> nn.Module:
             likelihood=dataset.likelihood(),
             hidden=config.width or 128,
         )
+    if config.guide is GuideKind.ADAPTIVE:
+        return _adaptive_model(config, dataset)
     if config.model is ModelKind.CONTINUOUS:
         from ..models import ContinuousDiffusion
         from ..schedules import Endpoints, LearnedLogSNR
@@ -160,6 +171,45 @@ def build_model(config: RunConfig, dataset) -> nn.Module:
     )
 
 
+def adaptive_latent_dim(config: RunConfig) -> int:
+    """The size of guide adaptive's latent z: ``latent_dim``, or
+    :data:`~pyrodiff.config.fields.ADAPTIVE_LATENT_DIM` when it is not given (0: no z)."""
+    return ADAPTIVE_LATENT_DIM if config.latent_dim is None else config.latent_dim
+
+
+def _adaptive_model(config: RunConfig, dataset) -> nn.Module:
+    """guide adaptive's model: an :class:`~pyrodiff.models.AdaptiveDiffusion` over a
+    :class:`~pyrodiff.schedules.MultivariateLogSNR` with one curve per dimension of the data
+    and a latent z of ``latent_dim`` (VDM's ends, learned), or, for ``latent_dim`` = 0, a
+    :class:`~pyrodiff.models.ContinuousDiffusion` over the same schedule without z. The
+    denoiser is the continuous model's (Fourier features for quantised data) with z as an
+    input, and is told t: with a curve per dimension there is no single noise level to tell
+    it. T = ``num_steps`` is the chain the model samples, and the bound of model diffusion."""
+    from ..models import AdaptiveDiffusion, Conditioning, ContinuousDiffusion
+    from ..schedules import Endpoints, MultivariateLogSNR
+
+    shape = tuple(dataset.event_shape)
+    latent_dim = adaptive_latent_dim(config)
+    fourier = FOURIER_EXPONENTS if dataset.num_levels is not None else ()
+    schedule = MultivariateLogSNR(
+        shape,
+        latent_dim,
+        log_snr_start=CONTINUOUS_LOG_SNR_ENDS[0],
+        log_snr_end=CONTINUOUS_LOG_SNR_ENDS[1],
+        endpoints=Endpoints.LEARNED,
+    )
+    denoiser = build_denoiser(config, shape, fourier, latent_dim=latent_dim)
+    common = {
+        "likelihood": dataset.likelihood(),
+        "parameterization": config.parameterization,
+        "event_shape": shape,
+        "num_steps": config.num_steps,
+    }
+    if latent_dim:
+        return AdaptiveDiffusion(denoiser, schedule, latent_dim, **common)
+    return ContinuousDiffusion(denoiser, schedule, conditioning=Conditioning.TIME, **common)
+
+
 def build_guide(config: RunConfig, model: nn.Module) -> nn.Module:
     """The guide for ``model``: the forward chain over the model's own schedule, a learned
     schedule starting from it, or an amortised learned guide."""
@@ -169,7 +219,11 @@ def build_guide(config: RunConfig, model: nn.Module) -> nn.Module:
         from ..guides import HierarchicalVAEGuide
 
         return HierarchicalVAEGuide(model, hidden=config.guide_hidden)
-    if config.model is ModelKind.CONTINUOUS:
+    if config.guide is GuideKind.ADAPTIVE and adaptive_latent_dim(config):
+        from ..guides import AdaptiveNoiseGuide
+
+        return AdaptiveNoiseGuide.for_model(model, hidden=config.guide_hidden)
+    if config.model is ModelKind.CONTINUOUS or config.guide is GuideKind.ADAPTIVE:
         from ..guides import ContinuousForwardGuide
 
         return ContinuousForwardGuide()
@@ -207,6 +261,17 @@ def build_loss(config: RunConfig):
         return Trace_ELBO()
     if config.objective is Objective.TRACE_MEAN_FIELD_ELBO:
         return TraceMeanField_ELBO()
+    if config.guide is GuideKind.ADAPTIVE:
+        from ..infer import ContinuousELBO, DiffusionELBO
+        from ..infer.timesteps import LowDiscrepancyTimesteps
+
+        if config.model is ModelKind.DIFFUSION:
+            # a continuous-time model's T-step bound at T = num_steps, one network call per datum
+            return DiffusionELBO(timesteps=build_timesteps(config))
+        # T = ∞; a schedule per dimension moves the bound with its interior, so the whole
+        # schedule trains on the bound (ScheduleObjective.BOUND), as MuLAN's does
+        sampler = build_timesteps(config) if config.timesteps else LowDiscrepancyTimesteps()
+        return ContinuousELBO(timesteps=sampler)
     if config.model is ModelKind.CONTINUOUS:
         from ..infer import ContinuousELBO, ScheduleObjective
         from ..infer.timesteps import LowDiscrepancyTimesteps

@@ -14,6 +14,7 @@ from ..validation import AUTO, Option, OptionSet
 from .kinds import GuideKind, ModelKind, NetworkKind, Objective, ScheduleKind, TimestepKind
 
 __all__ = [
+    "ADAPTIVE_LATENT_DIM",
     "CONTINUOUS_NUM_STEPS",
     "DIFFUSION_NUM_STEPS",
     "FIELDS",
@@ -29,6 +30,10 @@ default does, where 100 layers cost about 3.5 s each on one core."""
 CONTINUOUS_NUM_STEPS = 1000
 """The T at which a continuous-time model is sampled and read by discrete tools (its bound
 itself is T = ∞)."""
+ADAPTIVE_LATENT_DIM = 8
+"""The size of the adaptive guide's latent z when none is given: a few numbers per datum, enough
+for the schedule to tell data apart (MuLAN's images use 32 for 3072 dimensions), at a cost
+the encoder and the schedule's network of z keep small."""
 
 
 def _data(value: Any, text: bool) -> str:
@@ -59,14 +64,16 @@ FIELDS = OptionSet(
     Option(
         "guide",
         GuideKind,
-        "the guide q(x_1:T | x_0) (default: fixed for a diffusion model, learned for an hvae)",
+        "the guide q(x_1:T | x_0) (default: fixed for a diffusion model, learned for an hvae; "
+        "adaptive: a learned noise process per dimension conditioned on a latent z)",
         run_default=AUTO,
     ),
     Option(
         "num_steps",
         int,
         f"T, the number of noising steps or latent layers (default: {DIFFUSION_NUM_STEPS} "
-        f"for a diffusion model, {HVAE_NUM_STEPS} for an hvae)",
+        f"for a diffusion model, {HVAE_NUM_STEPS} for an hvae, {CONTINUOUS_NUM_STEPS} for a "
+        "continuous model, read by its discrete tools)",
         run_default=AUTO,
         low=1,
     ),
@@ -84,12 +91,20 @@ FIELDS = OptionSet(
     Option(
         "latent_dim",
         int,
-        "size of each latent layer of an hvae (None: the data's dimension)",
-        low=1,
+        "size of each latent layer of an hvae (None: the data's dimension); size of the "
+        f"latent z of guide adaptive (None: {ADAPTIVE_LATENT_DIM}; 0: a schedule per "
+        "dimension without z)",
+        low=0,
         nullable=True,
         off=None,
     ),
-    Option("guide_hidden", int, "hidden width of a learned guide", default=64, low=1),
+    Option(
+        "guide_hidden",
+        int,
+        "hidden width of a learned guide (and of guide adaptive's encoder of z)",
+        default=64,
+        low=1,
+    ),
     Option(
         "parameterization",
         Parameterization,

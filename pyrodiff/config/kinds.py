@@ -45,6 +45,13 @@ class GuideKind(enum.Enum):
     LEARNED_SCHEDULE = "learned_schedule"
     """the forward chain over a learnable noise schedule
     (:class:`~pyrodiff.guides.LearnedScheduleGuide`)."""
+    ADAPTIVE = "adaptive"
+    """a learned noise process per dimension, conditioned on a latent z drawn from an amortised
+    q(z | x_0) (MuLAN: :class:`~pyrodiff.guides.AdaptiveNoiseGuide` over
+    :class:`~pyrodiff.models.AdaptiveDiffusion`); ``latent_dim`` sizes z, 0 keeps the per-dimension
+    schedule without z. With ``model`` diffusion it trains the T-step bound at
+    T = ``num_steps``, with ``model`` continuous the T = ∞ bound; one network call per datum
+    either way (objective elbo; trace_elbo runs the literal chain)."""
 
 
 class ScheduleKind(enum.Enum):

@@ -10,6 +10,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from ..errors import ModelMismatchError, PyrodiffError
 from ..guides import has_closed_forms
 from ..infer import bits_per_dim, continuous_elbo_terms, elbo_terms
 from ..infer.timesteps import LowDiscrepancyTimesteps
@@ -25,8 +26,10 @@ from .report import (
 
 __all__ = [
     "EVAL_SEED_OFFSET",
+    "LITERAL_CHAIN_BUDGET",
     "ELBOEvaluation",
     "as_chain",
+    "bound_steps",
     "evaluate_elbo",
     "evaluate_split",
     "evaluation_report",
@@ -42,6 +45,26 @@ CONTINUOUS_EVAL_PASSES = 10
 passes cost a tenth of a T = 100 evaluation and shrink the t-sampling noise √10-fold."""
 
 
+LITERAL_CHAIN_BUDGET = 2**24
+"""At most this many network inputs (T · K · N) for an importance-weighted bound read through a
+model's literal chain (a model with a latent z has no closed-form chain to vectorise): about a
+minute of a small network on one core. Beyond it the report says so instead of computing."""
+
+
+def bound_steps(model, loss=None) -> int | None:
+    """T of the bound a continuous-time model's run trains and reports: ``loss.num_steps`` of
+    a :class:`~pyrodiff.infer.ContinuousELBO` (None: T = ∞), the model's own ``num_steps``
+    under any other objective (:class:`~pyrodiff.infer.DiffusionELBO` and Trace_ELBO read its
+    T-step chain). None for every other model, whose bound has its own T."""
+    from ..infer import ContinuousELBO
+
+    if not isinstance(model, ContinuousDiffusion):
+        return None
+    if loss is None or isinstance(loss, ContinuousELBO):
+        return getattr(loss, "num_steps", None)
+    return model.num_steps
+
+
 def evaluate_split(
     model,
     guide,
@@ -51,6 +74,7 @@ def evaluate_split(
     batch_budget: int = 4096,
     seed: int = 0,
     progress: bool = False,
+    num_steps: int | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate_elbo`'s result as the plain record ``fit`` writes (its ``to_dict()``)."""
     return evaluate_elbo(
@@ -61,6 +85,7 @@ def evaluate_split(
         batch_budget=batch_budget,
         seed=seed,
         progress=progress,
+        num_steps=num_steps,
     ).to_dict()
 
 
@@ -73,15 +98,20 @@ def evaluate_elbo(
     batch_budget: int = 4096,
     seed: int = 0,
     progress: bool = False,
+    num_steps: int | None = None,
 ) -> ELBOEvaluation:
     """The ELBO (nats per datum) on ``x``, per datum and on average, and, where they exist,
     its terms.
 
-    For a :class:`~pyrodiff.models.ContinuousDiffusion` it is the T = ∞ bound
+    For a :class:`~pyrodiff.models.ContinuousDiffusion` it is the T = ∞ bound, or the bound of
+    its T-step chain for ``num_steps`` = T (:func:`bound_steps` says which a run trains)
     (:func:`~pyrodiff.infer.continuous_elbo_terms`, low-discrepancy t, the mean of
     :data:`CONTINUOUS_EVAL_PASSES` one-sample estimates per datum), split into reconstruction,
-    diffusion loss and prior KL. With a closed-form guide every per-step term is estimated by
-    :func:`elbo_terms` (one draw of x_t per datum and step). Otherwise (learned guides) the
+    diffusion loss and prior KL; for a model with a latent z
+    (:class:`~pyrodiff.models.AdaptiveDiffusion`) each estimate is at one z ~ q(z | x) from
+    ``guide``, plus KL(q(z | x) ‖ p(z)) in closed form (the ``latent`` term). With a
+    closed-form guide every per-step term is estimated by :func:`elbo_terms` (one draw of x_t
+    per datum and step). Otherwise (learned guides) the
     ELBO is one Trace_ELBO sample per datum, split by site: reconstruction = log p(x_0 | x_1),
     step t ≥ 2 contributes log q(x_{t−1} | ·) − log p_θ(x_{t−1} | x_t), the prior term
     log q(x_T | ·) − log p(x_T). The trace path evaluates up to ``batch_budget`` data per
@@ -100,7 +130,7 @@ def evaluate_elbo(
         torch.manual_seed(seed)
         if isinstance(model, ContinuousDiffusion):
             gen = torch.Generator(device=x.device).manual_seed(seed)
-            out = _continuous_terms(model, x, batch_budget, gen)
+            out = _continuous_terms(model, guide, x, batch_budget, gen, num_steps)
         elif has_closed_forms(guide):
             gen = torch.Generator(device=x.device).manual_seed(seed)
             terms = elbo_terms(
@@ -120,18 +150,30 @@ def evaluate_elbo(
     return ELBOEvaluation(**out)
 
 
-def _continuous_terms(model, x: Tensor, batch_budget: int, gen: torch.Generator) -> dict[str, Any]:
+def _continuous_terms(
+    model, guide, x: Tensor, batch_budget: int, gen: torch.Generator, num_steps: int | None
+) -> dict[str, Any]:
     sums = {"reconstruction": 0.0, "diffusion": 0.0, "prior": 0.0}
+    if getattr(model, "latent_dim", 0):
+        sums["latent"] = 0.0
     per_datum = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for _ in range(CONTINUOUS_EVAL_PASSES):
         for start in range(0, x.shape[0], batch_budget):
             xb = x[start : start + batch_budget]
-            terms = continuous_elbo_terms(model, xb, LowDiscrepancyTimesteps(), generator=gen)
+            terms = continuous_elbo_terms(
+                model,
+                xb,
+                LowDiscrepancyTimesteps(),
+                generator=gen,
+                guide=guide,
+                num_steps=num_steps,
+            )
             per_datum[start : start + xb.shape[0]] += terms.elbo.double()
             for key in sums:
                 sums[key] += getattr(terms, key).double().sum().item()
     n = CONTINUOUS_EVAL_PASSES * x.shape[0]
     out: dict[str, Any] = {key: value / n for key, value in sums.items()}
+    out["bound_steps"] = num_steps
     per_datum /= CONTINUOUS_EVAL_PASSES
     out["per_datum"] = per_datum
     out["elbo"] = per_datum.mean().item()
@@ -200,13 +242,49 @@ def _site_log_probs(trace) -> dict[str, Tensor]:
 def as_chain(model, guide):
     """The model and guide as a discrete chain, for the tools that walk one (IWAE, PSIS, the
     samplers): a continuous-time model discretised at its ``num_steps`` with the forward chain
-    over that discretisation, any other pair as it is."""
+    over that discretisation; a model with a latent z (its schedule depends on z, so it has no
+    fixed tables) as its own literal chain, read through Pyro traces; any other pair as it is.
+
+    Raises :class:`~pyrodiff.errors.ModelMismatchError` for a schedule per dimension whose
+    discrete tables are not available."""
     from ..guides import ForwardGuide
 
+    if getattr(model, "latent_dim", 0) and isinstance(model, ContinuousDiffusion):
+        return model, guide
     if isinstance(model, ContinuousDiffusion):
-        discrete = model.discretize()
+        if getattr(model.schedule, "event_shape", ()):
+            try:
+                discrete = model.discretize()
+            except (PyrodiffError, RuntimeError, ValueError) as exc:
+                raise ModelMismatchError(
+                    "a schedule per dimension has no discrete chain here (it needs discrete "
+                    f"tables per dimension: {str(exc).splitlines()[0][:120]})"
+                ) from None
+        else:
+            discrete = model.discretize()
         return discrete, ForwardGuide(discrete.schedule)
     return model, guide
+
+
+def _chain_or_note(model, guide, x: Tensor, num_samples: int, what: str):
+    """(chain, guide, None) for the importance-weighted tools, or (None, None, note): one line
+    saying why they are not computed for this model (no discrete chain, or a literal chain
+    costing more than :data:`LITERAL_CHAIN_BUDGET` network inputs)."""
+    try:
+        chain, chain_guide = as_chain(model, guide)
+    except ModelMismatchError as exc:
+        return None, None, f"not computed: {exc}"
+    if chain is model and isinstance(model, ContinuousDiffusion):
+        # the literal chain, T network calls per datum per draw, through Pyro traces
+        cost = model.num_steps * num_samples * x.shape[0]
+        if cost > LITERAL_CHAIN_BUDGET:
+            note = (
+                f"not computed: {what} reads this model's literal chain, T · K · N = "
+                f"{model.num_steps} · {num_samples} · {x.shape[0]} = {cost:,} network inputs, "
+                f"over the {LITERAL_CHAIN_BUDGET:,} allowed (fewer data, draws or steps fit)"
+            )
+            return None, None, note
+    return chain, chain_guide, None
 
 
 def evaluation_report(
@@ -222,10 +300,12 @@ def evaluation_report(
     batch_budget: int = 4096,
     seed: int = 0,
     progress: bool = False,
+    num_steps: int | None = None,
 ) -> EvaluationReport:
     """Everything ``pyrodiff evaluate`` reports on ``x``, as an :class:`EvaluationReport`.
 
-    - the ELBO and its terms (:func:`evaluate_elbo`, noise seeded by ``seed``);
+    - the ELBO and its terms (:func:`evaluate_elbo`, noise seeded by ``seed``; a
+      continuous-time model's at T = ``num_steps``, None: T = ∞);
     - with ``density`` (a :class:`~pyrodiff.data.Density`: the exact log p_data, in the
       model's space), the gap log p_data(x) − ELBO(x): its mean over the data and the standard
       error of that mean from the per-datum differences (paired: the spread of the data, which
@@ -236,7 +316,9 @@ def evaluation_report(
 
     IWAE and k̂ read the pair as a discrete chain (:func:`as_chain`) and draw from torch's
     generator seeded with ``seed`` (the caller's stream is restored): the same call gives the
-    same numbers.
+    same numbers. Where there is no such chain, or a model with a latent z would need more
+    than :data:`LITERAL_CHAIN_BUDGET` network inputs through its literal chain, the report
+    holds one line saying so (``iwae_note``, ``psis_note``) instead.
     """
     elbo = evaluate_elbo(
         model,
@@ -246,6 +328,7 @@ def evaluation_report(
         batch_budget=batch_budget,
         seed=seed,
         progress=progress,
+        num_steps=num_steps,
     )
     gap = None
     if density is not None:
@@ -254,29 +337,37 @@ def evaluation_report(
         gap = DataGap.paired(log_p, elbo.per_datum.cpu())
     bound = psis = None
     chain_steps = None
+    notes: dict[str, str] = {}
     if iwae is not None or psis_num is not None:
         from ..infer import bounds
 
-        chain, chain_guide = as_chain(model, guide)
-        if chain is not model:
-            chain_steps = chain.num_steps
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             if iwae is not None:
-                res = bounds.iwae_bound(
-                    chain, chain_guide, x, num_samples=iwae, batch_budget=batch_budget,
-                    progress=progress,
-                )  # fmt: skip
-                bpd = res.bits_per_dim(math.prod(x.shape[1:])) if num_levels else None
-                bound = ImportanceBound(iwae, res.mean, res.stderr, bpd)
+                chain, chain_guide, notes["iwae"] = _chain_or_note(
+                    model, guide, x, iwae, f"IWAE-{iwae}"
+                )
+                if chain is not None:
+                    chain_steps = _discretized_at(model, chain, num_steps)
+                    res = bounds.iwae_bound(
+                        chain, chain_guide, x, num_samples=iwae, batch_budget=batch_budget,
+                        progress=progress,
+                    )  # fmt: skip
+                    bpd = res.bits_per_dim(math.prod(x.shape[1:])) if num_levels else None
+                    bound = ImportanceBound(iwae, res.mean, res.stderr, bpd)
             if psis_num is not None:
                 subset = x[:psis_num]
-                diag = bounds.psis_diagnostic(
-                    chain, chain_guide, subset, num_samples=psis_samples,
-                    batch_budget=batch_budget, progress=progress,
-                )  # fmt: skip
-                psis = PSISSummary.of(diag.khat, diag.num_samples)
+                chain, chain_guide, notes["psis"] = _chain_or_note(
+                    model, guide, subset, psis_samples, "PSIS k-hat"
+                )
+                if chain is not None:
+                    chain_steps = _discretized_at(model, chain, num_steps)
+                    diag = bounds.psis_diagnostic(
+                        chain, chain_guide, subset, num_samples=psis_samples,
+                        batch_budget=batch_budget, progress=progress,
+                    )  # fmt: skip
+                    psis = PSISSummary.of(diag.khat, diag.num_samples)
     return EvaluationReport(
         num_data=int(x.shape[0]),
         seed=seed,
@@ -285,4 +376,16 @@ def evaluation_report(
         iwae=bound,
         psis=psis,
         discretized_at=chain_steps,
+        iwae_note=notes.get("iwae"),
+        psis_note=notes.get("psis"),
     )
+
+
+def _discretized_at(model, chain, num_steps: int | None) -> int | None:
+    """T of the discrete chain a continuous-time model was read as, where it differs from the
+    bound's (T = ∞, or ``num_steps``); None where both read the same chain."""
+    if chain is not model:
+        return chain.num_steps
+    if isinstance(model, ContinuousDiffusion) and num_steps is None:
+        return model.num_steps  # its literal chain, against the T = ∞ bound
+    return None

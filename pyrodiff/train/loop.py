@@ -26,7 +26,7 @@ from ..distributed import DistributedContext
 from ..errors import ConfigError
 from ..infer import DiffusionELBO
 from ..progress import TrainingProgress
-from .evaluate import EVAL_SEED_OFFSET, evaluate_split
+from .evaluate import EVAL_SEED_OFFSET, bound_steps, evaluate_split
 from .guards import InterruptFlag, non_finite_error
 from .history import History, MetricsWriter, RecordKind
 from .options import OPTIONS, LRSchedule, Precision, check_options, default_warmup
@@ -103,6 +103,9 @@ def fit(
             ``data.validation``. At the end
             the validation data is evaluated once more (unless it just was) and a Dataset's
             test split once (``"split": "test"``): the only time fit reads the test split.
+            A continuous-time model is evaluated on the bound its ``loss`` trains
+            (:func:`~pyrodiff.train.evaluate.bound_steps`): T = ∞ under ContinuousELBO, its
+            T-step chain under DiffusionELBO or Trace_ELBO.
         eval_batch_budget: at most this many network inputs per call during evaluation.
         log_every: write a training record every this many updates, holding the mean loss of
             those updates.
@@ -206,7 +209,9 @@ def fit(
         record=record,
         distributed=distributed,
     )
-    evaluations = _Evaluations(run, eval_every, eval_batch_budget, seed, progress)
+    evaluations = _Evaluations(
+        run, eval_every, eval_batch_budget, seed, progress, bound_steps(model, loss)
+    )
     checkpoints = _Checkpoints(run, checkpoint_every)
     options = {
         "lr": lr,
@@ -238,9 +243,17 @@ class _Evaluations:
     passes over the split, seconds to minutes on a CPU)."""
 
     def __init__(
-        self, run: Run, every: int | None, batch_budget: int, seed: int, progress: bool
+        self,
+        run: Run,
+        every: int | None,
+        batch_budget: int,
+        seed: int,
+        progress: bool,
+        num_steps: int | None = None,
     ) -> None:
         self.run, self.every, self.batch_budget = run, every, batch_budget
+        # a continuous-time model is evaluated on the bound its objective trains (T or ∞)
+        self.num_steps = num_steps
         self.progress = progress
         self.seed = seed + EVAL_SEED_OFFSET
         self.last = {Split.VALIDATION: -1, Split.TEST: -1}
@@ -278,6 +291,7 @@ class _Evaluations:
                 batch_budget=self.batch_budget,
                 seed=self.seed,
                 progress=self.progress,
+                num_steps=self.num_steps,
             )
         writer.write(RecordKind.EVAL, run.ts.step, split=split.value, ema=ema is not None, **result)
 

@@ -53,9 +53,10 @@ class ELBOEvaluation:
 
     ``per_datum`` holds one unbiased estimate of ELBO(x_n) per datum (float64); its spread is
     the data's and the estimator's together, and :attr:`elbo_se` is its std / √N. The terms
-    (``reconstruction``, ``prior``, ``per_step_loss``; ``diffusion`` for the T = ∞ bound) are
-    means over the data, in nats. :meth:`to_dict` is the record ``fit`` writes to
-    ``metrics.jsonl``.
+    (``reconstruction``, ``prior``, ``per_step_loss``; ``diffusion`` for a continuous-time
+    model's bound, at T = ∞ or at ``bound_steps`` = T; ``latent``, KL(q(z | x) ‖ p(z)), for a
+    model with a latent z) are means over the data, in nats. :meth:`to_dict` is the record
+    ``fit`` writes to ``metrics.jsonl``.
     """
 
     elbo: float
@@ -67,6 +68,9 @@ class ELBOEvaluation:
     prior: float | None = None
     diffusion: float | None = None
     per_step_loss: list[float] | None = None
+    latent: float | None = None
+    bound_steps: int | None = None
+    """T of a continuous-time model's bound (None: T = ∞)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The means as plain numbers, under the keys of an evaluation record (a term this
@@ -75,6 +79,11 @@ class ELBOEvaluation:
         if self.estimator == "continuous":
             out["diffusion"] = self.diffusion
             out["prior"] = self.prior
+            # keys of the adaptive guide's records only: older records stay as they were
+            if self.latent is not None:
+                out["latent"] = self.latent
+            if self.bound_steps is not None:
+                out["bound_steps"] = self.bound_steps
         else:
             out["prior"] = self.prior
             out["per_step_loss"] = self.per_step_loss
@@ -105,7 +114,10 @@ class ELBOEvaluation:
         if self.prior is not None:
             rows.append(("prior KL L_T", f"{self.prior:.4g} nats"))
         if self.diffusion is not None:
-            rows.append(("diffusion loss (T = ∞)", f"{self.diffusion:.4f} nats"))
+            at = "∞" if self.bound_steps is None else str(self.bound_steps)
+            rows.append((f"diffusion loss (T = {at})", f"{self.diffusion:.4f} nats"))
+        if self.latent is not None:
+            rows.append(("latent KL(q(z|x) || p(z))", f"{self.latent:.4f} nats"))
         return rows
 
 
@@ -197,6 +209,10 @@ class EvaluationReport:
     psis: PSISSummary | None = None
     discretized_at: int | None = None
     """T of the chain IWAE and k̂ read a continuous-time model as."""
+    iwae_note: str | None = None
+    """Why IWAE was asked for and not computed (one line), else None."""
+    psis_note: str | None = None
+    """Why PSIS k̂ was asked for and not computed (one line), else None."""
     run: str | None = None
     step: int | None = None
     split: str | None = None
@@ -232,6 +248,9 @@ class EvaluationReport:
                 iwae_se=self.iwae.stderr,
                 iwae_bits_per_dim=self.iwae.bits_per_dim,
             )
+        for key in ("iwae_note", "psis_note"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         if self.psis is not None:
             out.update(
                 psis_num_data=self.psis.num_data,
@@ -279,6 +298,10 @@ class EvaluationReport:
             rows.append((f"IWAE-{k}{at}", f"{_pm(self.iwae.mean, self.iwae.stderr)} nats/datum"))
             if self.iwae.bits_per_dim is not None:
                 rows.append((f"IWAE-{k} bits/dim", f"{self.iwae.bits_per_dim:.4f}"))
+        if self.iwae_note is not None:
+            rows.append(("IWAE", self.iwae_note))
+        if self.psis_note is not None:
+            rows.append(("PSIS k-hat", self.psis_note))
         if self.psis is not None and self.psis.khat_mean is not None:
             p = self.psis
             rows.append(
