@@ -27,11 +27,12 @@ from pyrodiff.config import (
     adaptive_latent_dim,
     build,
 )
-from pyrodiff.errors import ConfigError, ModelMismatchError
+from pyrodiff.errors import ConfigError
 from pyrodiff.guides import AdaptiveNoiseGuide, ContinuousForwardGuide
 from pyrodiff.infer import ContinuousELBO, DiffusionELBO, continuous_elbo_terms, iwae_bound
 from pyrodiff.infer.timesteps import LowDiscrepancyTimesteps
 from pyrodiff.models import AdaptiveDiffusion, Conditioning, ContinuousDiffusion
+from pyrodiff.sampling import ancestral_sample
 from pyrodiff.schedules import MultivariateLogSNR
 from pyrodiff.train import evaluation_report, fit
 from pyrodiff.train.evaluate import CONTINUOUS_EVAL_PASSES, as_chain, bound_steps
@@ -300,19 +301,17 @@ def test_an_iwae_too_costly_through_the_literal_chain_is_one_line_not_a_failure(
     assert len(rows) == 1 and "not computed" in rows[0]
 
 
-def test_a_schedule_per_dimension_without_discrete_tables_says_so(monkeypatch):
+def test_a_schedule_per_dimension_without_z_is_read_through_its_discrete_tables():
     model, guide, data, loss = build(RunConfig(**{**TINY_CONFIG, "latent_dim": 0}))
-
-    def no_tables(num_steps=None):
-        raise RuntimeError("Tensors must have same number of dimensions")
-
-    monkeypatch.setattr(model, "discretize", no_tables)
-    with pytest.raises(ModelMismatchError, match="discrete tables per dimension"):
-        as_chain(model, guide)
+    chain, chain_guide = as_chain(model, guide)
+    assert chain.schedule.event_shape == model.event_shape  # one chain per dimension
     report = evaluation_report(model, guide, data.test[:8], iwae=2, num_steps=T)
-    assert report.iwae is None and report.iwae_note.startswith("not computed: a schedule per")
-    # the bound itself needs no tables
+    assert report.iwae is not None and report.iwae_note is None
     assert np.isfinite(report.elbo.elbo) and report.elbo.bound_steps == T
+    assert report.iwae.num_samples == 2 and np.isfinite(report.iwae.mean)
+    # and the samplers walk the same tables
+    draws = ancestral_sample(chain, 16, generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (16, 2) and torch.isfinite(draws).all()
 
 
 @pytest.mark.parametrize("kind", ["diffusion", "continuous"])

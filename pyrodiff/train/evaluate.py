@@ -10,7 +10,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from ..errors import ModelMismatchError, PyrodiffError
+from ..errors import ModelMismatchError
 from ..guides import has_closed_forms
 from ..infer import bits_per_dim, continuous_elbo_terms, elbo_terms
 from ..infer.timesteps import LowDiscrepancyTimesteps
@@ -242,26 +242,15 @@ def _site_log_probs(trace) -> dict[str, Tensor]:
 def as_chain(model, guide):
     """The model and guide as a discrete chain, for the tools that walk one (IWAE, PSIS, the
     samplers): a continuous-time model discretised at its ``num_steps`` with the forward chain
-    over that discretisation; a model with a latent z (its schedule depends on z, so it has no
-    fixed tables) as its own literal chain, read through Pyro traces; any other pair as it is.
-
-    Raises :class:`~pyrodiff.errors.ModelMismatchError` for a schedule per dimension whose
-    discrete tables are not available."""
+    over that discretisation (per dimension for a schedule per dimension); a model with a latent
+    z (its schedule depends on z, so it has no fixed tables) as its own literal chain, read
+    through Pyro traces; any other pair as it is."""
     from ..guides import ForwardGuide
 
     if getattr(model, "latent_dim", 0) and isinstance(model, ContinuousDiffusion):
         return model, guide
     if isinstance(model, ContinuousDiffusion):
-        if getattr(model.schedule, "event_shape", ()):
-            try:
-                discrete = model.discretize()
-            except (PyrodiffError, RuntimeError, ValueError) as exc:
-                raise ModelMismatchError(
-                    "a schedule per dimension has no discrete chain here (it needs discrete "
-                    f"tables per dimension: {str(exc).splitlines()[0][:120]})"
-                ) from None
-        else:
-            discrete = model.discretize()
+        discrete = model.discretize()
         return discrete, ForwardGuide(discrete.schedule)
     return model, guide
 
