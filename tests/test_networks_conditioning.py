@@ -64,3 +64,45 @@ def test_schedule_images_one_panel_per_time_on_one_scale():
 
     with pytest.raises(DataError, match="expected"):
         plot_schedule_images({0.0: torch.zeros(3, 8, 8)})
+
+
+@pytest.mark.parametrize("value, typed", [(1.0, "1"), (-0.1, "-0.1")])
+def test_dropout_bounds_are_one_message_from_python_and_the_cli(tmp_path, value, typed):
+    import contextlib
+    import io
+
+    from pyrodiff.cli import main
+    from pyrodiff.config import RunConfig
+
+    message = f"dropout must be a number in [0, 1), got {value!r}"
+    with pytest.raises(ConfigError) as caught:
+        RunConfig(data="eight_gaussians", dropout=value)
+    assert str(caught.value) == message
+    err = io.StringIO()
+    argv = ["train", "--data", "eight_gaussians", "--updates", "1", "--dropout", typed]
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main([*argv, "--out", str(tmp_path / "run")])
+    assert status == 1 and "Traceback" not in err.getvalue()
+    assert err.getvalue().strip().splitlines() == [
+        f"pyrodiff: error: {message.replace('dropout', '--dropout')}"
+    ]
+
+
+def test_fit_evaluates_without_dropout_and_trains_with_it(monkeypatch):
+    from pyrodiff.config import RunConfig, build
+    from pyrodiff.train import fit, loop
+
+    config = RunConfig(data="eight_gaussians", num_steps=4, width=16, depth=1, dropout=0.5)
+    model, guide, data, loss = build(config)
+    assert model.denoiser.dropout == 0.5
+    seen = []
+    real = loop.evaluate_split
+
+    def spy(model, guide, x, **kwargs):
+        seen.append([m.training for m in (*model.modules(), *guide.modules())])
+        return real(model, guide, x, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_split", spy)
+    fit(model, guide, data, loss=loss, updates=2, batch_size=16, progress=False, eval_every=1)
+    assert seen and all(not any(flags) for flags in seen)  # every evaluation: dropout off
+    assert all(m.training for m in model.modules())  # and training goes on with it

@@ -111,6 +111,7 @@ def build_denoiser(
             out_channels=2 * c if doubled else c,
             fourier_exponents=fourier_exponents,
             latent_dim=latent_dim,
+            dropout=config.dropout,
         )
     if len(event_shape) != 1:
         raise ConfigError(
@@ -125,6 +126,7 @@ def build_denoiser(
         out_dim=2 * d if doubled else None,
         fourier_exponents=fourier_exponents,
         latent_dim=latent_dim,
+        dropout=config.dropout,
     )
 
 

@@ -89,6 +89,16 @@ FIELDS = OptionSet(
     ),
     Option("depth", int, "MLP residual blocks", default=3, low=1),
     Option(
+        "dropout",
+        float,
+        "the denoiser's dropout probability while training (a regulariser for small data; "
+        "evaluations run without it)",
+        default=0.0,
+        low=0.0,
+        high=1.0,
+        high_open=True,
+    ),
+    Option(
         "latent_dim",
         int,
         "size of each latent layer of an hvae (None: the data's dimension); size of the "

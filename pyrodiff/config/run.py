@@ -61,6 +61,7 @@ class RunConfig:
     network: NetworkKind = _declared(FIELDS.network)
     width: int | None = _declared(FIELDS.width)
     depth: int = _declared(FIELDS.depth)
+    dropout: float = _declared(FIELDS.dropout)
     latent_dim: int | None = _declared(FIELDS.latent_dim)
     guide_hidden: int = _declared(FIELDS.guide_hidden)
     parameterization: Parameterization = _declared(FIELDS.parameterization)

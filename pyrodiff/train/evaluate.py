@@ -3,6 +3,7 @@ training), and the whole report ``pyrodiff evaluate`` prints (:func:`evaluation_
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -237,6 +238,21 @@ def _site_log_probs(trace) -> dict[str, Tensor]:
 
 
 # --- the whole report -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def evaluation_mode(*modules: torch.nn.Module):
+    """Modules in eval mode (dropout off) for the duration, each restored to its own mode after:
+    a bound is a property of the model, not of one dropout mask."""
+    modes = [[(m, m.training) for m in module.modules()] for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for pairs in modes:
+            for m, training in pairs:
+                m.training = training
 
 
 def as_chain(model, guide):

@@ -26,7 +26,7 @@ from ..distributed import DistributedContext
 from ..errors import ConfigError
 from ..infer import DiffusionELBO
 from ..progress import TrainingProgress
-from .evaluate import EVAL_SEED_OFFSET, bound_steps, evaluate_split
+from .evaluate import EVAL_SEED_OFFSET, bound_steps, evaluate_split, evaluation_mode
 from .guards import InterruptFlag, non_finite_error
 from .history import History, MetricsWriter, RecordKind
 from .options import OPTIONS, LRSchedule, Precision, check_options, default_warmup
@@ -282,7 +282,10 @@ class _Evaluations:
         if x is None or not run.is_main:
             return
         ema = run.ts.ema
-        with ema.applied() if ema is not None else contextlib.nullcontext():
+        with (
+            ema.applied() if ema is not None else contextlib.nullcontext(),
+            evaluation_mode(run.ts.model, run.ts.guide),
+        ):
             result = evaluate_split(
                 run.ts.model,
                 run.ts.guide,
