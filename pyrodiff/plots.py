@@ -600,11 +600,16 @@ def plot_samples(
 def plot_schedule_images(
     log_snr: Mapping[float, torch.Tensor | np.ndarray],
     *,
+    centred: bool = True,
     title: str | None = None,
 ) -> Figure:
     """A noise process per pixel as images: λ(t) at each time t of ``log_snr`` ({t: λ(t)}, each
     shaped (H, W) or (1, H, W), e.g. a :class:`~pyrodiff.schedules.MultivariateLogSNR` averaged
-    over the latents of some images), one panel per t on one colour scale, the scale beside."""
+    over the latents of some images), one panel per t on one colour scale, the scale beside.
+
+    ``centred`` (the default) shows each pixel's λ_j(t) minus the mean over pixels at that t
+    (the mean is in the panel's title), on a scale symmetric about 0: which pixels get more
+    noise than the others, which a scale spanning all t would hide."""
     if not isinstance(log_snr, Mapping) or not log_snr:
         raise DataError("plot_schedule_images takes {t: λ(t) per pixel}, at least one time")
     images = {}
@@ -615,15 +620,22 @@ def plot_schedule_images(
         if arr.ndim != 2:
             raise DataError(f"λ({t}) has shape {arr.shape}: expected (H, W) or (1, H, W)")
         images[float(t)] = arr
-    lo = min(a.min() for a in images.values())
-    hi = max(a.max() for a in images.values())
+    means = {t: float(a.mean()) for t, a in images.items()}
+    if centred:
+        images = {t: a - means[t] for t, a in images.items()}
+        top = max(float(np.abs(a).max()) for a in images.values()) or 1.0
+        lo, hi, cmap, label = -top, top, "RdBu", "λ − its mean over pixels"
+    else:
+        lo = min(a.min() for a in images.values())
+        hi = max(a.max() for a in images.values())
+        cmap, label = "viridis", "log-SNR λ"
     fig, axes = _figure(len(images), width=2.2, height=2.6)
     for ax, (t, arr) in zip(axes, sorted(images.items()), strict=True):
-        shown = ax.imshow(arr, vmin=lo, vmax=hi, cmap="viridis")
-        ax.set_title(f"t = {t:g}")
+        shown = ax.imshow(arr, vmin=lo, vmax=hi, cmap=cmap)
+        ax.set_title(f"t = {t:g}" + (f"\nmean λ {means[t]:.2f}" if centred else ""))
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(shown, ax=axes, label="log-SNR λ", shrink=0.8)
+    fig.colorbar(shown, ax=axes, label=label, shrink=0.8)
     if title:
         fig.suptitle(title)
     return fig

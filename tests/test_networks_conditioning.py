@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,7 +53,7 @@ def test_schedule_images_one_panel_per_time_on_one_scale():
         sched.start.add_(torch.linspace(0, 1, 64).reshape(1, 8, 8))
     times = (0.0, 0.5, 1.0)
     lam = {t: sched.log_snr(torch.full((1,), t, dtype=torch.float64))[0] for t in times}
-    fig = plot_schedule_images(lam, title="λ per pixel")
+    fig = plot_schedule_images(lam, centred=False, title="λ per pixel")
     panels = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title() for ax in panels] == ["t = 0", "t = 0.5", "t = 1"]
     limits = {ax.images[0].get_clim() for ax in panels}
@@ -60,6 +61,16 @@ def test_schedule_images_one_panel_per_time_on_one_scale():
     lo, hi = limits.pop()
     assert lo == pytest.approx(min(v.min().item() for v in lam.values()))
     assert hi == pytest.approx(max(v.max().item() for v in lam.values()))
+    # centred: each panel is λ minus its mean over pixels, on one scale symmetric about 0
+    fig = plot_schedule_images(lam)
+    panels = [ax for ax in fig.axes if ax.images]
+    for ax, t in zip(panels, times, strict=True):
+        shown = ax.images[0].get_array()
+        want = lam[t].reshape(8, 8) - lam[t].mean()
+        assert np.allclose(shown, want.detach().numpy())
+        assert f"mean λ {lam[t].mean().item():.2f}" in ax.get_title()
+    (clim,) = {ax.images[0].get_clim() for ax in panels}
+    assert clim[1] == -clim[0] and clim[1] > 0
     from pyrodiff.errors import DataError
 
     with pytest.raises(DataError, match="expected"):
