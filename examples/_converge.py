@@ -223,3 +223,77 @@ def _checkpoint_step(folder: Path) -> int:
     from pyrodiff.checkpoint import load_checkpoint
 
     return int(load_checkpoint(folder / "checkpoint.pt", map_location="cpu")["step"])
+
+
+# --- the paired rule: two budgets compared on the same draws -------------------------------------
+
+
+@dataclass(frozen=True)
+class PairedGain:
+    """What doubling a budget gained on validation, read as a paired difference.
+
+    ``gain`` is the mean over the validation data of bound_2N(x) − bound_N(x), both evaluated
+    with common random numbers (the same generator seed, hence the same t, ε and z noise per
+    datum), and ``se`` its standard error over the data. Most of the Monte-Carlo noise of the two
+    bounds is shared and cancels in the difference, so ``se`` is far smaller than either bound's
+    own SE, and the rule below is far stricter than :func:`doubling`'s.
+    """
+
+    shorter_updates: int
+    longer_updates: int
+    gain: float
+    se: float
+
+    @property
+    def converged(self) -> bool:
+        """The doubling gained less than 2 paired SE."""
+        return self.gain < 2 * self.se
+
+
+def paired_gain(shorter, longer, shorter_updates: int, longer_updates: int) -> PairedGain:
+    """The :class:`PairedGain` of per-datum bounds ``shorter`` and ``longer`` (tensors of the
+    same shape, the same data in the same order, drawn with common random numbers)."""
+    diff = (longer.detach().double() - shorter.detach().double()).flatten()
+    if diff.numel() < 2:
+        raise ValueError(f"a paired SE needs at least 2 data, got {diff.numel()}")
+    se = diff.std().item() / diff.numel() ** 0.5
+    return PairedGain(shorter_updates, longer_updates, diff.mean().item(), se)
+
+
+def paired_doubling(
+    train: Callable[[int], R],
+    per_datum_validation: Callable[[R], Any],
+    *,
+    first_updates: int,
+    max_updates: int,
+    check: bool = True,
+) -> tuple[list[R], R, bool | None, list[PairedGain]]:
+    """The doubling sequence N, 2N, 4N, … judged by the paired rule (:class:`PairedGain`).
+
+    ``train(updates)`` returns a trained result, ``per_datum_validation(result)`` its bound per
+    validation datum; it must draw its noise from a generator seeded the same way on every call
+    (common random numbers), or the pairing removes nothing. Stops at the first doubling that
+    gains less than 2 paired SE (converged) or when ``max_updates`` comes first (not
+    converged). The result kept is the better of the last pair on validation. Returns every
+    result in order of budget, the one kept, the verdict (None without ``check``, as
+    :func:`doubling`) and the gain of every doubling."""
+    if first_updates < 1 or max_updates < first_updates:
+        raise ValueError(
+            f"need 1 <= first_updates <= max_updates, got {first_updates} and {max_updates}"
+        )
+    runs: list[R] = []
+    bounds: list[Any] = []
+    gains: list[PairedGain] = []
+    updates = first_updates
+    while True:
+        runs.append(train(updates))
+        bounds.append(per_datum_validation(runs[-1]))
+        if len(runs) >= 2:
+            gains.append(paired_gain(bounds[-2], bounds[-1], updates // 2, updates))
+            if gains[-1].converged:
+                kept = runs[-1] if gains[-1].gain >= 0 else runs[-2]
+                return runs, kept, (True if check else None), gains
+        if 2 * updates > max_updates:
+            # not converged: the last doubling gained at least 2 paired SE, so it is kept
+            return runs, runs[-1], (False if check else None), gains
+        updates *= 2

@@ -321,3 +321,71 @@ def test_guides_quote_the_latent_diffusion_gain_and_cost_as_its_results_file_say
     for name in ("diffusion", "normal"):
         kept = results[name]
         assert kept["updates"] in [h["updates"] for h in kept["history"]]
+
+
+def test_study_part_g_prints_its_three_tables_and_every_row_says_whether_it_converged():
+    """docs/study.md (g) shows the rows, the shares and the budgets of study_adaptive.json (the
+    tables themselves are held to the file above); each row of a checked run says yes or no,
+    never "not checked", and the budgets table names every budget trained."""
+    text = (ROOT / "docs" / "study.md").read_text()
+    part = text[text.index("## (g)") :]
+    sources = [src for src, _ in _page_tables(ROOT / "docs" / "study.md")]
+    for name in ("", "#shares", "#convergence"):
+        assert f"docs/results/study_adaptive.json{name}" in sources
+        assert f"<!-- results: docs/results/study_adaptive.json{name} -->" in part
+    results = json.loads((ROOT / "docs" / "results" / "study_adaptive.json").read_text())
+    assert all(r["converged"] in (True, False) for r in results["table"])
+    assert "not checked" not in part
+    for c in results["convergence"]:
+        updates = [b["updates"] for b in c["budgets"]]
+        assert c["updates"] in updates
+        assert len(c["paired_gains"]) == len(updates) - 1
+        last = c["paired_gains"][-1] if c["paired_gains"] else None
+        # the verdict is the paired rule's: the last doubling gained less than 2 paired SE
+        assert c["converged"] == (last is not None and last["gain"] < 2 * last["se"])
+    assert "python examples/study_adaptive.py --write-docs" in part
+
+
+def test_study_part_g_quotes_the_gains_gaps_and_shares_of_its_results_file():
+    """The (g) prose quotes each multivariate arm's gain over the fixed q at T = ∞ and 1000, its
+    ends and network shares, and the T = ∞ gaps to log p_data, as study_adaptive.json says."""
+    results = json.loads((ROOT / "docs" / "results" / "study_adaptive.json").read_text())
+    text = (ROOT / "docs" / "study.md").read_text()
+    part = " ".join(text[text.index("## (g)") :].split()).replace("−", "-")
+    shares = {(s["arm"], s["T"]): s for s in results["shares"]}
+    for arm in ("per_dimension", "mulan"):
+        for T in (None, 1000):
+            mean, se = shares[(arm, T)]["gain"]
+            assert f"{mean:.4f} ± {se:.4f}" in part, (arm, T)
+        assert f"{shares[(arm, None)]['ends'][0]:.4f}" in part
+        assert f"{shares[(arm, None)]['network'][0]:.4f}" in part
+    gaps = {
+        r["configuration"]["arm"]: r["extra"]["gap to log p_data"]
+        for r in results["table"]
+        if r["T"] is None
+    }
+    for arm in ("fixed", "per_dimension", "mulan"):
+        mean, se = gaps[arm]
+        assert f"{mean:.4f} ± {se:.4f}" in part, arm
+        assert se <= 0.005  # T = ∞ read to ± 0.005, as the page says
+    for c in results["convergence"]:
+        if c["paired_gains"]:
+            g = c["paired_gains"][-1]
+            assert f"{g['gain']:.4f} ± {g['se']:.4f}" in part, c["arm"]
+
+
+def test_study_part_g_quotes_the_arms_trained_at_t8_as_their_results_file_says():
+    """The T = 8 paragraph of (g) quotes MuLAN's 8-step gap and its latent KL, and the fixed
+    q's diffusion term at T = 8 and ∞, from study_adaptive_T8.json; no row there converged,
+    and the page says so."""
+    results = json.loads((ROOT / "docs" / "results" / "study_adaptive_T8.json").read_text())
+    text = (ROOT / "docs" / "study.md").read_text()
+    part = " ".join(text[text.index("**Trained at T = 8") :].split())
+    rows = {(r["configuration"]["arm"], r["T"]): r for r in results["table"]}
+    assert all(r["configuration"]["trained_at"] == "T = 8" for r in rows.values())
+    assert "(not converged)" in part and all(r["converged"] is False for r in rows.values())
+    gap, se = rows[("mulan", 8)]["extra"]["gap to log p_data"]
+    assert f"its gap is {gap:.4f} ± {se:.4f} nats" in part
+    assert f"KL(q(z | x) ‖ p(z)) is {rows[('mulan', 8)]['extra']['latent KL'][0]:.4f}" in part
+    at_8, at_inf = (rows[("fixed", T)]["extra"]["diffusion"][0] for T in (8, None))
+    assert f"is {at_8:.4f} nats against {at_inf:.4f} at T = ∞" in part
