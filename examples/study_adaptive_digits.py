@@ -1,0 +1,230 @@
+"""Study (g) on the digits: four noise processes at T = ∞, each budget judged by the paired rule.
+
+    python examples/study_adaptive_digits.py --runs DIR --write-docs   # trains what DIR lacks
+    python examples/study_adaptive_digits.py --quick                   # seconds (the tests)
+
+The arms are `examples/continuous_digits.py` runs (a U-Net with Fourier features, dropout 0.1
+for every arm, batches of 128, Adam with warm-up and cosine decay): ``linear`` (fixed q),
+``learned`` (a learned scalar log-SNR), ``per_dimension`` (a learned curve per pixel) and
+``adaptive`` (a curve per pixel conditioned on z: MuLAN). Each arm's budgets double from
+``--first-updates`` until a doubling gains less than 2 paired SE on validation, the per-image
+bounds of the two budgets drawn with common random numbers (`_converge.paired_doubling`), or
+``--max-updates`` comes first. The test split is read once, for the budget kept, every arm with
+the same evaluation seed, so the arms' differences are paired per image too. Runs found in
+``--runs`` (their JSON, weights and per-image validation bounds) are read, not retrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import continuous_digits as cd  # noqa: E402
+from _converge import paired_doubling, paired_gain  # noqa: E402
+from _outputs import add_output_arguments, outputs  # noqa: E402
+from _tables import markdown, named_table  # noqa: E402
+
+from pyrodiff.data import get_dataset  # noqa: E402
+from pyrodiff.infer import ContinuousELBO  # noqa: E402
+from pyrodiff.plots import plot_schedule_images, save_figure  # noqa: E402
+
+NAME = "study_adaptive_digits"
+ARMS = {
+    "linear": "fixed q",
+    "learned": "learned scalar schedule",
+    "per_dimension": "learned schedule per pixel",
+    "adaptive": "MuLAN (per pixel, with z)",
+}
+TEST_SEED = 2  # one seed for every arm: the same t, ε (and z noise) per test image
+
+
+def _argv(arm: str, updates: int, args) -> list[str]:
+    argv = ["--schedule", arm, "--updates", str(updates), "--dropout", str(args.dropout)]
+    argv += ["--latent-dim", str(args.latent_dim), "--passes", str(args.passes)]
+    argv += ["--also-steps", "100", "--out", str(args.runs)]
+    return argv + (["--quick"] if args.quick else [])
+
+
+def _tag(arm: str, updates: int, args) -> str:
+    tag = f"u{3 if args.quick else updates}_{arm}_f345"
+    if arm == "adaptive" or args.dropout:
+        tag += f"_k{args.latent_dim}" * (arm == "adaptive") + f"_d{args.dropout:g}"
+    return tag
+
+
+def train_or_read(arm: str, updates: int, args) -> dict:
+    """A run's result (its JSON, plus the per-image validation bits), trained if absent."""
+    tag = _tag(arm, updates, args)
+    path = args.runs / f"{tag}.json"
+    if not path.is_file():
+        print(f"training {arm} for {updates} updates", flush=True)
+        cd.main(_argv(arm, updates, args))
+    result = json.loads(path.read_text())
+    result["tag"] = tag
+    result["updates"] = updates
+    result["valid_bits"] = torch.load(args.runs / f"{tag}.valid_bits.pt")
+    return result
+
+
+def load(result: dict, args, likelihood):
+    """The (model, guide) of a run, with its saved (EMA) weights, in eval mode."""
+    run_args = argparse.Namespace(**result["args"], likelihood=likelihood)
+    model, guide = cd.build(run_args)
+    module = ContinuousELBO()(model, guide)
+    module.load_state_dict(torch.load(args.runs / f"{result['tag']}.pt"))
+    model.eval()
+    guide.eval()
+    return model, guide
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("outputs/study_adaptive_digits/runs"))
+    parser.add_argument("--first-updates", type=int, default=2000)
+    parser.add_argument("--max-updates", type=int, default=8000)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--latent-dim", type=int, default=8)
+    parser.add_argument("--passes", type=int, default=40, help="draws per image, validation")
+    parser.add_argument("--test-passes", type=int, default=40, help="draws per image, test")
+    parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--quick", action="store_true", help="tiny settings (seconds)")
+    add_output_arguments(parser, NAME)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.quick:
+        args.first_updates = args.max_updates = 1
+        args.passes = args.test_passes = 1
+    out = outputs(args, NAME)
+    digits = get_dataset("digits")
+    likelihood = digits.likelihood()
+    rows, convergence, per_image, kept_runs, numbers = [], [], {}, {}, {}
+    for arm in args.arms:
+        runs, kept, verdict, gains = paired_doubling(
+            lambda n, arm=arm: train_or_read(arm, n, args),
+            lambda r: -r["valid_bits"],  # the bound: higher is better
+            first_updates=args.first_updates,
+            max_updates=args.max_updates,
+            check=not args.quick,
+        )
+        model, guide = load(kept, args, likelihood)
+        test = cd.per_image_bits(
+            model,
+            digits.test,
+            args.test_passes,
+            TEST_SEED,
+            guide=guide if arm == "adaptive" else None,
+        )
+        per_image[arm] = test
+        kept_runs[arm] = kept
+        se = (test.std() / math.sqrt(len(test))).item()
+        cpu = sum(r["cpu_seconds"] for r in runs) / 60
+        at100 = kept.get("validation_bpd_at", {}).get("100")
+        numbers[arm] = {
+            "updates": kept["updates"],
+            "converged": verdict,
+            "validation_bpd": kept["validation_bpd"],
+            "validation_se": kept["validation_se"],
+            "validation_bpd_at_100": at100,
+            "test_bpd": test.mean().item(),
+            "test_se": se,
+            "cpu_minutes_kept": kept["cpu_seconds"] / 60,
+            "cpu_minutes_all": cpu,
+            "budgets": [
+                {
+                    "updates": r["updates"],
+                    "validation_bpd": r["validation_bpd"],
+                    "validation_se": r["validation_se"],
+                }
+                for r in runs
+            ],  # fmt: skip
+            "doublings": [
+                {"from": g.shorter_updates, "to": g.longer_updates, "gain": g.gain, "se": g.se}
+                for g in gains
+            ],
+        }
+        rows.append(
+            [
+                ARMS[arm],
+                f"{kept['validation_bpd']:.3f} ± {kept['validation_se']:.3f}",
+                f"{at100[0]:.3f} ± {at100[1]:.3f}" if at100 else "—",
+                f"{test.mean().item():.3f} ± {se:.3f}",
+                kept["updates"],
+                f"{kept['cpu_seconds'] / 60:.1f} ({cpu:.1f})",
+                {True: "yes", False: "no", None: "not checked"}[verdict],
+            ]
+        )
+        convergence.append(
+            [
+                ARMS[arm],
+                "; ".join(
+                    f"{r['updates']}: {r['validation_bpd']:.3f} ± {r['validation_se']:.3f}"
+                    for r in runs
+                ),
+                "; ".join(
+                    f"{g.shorter_updates}→{g.longer_updates}: {g.gain:+.4f} ± {g.se:.4f}"
+                    for g in gains
+                )
+                or "—",
+            ]
+        )
+    # each arm against the learned scalar schedule, paired per test image (bits/dim; < 0: better)
+    pairs = []
+    if "learned" in per_image:
+        for arm in args.arms:
+            if arm == "learned":
+                continue
+            g = paired_gain(per_image["learned"], per_image[arm], 0, 0)
+            pairs.append([ARMS[arm], f"{g.gain:+.4f} ± {g.se:.4f}"])
+            numbers[arm]["test_minus_learned"] = {"mean": g.gain, "se": g.se}
+    results = {
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "arms": numbers,
+        "tables": {
+            "digits": named_table(
+                [
+                    "arm (T = ∞)",
+                    "validation bits/dim",
+                    "validation, read at T = 100",
+                    "test bits/dim",
+                    "updates",
+                    "CPU-minutes (all budgets)",
+                    "converged",
+                ],
+                rows,
+            ),
+            "digits_convergence": named_table(
+                [
+                    "arm",
+                    "updates: validation bits/dim",
+                    "paired gain of each doubling (bits/dim, > 0: better)",
+                ],
+                convergence,
+            ),
+            "digits_paired": named_table(
+                ["arm", "test bits/dim minus the learned scalar schedule's, paired per image"],
+                pairs,
+            ),
+        },
+    }
+    if "adaptive" in kept_runs and "log_snr_per_pixel" in kept_runs["adaptive"]:
+        lam = {
+            float(t): torch.tensor(v).reshape(8, 8)
+            for t, v in kept_runs["adaptive"]["log_snr_per_pixel"].items()
+        }
+        fig = plot_schedule_images(lam, title="MuLAN on the digits: λ(t | z) per pixel")
+        save_figure(fig, out.figure("adaptive_digits_log_snr.png"))
+    print(out.write_results(results))
+    for name in ("digits", "digits_convergence", "digits_paired"):
+        print(markdown(results["tables"][name]))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""examples/study_adaptive_digits.py: its quick run, and the arithmetic its tables rest on."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study_adaptive_digits")
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import study_adaptive_digits
+
+        study_adaptive_digits.main(["--quick", "--runs", str(tmp / "runs"), "--out", str(tmp)])
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    return tmp, json.loads((tmp / "study_adaptive_digits.json").read_text())
+
+
+def test_every_arm_has_a_row_a_budget_and_a_test_figure(quick):
+    tmp, results = quick
+    arms = results["arms"]
+    assert set(arms) == {"linear", "learned", "per_dimension", "adaptive"}
+    assert len(results["tables"]["digits"]["rows"]) == 4
+    for arm in arms.values():
+        assert arm["budgets"] and arm["test_se"] > 0
+        assert arm["validation_bpd_at_100"] is not None
+    # the per-pixel schedule of the adaptive arm, as images
+    assert (tmp / "adaptive_digits_log_snr.png").stat().st_size > 0
+    # a run found in --runs is read again, not retrained: the same file gives the same row
+    assert (tmp / "runs").is_dir()
+
+
+def test_paired_differences_are_the_differences_of_the_means(quick):
+    _, results = quick
+    arms = results["arms"]
+    base = arms["learned"]["test_bpd"]
+    for name, arm in arms.items():
+        if name == "learned":
+            assert "test_minus_learned" not in arm
+            continue
+        # the mean of per-image differences is the difference of the means (same images; the
+        # bits are float32, ~14 here: rounding ~1e-6)
+        assert arm["test_minus_learned"]["mean"] == pytest.approx(arm["test_bpd"] - base, abs=1e-5)
+        assert arm["test_minus_learned"]["se"] > 0
