@@ -267,6 +267,7 @@ def paired_doubling(
     first_updates: int,
     max_updates: int,
     check: bool = True,
+    available: Callable[[int], bool] | None = None,
 ) -> tuple[list[R], R, bool | None, list[PairedGain]]:
     """The doubling sequence N, 2N, 4N, … judged by the paired rule (:class:`PairedGain`).
 
@@ -274,7 +275,9 @@ def paired_doubling(
     validation datum; it must draw its noise from a generator seeded the same way on every call
     (common random numbers), or the pairing removes nothing. Stops at the first doubling that
     gains less than 2 paired SE (converged) or when ``max_updates`` comes first (not
-    converged). The result kept is the better of the last pair on validation. Returns every
+    converged). With ``available``, a doubling whose budget is not available (a run not made)
+    ends the sequence there, not converged. The result kept is the better of the last pair on
+    validation. Returns every
     result in order of budget, the one kept, the verdict (None without ``check``, as
     :func:`doubling`) and the gain of every doubling."""
     if first_updates < 1 or max_updates < first_updates:
@@ -293,7 +296,7 @@ def paired_doubling(
             if gains[-1].converged:
                 kept = runs[-1] if gains[-1].gain >= 0 else runs[-2]
                 return runs, kept, (True if check else None), gains
-        if 2 * updates > max_updates:
+        if 2 * updates > max_updates or (available is not None and not available(2 * updates)):
             # not converged: the last doubling gained at least 2 paired SE, so it is kept
             return runs, runs[-1], (False if check else None), gains
         updates *= 2

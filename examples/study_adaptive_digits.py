@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test-passes", type=int, default=40, help="draws per image, test")
     parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--quick", action="store_true", help="tiny settings (seconds)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="read the budgets found in --runs; a doubling not run ends the "
+                             "arm's sequence, not converged")  # fmt: skip
     add_output_arguments(parser, NAME)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -112,6 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
             first_updates=args.first_updates,
             max_updates=args.max_updates,
             check=not args.quick,
+            available=(lambda n, arm=arm: (args.runs / f"{_tag(arm, n, args)}.json").is_file())
+            if args.no_train
+            else None,
         )
         model, guide = load(kept, args, likelihood)
         test = cd.per_image_bits(

@@ -50,3 +50,31 @@ def test_paired_differences_are_the_differences_of_the_means(quick):
         # bits are float32, ~14 here: rounding ~1e-6)
         assert arm["test_minus_learned"]["mean"] == pytest.approx(arm["test_bpd"] - base, abs=1e-5)
         assert arm["test_minus_learned"]["se"] > 0
+
+
+def test_a_doubling_not_run_ends_the_sequence_not_converged():
+    import torch
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from _converge import paired_doubling
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(400, generator=gen)
+    # every doubling gains 1 (far above 2 paired SE), but only the 1000 and 2000 runs exist
+    trained = []
+
+    def train(n):
+        trained.append(n)
+        return {"n": n, "bound": noise + n / 1000}
+
+    runs, kept, verdict, gains = paired_doubling(
+        train,
+        lambda r: r["bound"],
+        first_updates=1000,
+        max_updates=8000,
+        available=lambda n: n <= 2000,
+    )
+    assert trained == [1000, 2000] and kept["n"] == 2000 and verdict is False
+    assert len(gains) == 1 and gains[0].gain == pytest.approx(1.0)
