@@ -117,3 +117,34 @@ def test_fit_evaluates_without_dropout_and_trains_with_it(monkeypatch):
     fit(model, guide, data, loss=loss, updates=2, batch_size=16, progress=False, eval_every=1)
     assert seen and all(not any(flags) for flags in seen)  # every evaluation: dropout off
     assert all(m.training for m in model.modules())  # and training goes on with it
+
+
+def test_the_variance_trained_interior_is_clipped_apart_from_the_network():
+    from pyrodiff import ContinuousDiffusion, ContinuousForwardGuide, LearnedLogSNR
+    from pyrodiff.infer import ContinuousELBO, ScheduleObjective
+    from pyrodiff.infer.objectives import variance_trained_parameters
+    from pyrodiff.train.step import _grad_norm
+
+    torch.manual_seed(0)
+    model = ContinuousDiffusion(MLPDenoiser(2, hidden=8, depth=1), LearnedLogSNR(hidden=4))
+    guide = ContinuousForwardGuide()
+    shape = model.schedule.parameters_of_shape()
+    variance = ContinuousELBO(schedule_objective=ScheduleObjective.VARIANCE)
+    assert variance_trained_parameters(variance, model, guide) == shape
+    assert variance_trained_parameters(ContinuousELBO(), model, guide) == []
+    # a huge interior gradient leaves the network's (below the clip) as it was
+    rest = [p for p in model.parameters() if all(p is not q for q in shape)]
+    for p in rest:
+        p.grad = torch.full_like(p, 1e-3)
+    for p in shape:
+        p.grad = torch.full_like(p, 1e4)
+    before = [p.grad.clone() for p in rest]
+    norm = _grad_norm([rest, shape], 1.0, like=torch.zeros(()))
+    assert all(torch.equal(p.grad, b) for p, b in zip(rest, before, strict=True))
+    assert torch.stack([p.grad.norm() for p in shape]).norm() == pytest.approx(1.0, rel=1e-5)
+    assert norm > 1e4  # the reported norm is the whole gradient's, before clipping
+    # one group: the global norm, and everything scaled together
+    for p in shape:
+        p.grad = torch.full_like(p, 1e4)
+    _grad_norm([rest + shape], 1.0, like=torch.zeros(()))
+    assert all((p.grad < b).all() for p, b in zip(rest, before, strict=True))

@@ -44,6 +44,7 @@ __all__ = [
     "ScheduleVarianceELBO",
     "SimpleLoss",
     "simple_weights",
+    "variance_trained_parameters",
 ]
 
 
@@ -177,6 +178,23 @@ class ScheduleObjective(enum.Enum):
     the network get the gradient of the bound. Needs a schedule with a separable interior
     (:class:`~pyrodiff.schedules.LearnedLogSNR`) and a model conditioned on λ. For a discrete
     learned schedule the same objective is :class:`ScheduleVarianceELBO`."""
+
+
+def variance_trained_parameters(loss, model, guide) -> list[torch.nn.Parameter]:
+    """The parameters ``loss`` trains on the estimator's second moment rather than the bound
+    (a learned schedule's interior under :attr:`ScheduleObjective.VARIANCE` or
+    :class:`ScheduleVarianceELBO`), empty for every other objective.
+
+    Their gradient is that of Σ_n L̂_n² (or its mean), which grows with the loss itself: a
+    training step clips their norm apart from the rest, or that gradient shrinks the network's
+    steps to nothing whenever a global norm is clipped."""
+    owner = None
+    if isinstance(loss, ScheduleVarianceELBO):
+        owner = getattr(guide, "schedule", None)
+    elif getattr(loss, "schedule_objective", None) is ScheduleObjective.VARIANCE:
+        owner = getattr(model, "schedule", None)
+    shape = getattr(owner, "parameters_of_shape", None)
+    return [p for p in shape() if p.requires_grad] if callable(shape) else []
 
 
 class ScaleGradient(torch.autograd.Function):

@@ -356,7 +356,7 @@ def _run(
                 batch = run.data.train[ts.sampler.next().to(run.device)]
                 try:
                     step = take_step(
-                        ts, run.train_module, run.params, batch, phase=phase, **options
+                        ts, run.train_module, run.clip_groups, batch, phase=phase, **options
                     )
                 except Divergence as div:
                     raise _divergence_error(div, ts.step + 1, data_range, run, checkpoints) from (

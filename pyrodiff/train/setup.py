@@ -19,6 +19,7 @@ from ..data import Dataset
 from ..devices import param_dtype, resolve_device
 from ..distributed import DistributedContext, rank_seed, shard_indices, wrap_module
 from ..errors import CheckpointError, ConfigError, DataError
+from ..infer.objectives import variance_trained_parameters
 from ..validation import check_batch_size, check_data
 from .ema import EMA
 from .history import METRICS_NAME
@@ -146,6 +147,9 @@ class Run:
     data: TrainData
     train_module: nn.Module
     params: list[nn.Parameter]
+    clip_groups: list[list[nn.Parameter]]
+    """the parameters whose gradient norm is clipped together: all of them, or the rest and
+    apart from them those trained on the estimator's variance"""
     device: torch.device
     batch_size: int
     is_main: bool
@@ -207,6 +211,10 @@ def set_up_run(
     params = [p for p in loss_module.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model and guide have no trainable parameters: nothing to fit")
+    apart = {id(p) for p in variance_trained_parameters(loss, model, guide)}
+    clip_groups = [[p for p in params if id(p) not in apart]]
+    if apart:
+        clip_groups.append([p for p in params if id(p) in apart])
     ts = TrainState(
         model=model,
         guide=guide,
@@ -246,4 +254,6 @@ def set_up_run(
         if record is not None and (not resume or not (run_dir / CONFIG_NAME).exists()):
             # the folder is then the run folder every pyrodiff command reads
             record.to_json(run_dir / CONFIG_NAME)
-    return Run(ts, d, train_module, params, dev, batch_size, is_main, run_dir, metrics_path)
+    return Run(
+        ts, d, train_module, params, clip_groups, dev, batch_size, is_main, run_dir, metrics_path
+    )

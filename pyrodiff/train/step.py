@@ -47,7 +47,7 @@ class StepResult(NamedTuple):
 def take_step(
     ts: TrainState,
     train_module: nn.Module,
-    params: list[nn.Parameter],
+    clip_groups: list[list[nn.Parameter]],
     batch: Tensor,
     *,
     lr: float,
@@ -60,8 +60,9 @@ def take_step(
 ) -> StepResult:
     """One update of ``ts`` on ``batch``; ``phase[0]`` follows it (see :class:`Phase`).
 
-    Raises :class:`Divergence` before the optimizer moves when the loss or the gradient norm
-    is NaN/inf (or a distribution refused NaN parameters).
+    ``grad_clip`` clips the gradient norm of each group of ``clip_groups`` separately (one
+    group: the global norm). Raises :class:`Divergence` before the optimizer moves when the loss
+    or the gradient norm is NaN/inf (or a distribution refused NaN parameters).
     """
     lr_now = learning_rate(lr_schedule, lr, ts.step, updates, warmup_steps)
     for group in ts.optimizer.param_groups:
@@ -79,7 +80,7 @@ def take_step(
     # rank reaches the checks below with the same (all-reduced) gradients
     loss_value.backward()
     # one read-back per update, for the loss and the gradient norm together
-    norm_t = _grad_norm(params, grad_clip, like=loss_value)
+    norm_t = _grad_norm(clip_groups, grad_clip, like=loss_value)
     loss_float, norm = torch.stack([loss_value.detach(), norm_t]).tolist()
     if not math.isfinite(loss_float):
         raise Divergence("loss", loss_float, lr_now)
@@ -94,16 +95,21 @@ def take_step(
     return StepResult(loss_float, lr_now)
 
 
-def _grad_norm(params: list[nn.Parameter], clip: float | None, like: Tensor) -> Tensor:
-    """The global gradient norm as a tensor like the loss (clipping first if asked); NaN/inf
-    when any gradient is."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+def _grad_norm(groups: list[list[nn.Parameter]], clip: float | None, like: Tensor) -> Tensor:
+    """The global gradient norm (before clipping) as a tensor like the loss, each group clipped
+    to ``clip`` first if asked; NaN/inf when any gradient is."""
+    norms = []
+    for params in groups:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            continue
+        if clip is not None:
+            norms.append(torch.nn.utils.clip_grad_norm_(params, clip))
+        else:
+            norms.append(torch.nn.utils.get_total_norm(grads))
+    if not norms:
         return torch.zeros((), dtype=like.dtype, device=like.device)
-    if clip is not None:
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
-    else:
-        norm = torch.nn.utils.get_total_norm(grads)
+    norm = norms[0] if len(norms) == 1 else torch.stack(norms).norm()
     return norm.detach().to(device=like.device, dtype=like.dtype)
 
 
