@@ -148,3 +148,14 @@ def test_the_variance_trained_interior_is_clipped_apart_from_the_network():
         p.grad = torch.full_like(p, 1e4)
     _grad_norm([rest + shape], 1.0, like=torch.zeros(()))
     assert all((p.grad < b).all() for p, b in zip(rest, before, strict=True))
+
+
+def test_dropout_is_written_to_config_json_only_when_set():
+    from pyrodiff.config import RunConfig
+
+    plain = RunConfig(data="eight_gaussians")
+    assert "dropout" not in plain.to_dict()  # old run folders are written as before
+    assert RunConfig.from_dict(plain.to_dict()) == plain
+    dropped = RunConfig(data="eight_gaussians", dropout=0.2)
+    assert dropped.to_dict()["dropout"] == 0.2
+    assert RunConfig.from_json(dropped.to_json()) == dropped

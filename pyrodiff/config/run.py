@@ -36,6 +36,11 @@ def _declared(spec: Option) -> Any:
     return field(default=None if default is AUTO else default, metadata={"option": spec})
 
 
+ADDED_FIELDS = frozenset({"dropout"})
+"""Fields added without a new layout version: written only when set (see
+:meth:`RunConfig.to_dict`); read with their defaults when absent."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The full configuration of one training run; ``config.json`` is its JSON form.
@@ -124,10 +129,15 @@ class RunConfig:
     # --- JSON ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values (enums by their value), plus the layout version."""
+        """Plain JSON-able values (enums by their value), plus the layout version. A field
+        added since the layout's version (:data:`ADDED_FIELDS`) is written only when it differs
+        from its default, so a configuration that does not use it is written as before and old
+        run folders stay comparable."""
         out: dict[str, Any] = {"config_version": migrate.CONFIG_VERSION}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name in ADDED_FIELDS and value == f.default:
+                continue
             out[f.name] = value.value if isinstance(value, enum.Enum) else value
         return out
 
