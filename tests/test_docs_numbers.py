@@ -389,3 +389,28 @@ def test_study_part_g_quotes_the_arms_trained_at_t8_as_their_results_file_says()
     assert f"KL(q(z | x) ‖ p(z)) is {rows[('mulan', 8)]['extra']['latent KL'][0]:.4f}" in part
     at_8, at_inf = (rows[("fixed", T)]["extra"]["diffusion"][0] for T in (8, None))
     assert f"is {at_8:.4f} nats against {at_inf:.4f} at T = ∞" in part
+
+
+def test_study_g_digits_prose_quotes_study_adaptive_digits_json():
+    """The (g) digits bullets quote the paired differences, the converged test figures and
+    the training total of study_adaptive_digits.json."""
+    page = (ROOT / "docs" / "study.md").read_text()
+    part = page.split("**On the digits (T = ∞).**", 1)[1].split("**Not yet run.**", 1)[0]
+    arms = json.loads((ROOT / "docs" / "results" / "study_adaptive_digits.json").read_text())[
+        "arms"
+    ]
+    for name in ("linear", "per_dimension", "adaptive"):
+        d = arms[name]["test_minus_learned"]
+        assert f"{d['mean']:+.4f} ± {d['se']:.4f}".replace("-", "−") in part.replace("-", "−")
+    for name in ("learned", "adaptive"):
+        assert arms[name]["converged"] is True
+        assert f"{arms[name]['test_bpd']:.3f} ± {arms[name]['test_se']:.3f}" in part
+    for name in ("linear", "per_dimension"):
+        assert arms[name]["converged"] is False and arms[name]["updates"] == 4000
+    total = sum(a["cpu_minutes_all"] for a in arms.values())
+    assert f"{total:.0f} CPU-minutes of training in all" in part
+    best = min(arms[n]["test_bpd"] for n in ("learned", "adaptive"))
+    assert f"{1.888 - best:.3f} below it" in part
+    readme = (ROOT / "README.md").read_text()
+    pair = f"{arms['adaptive']['test_bpd']:.3f} against {arms['learned']['test_bpd']:.3f}"
+    assert pair in readme
