@@ -76,6 +76,16 @@ def bound_bits(model, x, passes, seed, guide=None, num_steps=None) -> tuple[floa
     return per_image.mean().item(), (per_image.std() / math.sqrt(len(per_image))).item()
 
 
+def run_tag(args) -> str:
+    """The file stem of a run's results: its budget, noise process and the settings that vary
+    between the study's runs (the defaults leave the stems of earlier runs as they were)."""
+    tag = f"u{args.updates}_{args.schedule}_f{''.join(map(str, args.fourier)) or 'none'}"
+    if args.schedule == "adaptive" or args.dropout or args.num_steps:
+        tag += f"_k{args.latent_dim}" * (args.schedule == "adaptive") + f"_d{args.dropout:g}"
+        tag += f"_T{args.num_steps}" if args.num_steps else ""
+    return tag
+
+
 def build(args):
     """(model, guide) for ``args.schedule``."""
     adaptive = args.schedule == "adaptive"
@@ -202,10 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         state = loss.state_dict()
     print(json.dumps(result))
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = f"u{args.updates}_{args.schedule}_f{''.join(map(str, args.fourier)) or 'none'}"
-    if args.schedule == "adaptive" or args.dropout or args.num_steps:
-        tag += f"_k{args.latent_dim}" * (args.schedule == "adaptive") + f"_d{args.dropout:g}"
-        tag += f"_T{args.num_steps}" if args.num_steps else ""
+    tag = run_tag(args)
     (args.out / f"{tag}.json").write_text(json.dumps(result, indent=1))
     torch.save(state, args.out / f"{tag}.pt")
     torch.save(valid_bits, args.out / f"{tag}.valid_bits.pt")

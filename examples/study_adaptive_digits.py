@@ -53,10 +53,16 @@ def _argv(arm: str, updates: int, args) -> list[str]:
 
 
 def _tag(arm: str, updates: int, args) -> str:
-    tag = f"u{3 if args.quick else updates}_{arm}_f345"
-    if arm == "adaptive" or args.dropout:
-        tag += f"_k{args.latent_dim}" * (arm == "adaptive") + f"_d{args.dropout:g}"
-    return tag
+    """The stem continuous_digits gives the run of ``arm`` at ``updates`` (3 under --quick)."""
+    run = argparse.Namespace(
+        updates=3 if args.quick else updates,
+        schedule=arm,
+        fourier=[3, 4, 5],
+        latent_dim=args.latent_dim,
+        dropout=args.dropout,
+        num_steps=None,
+    )
+    return cd.run_tag(run)
 
 
 def train_or_read(arm: str, updates: int, args) -> dict:

@@ -356,6 +356,10 @@ def check_pair(model, guide) -> None:
                 f"{type(guide).__name__}"
             )
         return
+    _check_forward_guide(guide)
+
+
+def _check_forward_guide(guide) -> None:
     if guide is not None and not isinstance(guide, ContinuousForwardGuide):
         raise ModelMismatchError(
             "ContinuousELBO's guide is the fixed forward process: pass "
@@ -426,11 +430,7 @@ class ContinuousELBO(TimestepObjective):
         _check_model(model)
 
     def _check_guide(self, guide) -> None:
-        if guide is not None and not isinstance(guide, ContinuousForwardGuide):
-            raise ModelMismatchError(
-                "ContinuousELBO's guide is the fixed forward process: pass "
-                f"pyrodiff.ContinuousForwardGuide() (or None), got {type(guide).__name__}"
-            )
+        _check_forward_guide(guide)
 
     def per_datum_loss(self, model, guide, x0: Tensor) -> Tensor:
         """ℓ_n = KL_prior − log p(x | z_0) + w(t_n) · integrand (+ KL_latent), unbiased for

@@ -168,8 +168,8 @@ class AdaptiveDiffusion(ContinuousDiffusion):
             )
         draw_global_sites(self)
         size = x0.shape[0] if x0 is not None else batch_size
-        like = x0 if x0 is not None else torch.zeros((), dtype=torch.get_default_dtype())
-        like = like.new_zeros(())
+        # a scalar in the data's dtype and device (the default dtype when sampling)
+        like = x0.new_zeros(()) if x0 is not None else torch.zeros(())
         T, E = self.num_steps, self.event_dim
         with data_plate(self, size, "the model") as batch:
             z = pyro.sample(site_name(self, "z"), self.latent_prior(batch, like))

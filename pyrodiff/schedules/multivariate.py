@@ -141,7 +141,9 @@ class MultivariateLogSNR(LogSNRSchedule):
     def _parts(self, latent: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(start, gap, logits), shaped (*event) and (*event, K) without z, with a leading
         batch dimension with z; in ``like``'s dtype and device."""
-        start, gap, logits = (p.to(device=like.device, dtype=like.dtype) for p in self._raw())
+        start, gap, logits = (
+            p.to(device=like.device, dtype=like.dtype) for p in (self.start, self.gap, self.logits)
+        )
         if self.net is None:
             if latent is not None:
                 raise ConfigError(
@@ -165,9 +167,6 @@ class MultivariateLogSNR(LogSNRSchedule):
             start = start + per_dim[..., K].reshape((n,) + self.event_shape)
             gap = gap + per_dim[..., K + 1].reshape((n,) + self.event_shape)
         return start, gap, logits
-
-    def _raw(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self.start, self.gap, self.logits
 
     def endpoints(self, latent: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(λ(0), λ(1)) per dimension, shape event_shape (or (N, *event_shape) given z),
