@@ -40,7 +40,10 @@ class JointOptim(PyroOptim):
             separately, as :class:`~pyro.optim.PyroOptim` does.
 
     Parameters a step does not touch keep their values and their optimizer state (their
-    gradients are hidden from the torch optimizer for that step). ``get_state`` / ``set_state``
+    gradients are hidden from the torch optimizer for that step). After a step the gradients
+    of its parameters are released (set to None) rather than left for SVI to zero: the next
+    backward pass then writes them instead of adding into fresh zeros, which is the same
+    arithmetic without an allocation and an addition per tensor. ``get_state`` / ``set_state``
     / ``save`` / ``load`` work by parameter name; a state saved by one :class:`JointOptim`
     restores into another whatever the order in which parameters appear.
     """
@@ -69,6 +72,7 @@ class JointOptim(PyroOptim):
         super().__init__(optim_constructor, optim_args, clip_args)
         self.optimizer: torch.optim.Optimizer | None = None
         self._known: set[Tensor] = set()
+        self._released: set[Tensor] = set()
 
     # --- stepping -----------------------------------------------------------------------
 
@@ -77,6 +81,11 @@ class JointOptim(PyroOptim):
         new = [p for p in params if p not in self._known]
         if new:
             self._add(new)
+        for p in params:
+            # released by an earlier step and not differentiated by this one: under SVI it
+            # would hold a zero gradient, which Adam still steps (its momentum moves p)
+            if p.grad is None and p in self._released:
+                p.grad = torch.zeros_like(p)
         if self.pt_clip_args:
             for p in params:
                 clip = self.grad_clip[p]
@@ -91,6 +100,13 @@ class JointOptim(PyroOptim):
         finally:
             for p, grad in hidden:
                 p.grad = grad
+        # SVI zeroes the stepped gradients next (pyro.infer.util.zero_grads: a fresh tensor of
+        # zeros each, which the next backward then adds into); releasing them instead lets the
+        # next backward write its gradients directly, with the same values
+        for p in params:
+            if p.grad is not None:
+                p.grad = None
+                self._released.add(p)
 
     def _add(self, params: list[Tensor]) -> None:
         """Give ``params`` to the torch optimizer, one group per distinct set of arguments,
