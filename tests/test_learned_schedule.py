@@ -12,6 +12,7 @@ from pyrodiff import ConfigError, Diffusion, ForwardGuide, Parameterization, Rev
 from pyrodiff.guides import Endpoints, LearnedSchedule, LearnedScheduleGuide
 from pyrodiff.infer import (
     DiffusionELBO,
+    ScheduleObjective,
     ScheduleVarianceELBO,
     elbo_estimate,
     elbo_terms,
@@ -20,6 +21,7 @@ from pyrodiff.infer import (
     prior_kl,
     step_terms,
 )
+from pyrodiff.infer.objectives import variance_trained_parameters
 from pyrodiff.networks import MLPDenoiser
 from pyrodiff.schedules import cosine_schedule, linear_schedule
 
@@ -181,30 +183,65 @@ def test_shared_schedule_model_is_a_valid_vdm_pair():
     assert schedule.shape_logits.grad.abs().sum() > 0
 
 
-def test_variance_option_routes_second_moment_gradient_to_the_shape_only():
+def test_variance_objective_routes_the_sampled_parts_second_moment_to_the_shape_only():
     schedule = _random_schedule(6)
     den = MLPDenoiser(2, hidden=16, depth=1, time_dim=8)
     model = Diffusion(den, schedule, parameterization=Parameterization.EPSILON)
     guide = LearnedScheduleGuide(schedule)
     x0 = data(16)
+    objective = DiffusionELBO(num_particles=2, schedule_objective=ScheduleObjective.VARIANCE)
 
     def grads(loss_value):
         params = list(den.parameters()) + [schedule.shape_logits, schedule.start]
         return torch.autograd.grad(loss_value, params, allow_unused=True, retain_graph=True)
 
     pyro.set_rng_seed(5)
-    g_var = grads(ScheduleVarianceELBO().differentiable_loss(model, guide, x0))
+    g_var = grads(objective.differentiable_loss(model, guide, x0))
     pyro.set_rng_seed(5)
-    value = ScheduleVarianceELBO().loss(model, guide, x0)
+    value = objective.loss(model, guide, x0)
     pyro.set_rng_seed(5)
-    # the same draws by hand: per-datum losses ℓ_n
-    t = torch.randint(1, 7, (16,))
-    ell = prior_kl(model, guide, x0) - 6.0 * step_terms(model, guide, x0, t)
-    g_plain = grads(ell.sum())
-    g_second = grads(ell.pow(2).mean())
-    assert value == pytest.approx(ell.sum().item(), rel=1e-12)
+    # the same draws by hand: per-datum losses ℓ_n = KL_prior,n + L̂_n over two particles,
+    # L̂_n = −w(t_n) term_n the timestep-sampled part
+    x = x0.repeat(2, 1)
+    t = torch.randint(1, 7, (32,))
+    sampled = -6.0 * step_terms(model, guide, x, t)
+    ell = prior_kl(model, guide, x) + sampled
+    g_plain = grads(ell.sum() / 2)
+    g_second = grads((sampled**2).sum() / 2)
+    assert value == pytest.approx(ell.sum().item() / 2, rel=1e-12)
     n_den = len(list(den.parameters()))
     for a, b in zip(g_var[:n_den], g_plain[:n_den], strict=True):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(g_var[n_den], g_second[n_den])  # shape: second moment
     torch.testing.assert_close(g_var[n_den + 1], g_plain[n_den + 1])  # endpoint: the ELBO
+    assert not torch.allclose(g_var[n_den], g_plain[n_den], rtol=1e-2)
+
+
+def test_the_old_schedule_variance_class_is_the_option_under_a_deprecated_name():
+    schedule = _random_schedule(6)
+    model = Diffusion(MLPDenoiser(2, hidden=16, depth=1, time_dim=8), schedule)
+    guide, x0 = LearnedScheduleGuide(schedule), data(16)
+    with pytest.warns(DeprecationWarning, match="schedule_objective=ScheduleObjective.VARIANCE"):
+        old = ScheduleVarianceELBO()
+    new = DiffusionELBO(schedule_objective=ScheduleObjective.VARIANCE)
+    got = []
+    for objective in (old, new):
+        pyro.set_rng_seed(2)
+        got.append(
+            torch.autograd.grad(
+                objective.differentiable_loss(model, guide, x0), schedule.shape_logits
+            )
+        )
+    torch.testing.assert_close(got[0], got[1], rtol=0, atol=0)
+    assert variance_trained_parameters(new, model, guide) == [schedule.shape_logits]
+    assert variance_trained_parameters(DiffusionELBO(), model, guide) == []
+
+
+def test_the_variance_objective_without_a_learned_schedule_or_with_a_string_is_refused():
+    model = linear_gaussian_model(T=5)
+    with pytest.raises(ConfigError, match="LearnedScheduleGuide"):
+        DiffusionELBO(schedule_objective=ScheduleObjective.VARIANCE).loss(
+            model, ForwardGuide(model.schedule), data(4)
+        )
+    with pytest.raises(ConfigError, match="must be a ScheduleObjective"):
+        DiffusionELBO(schedule_objective="variance")

@@ -37,6 +37,7 @@ from .kernel_limit import KernelLimit, best_gaussian_kernel_bound, mixture_param
 from .objectives import (
     HybridLoss,
     ScheduleObjective,
+    ScheduleVariance,
     ScheduleVarianceELBO,
     SimpleLoss,
     simple_weights,
@@ -71,6 +72,7 @@ __all__ = [
     "ScheduleVarianceELBO",
     "SimpleLoss",
     "ScheduleObjective",
+    "ScheduleVariance",
     "StepBins",
     "StratifiedTimesteps",
     "TimestepObjective",

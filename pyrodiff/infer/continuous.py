@@ -29,7 +29,7 @@ from ..guides.adaptive import AdaptiveNoiseGuide
 from ..schedules import alpha_sigma, discrete_times
 from ..validation import check_data
 from .elbo import TimestepObjective, bits_per_dim
-from .objectives import ScaleGradient, ScheduleObjective
+from .objectives import ScheduleObjective, ScheduleVariance
 from .timesteps import TimestepSampler, UniformTimesteps
 
 __all__ = [
@@ -317,30 +317,19 @@ def one_call_loss(
     −bound(x_n) of a continuous-time model (T = ∞ when ``num_steps`` is None, else its T-step
     chain): one network call per datum, plus one encoder call for a latent z. Shared by
     :class:`ContinuousELBO` and, for such models, :class:`~pyrodiff.infer.DiffusionELBO`."""
-    hook, holder = None, []
-    if schedule_objective is ScheduleObjective.VARIANCE:
-        if not hasattr(model.schedule, "parameters_of_shape"):
-            raise ConfigError(
-                "ScheduleObjective.VARIANCE needs a learned schedule with a separable "
-                f"interior (LearnedLogSNR); got {type(model.schedule).__name__}"
-            )
-
-        def hook(x: Tensor) -> Tensor:
-            return ScaleGradient.apply(x, holder)
-
+    reroute = ScheduleVariance.of(schedule_objective, model, guide)
+    hook = None if reroute is None else reroute.entry
     latent, latent_kl = _latent(model, guide, x0)
     w, integrand, k = _diffusion_draw(
         model, x0, objective.timesteps, num_bins, num_steps, latent, hook
     )
     objective.timesteps.update(k, integrand.detach())
     diff = w * integrand
-    if hook is not None:
-        # d(Σ_n L̂_n²)/dη = Σ_n 2 L̂_n dL̂_n/dη: the interior's gradient scaled per datum
-        holder.append(2.0 * diff.detach())
     l0, l1 = _ends(model, x0, latent)
     rec = _reconstruction(model, x0, l0, torch.randn_like(x0))
     loss = _prior_kl(model, x0, l1) - rec + diff
-    return loss if latent_kl is None else loss + latent_kl
+    loss = loss if latent_kl is None else loss + latent_kl
+    return loss if reroute is None else reroute.reroute(loss, diff)
 
 
 def check_pair(model, guide) -> None:

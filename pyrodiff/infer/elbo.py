@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from pyro.infer import ELBO
@@ -26,6 +27,9 @@ from ..progress import progress_bar
 from ..validation import check_data, check_pair
 from .chunks import repeated_chunks
 from .timesteps import TimestepSampler, UniformTimesteps
+
+if TYPE_CHECKING:
+    from .objectives import ScheduleObjective
 
 __all__ = [
     "DiffusionELBO",
@@ -373,9 +377,32 @@ class DiffusionELBO(TimestepObjective):
     that runs the matching ForwardGuide. It then estimates what Trace_ELBO estimates on the
     same programs, at one network call per datum of each chain
     (:func:`pyrodiff.infer.programs.program_loss` says how, and which handlers it refuses).
+
+    ``schedule_objective`` chooses what a learned schedule's interior is trained on
+    (:class:`~pyrodiff.infer.ScheduleObjective`: the bound by default, or VDM's
+    variance-minimising :attr:`~pyrodiff.infer.ScheduleObjective.VARIANCE`); the value of the
+    loss is the bound either way.
     """
 
     takes_programs = True
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        timesteps: TimestepSampler | None = None,
+        schedule_objective: ScheduleObjective | None = None,
+    ) -> None:
+        # the schedule-variance objective lives with the objectives, which build on this module
+        from .objectives import ScheduleObjective
+
+        super().__init__(num_particles=num_particles, timesteps=timesteps)
+        if schedule_objective is None:
+            schedule_objective = ScheduleObjective.BOUND
+        if not isinstance(schedule_objective, ScheduleObjective):
+            raise ConfigError(
+                f"schedule_objective must be a ScheduleObjective, got {schedule_objective!r}"
+            )
+        self.schedule_objective = schedule_objective
 
     def _check_pair(self, model, guide) -> None:
         if _continuous_time(model):
@@ -397,8 +424,13 @@ class DiffusionELBO(TimestepObjective):
         if _continuous_time(model):
             from .continuous import one_call_loss
 
-            return one_call_loss(self, model, guide, x0, model.num_steps)
+            return one_call_loss(self, model, guide, x0, model.num_steps, self.schedule_objective)
+        from .objectives import ScheduleVariance
+
+        reroute = ScheduleVariance.of(self.schedule_objective, model, guide)
         t, weight = self.timesteps.sample(x0.shape[0], model.num_steps, x0.device)
         terms = step_terms(model, guide, x0, t)
         self.timesteps.update(t, terms.detach())
-        return prior_kl(model, guide, x0) - weight.to(terms.dtype) * terms
+        sampled = -weight.to(terms.dtype) * terms
+        loss = prior_kl(model, guide, x0) + sampled
+        return loss if reroute is None else reroute.reroute(loss, sampled)

@@ -29,11 +29,12 @@ Objectives here are ``pyro.infer.ELBO`` subclasses so SVI takes them as ``loss=`
 from __future__ import annotations
 
 import enum
+import warnings
 
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, ModelMismatchError
+from ..errors import ConfigError
 from ..gaussian import reverse_mean_coefs, sum_event
 from .elbo import DiffusionELBO, TimestepObjective, prior_kl, step_terms
 from .timesteps import TimestepSampler
@@ -41,6 +42,7 @@ from .timesteps import TimestepSampler
 __all__ = [
     "HybridLoss",
     "ScheduleObjective",
+    "ScheduleVariance",
     "ScheduleVarianceELBO",
     "SimpleLoss",
     "simple_weights",
@@ -155,45 +157,52 @@ class HybridLoss(_SimpleLossTerm):
 
 # --- training a learned schedule's interior for low variance (discrete and continuous time) ----
 #
-# One idea, VDM's (Kingma et al. 2021, §5): the ELBO depends on a learned schedule's interior
-# shape η weakly (T steps) or not at all (T = ∞), so η can follow the estimator's second moment
-# E[ℓ²] instead of E[ℓ]; E[ℓ] is unchanged where it does not depend on η, and then ∇_η E[ℓ²] =
-# ∇_η Var(ℓ). The value of the loss stays the bound; only η's gradient is re-routed. In
-# continuous time ρ(t_n) is one number per datum, so the per-datum factor 2ℓ_n is applied where
-# ρ enters (one backward pass, :class:`ScaleGradient`, used by
-# :class:`~pyrodiff.infer.ContinuousELBO`); a discrete table is shared by the whole batch, so
-# there the second moment's gradient is taken separately (:class:`ScheduleVarianceELBO`).
+# One idea, VDM's (Kingma et al. 2021, §5): the bound depends on a learned schedule's interior
+# shape η weakly (T steps) or not at all (T = ∞), so η can follow the second moment of the
+# estimator's timestep-sampled part L̂ instead of the bound; where E[L̂] does not depend on η,
+# ∇_η E[L̂²] = ∇_η Var(L̂). The loss keeps its value; only η's gradient is re-routed, to
+# Σ_n 2 L̂_n ∇_η L̂_n (:class:`ScheduleVariance`, used by DiffusionELBO and ContinuousELBO alike).
 
 
 class ScheduleObjective(enum.Enum):
-    """What a learned schedule's interior is trained on."""
+    """What a learned schedule's interior is trained on, by
+    :class:`~pyrodiff.infer.DiffusionELBO` (T steps) and
+    :class:`~pyrodiff.infer.ContinuousELBO` (T = ∞) alike."""
 
     BOUND = "bound"
     """the gradient of the bound, like every other parameter. In continuous time the bound does
     not depend on the interior (only on λ(0), λ(1)), so this gradient is zero in expectation:
     the interior only drifts with the noise."""
     VARIANCE = "variance"
-    """VDM's variance-minimising objective: the interior η gets ∇_η E[L̂²] of the one-sample
-    diffusion loss L̂, which equals ∇_η Var(L̂) because E[L̂] does not depend on η; the ends and
-    the network get the gradient of the bound. Needs a schedule with a separable interior
-    (:class:`~pyrodiff.schedules.LearnedLogSNR`) and a model conditioned on λ. For a discrete
-    learned schedule the same objective is :class:`ScheduleVarianceELBO`."""
+    """VDM's variance-minimising objective (:class:`ScheduleVariance`): the interior η gets
+    ∇_η Σ_n L̂_n² of the timestep-sampled part L̂_n of each datum's loss, which is ∇_η of the
+    estimator's variance where E[L̂] does not depend on η (exactly so at T = ∞); the ends and
+    the network get the gradient of the bound. Needs a learned schedule with a separable
+    interior: the guide's :class:`~pyrodiff.guides.LearnedSchedule` for a discrete
+    :class:`~pyrodiff.Diffusion`, the model's :class:`~pyrodiff.schedules.LearnedLogSNR` for a
+    :class:`~pyrodiff.ContinuousDiffusion`."""
+
+
+def _trained_schedule(model, guide):
+    """The learned schedule whose interior a bound of (model, guide) re-routes: the model's own
+    for a continuous-time model (its forward process reads it), the guide's for a discrete one
+    (the model may share it)."""
+    if hasattr(model, "log_snr_and_slope"):
+        return getattr(model, "schedule", None)
+    return getattr(guide, "schedule", None)
 
 
 def variance_trained_parameters(loss, model, guide) -> list[torch.nn.Parameter]:
     """The parameters ``loss`` trains on the estimator's second moment rather than the bound
-    (a learned schedule's interior under :attr:`ScheduleObjective.VARIANCE` or
-    :class:`ScheduleVarianceELBO`), empty for every other objective.
+    (a learned schedule's interior under :attr:`ScheduleObjective.VARIANCE`), empty for every
+    other objective.
 
-    Their gradient is that of Σ_n L̂_n² (or its mean), which grows with the loss itself: a
-    training step clips their norm apart from the rest, or that gradient shrinks the network's
-    steps to nothing whenever a global norm is clipped."""
-    owner = None
-    if isinstance(loss, ScheduleVarianceELBO):
-        owner = getattr(guide, "schedule", None)
-    elif getattr(loss, "schedule_objective", None) is ScheduleObjective.VARIANCE:
-        owner = getattr(model, "schedule", None)
-    shape = getattr(owner, "parameters_of_shape", None)
+    Their gradient is that of Σ_n L̂_n², which grows with the loss itself: a training step clips
+    their norm apart from the rest, or that gradient shrinks the network's steps to nothing
+    whenever a global norm is clipped."""
+    if getattr(loss, "schedule_objective", None) is not ScheduleObjective.VARIANCE:
+        return []
+    shape = getattr(_trained_schedule(model, guide), "parameters_of_shape", None)
     return [p for p in shape() if p.requires_grad] if callable(shape) else []
 
 
@@ -211,44 +220,89 @@ class ScaleGradient(torch.autograd.Function):
         return grad * ctx.holder[0].to(grad.dtype), None
 
 
-class ScheduleVarianceELBO(DiffusionELBO):
-    """DiffusionELBO in which the learned schedule's *shape* follows the estimator's variance.
+class ScheduleVariance:
+    """VDM's variance-minimising gradient for a learned schedule's interior η, for one
+    evaluation of a timestep-sampled bound (discrete or continuous time).
 
-    Every parameter but the interior shape of the guide's
-    :class:`~pyrodiff.guides.LearnedSchedule` gets the gradient of the usual loss
-    Σ_n ℓ_n, ℓ_n = KL_prior,n − w(t_n) · term_n (−ELBO, unbiased). The shape parameters get the
-    gradient of the batch's second moment mean_n ℓ_n² instead. In continuous time the ELBO
-    depends only on the schedule's end points (VDM, Kingma et al. 2021, eq. 17), so there the
-    second moment differs from the variance by a constant and this minimises the variance of
-    the estimator, leaving the bound unchanged (VDM §5, not in its released code). With T
-    discrete steps the ELBO does depend weakly on the interior; this option trades that
-    dependence for a less noisy estimator. The value returned is the usual loss; only the
-    gradient is re-routed, by a zero-valued surrogate term.
+    With per-datum losses ℓ_n = R_n + L̂_n, L̂_n the timestep-sampled part (w(t_n) times the
+    sampled term) and R_n the rest (prior KL, and in continuous time the reconstruction and a
+    latent's KL, none of which read η), the loss Σ_n ℓ_n / P keeps its value and its gradient
+    for every parameter but η, which gets Σ_n 2 L̂_n ∇_η L̂_n / P instead: the gradient of the
+    second moment E[L̂²], equal to that of Var(L̂) where E[L̂] does not depend on η (at T = ∞
+    exactly, VDM's eq. 17; with T steps approximately).
 
-    Correct for the pairs :class:`~pyrodiff.infer.DiffusionELBO` accepts whose guide has a
-    ``LearnedSchedule``; it matters most when the model shares that schedule (VDM's setting).
+    Two routes give the same gradient (``tests/test_learned_schedule.py`` checks they agree):
+    where η enters each datum's computation through a per-datum value (continuous time, ρ(t_n)),
+    :meth:`entry` marks that value and the factor 2 L̂_n is applied there during the one
+    backward pass; where η enters through a table the whole batch shares (discrete time),
+    :meth:`reroute` adds a surrogate of value zero whose gradient is the difference, one
+    vector-Jacobian product over the batch.
     """
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
-        schedule = getattr(guide, "schedule", None)
+    def __init__(self, interior: list[Tensor]) -> None:
+        self.interior = interior
+        self._factor: list[Tensor] = []
+        self._entered = False
+
+    @classmethod
+    def of(cls, objective: ScheduleObjective, model, guide) -> ScheduleVariance | None:
+        """The re-routing ``objective`` asks for on (model, guide), or None for
+        :attr:`ScheduleObjective.BOUND`; raises :class:`~pyrodiff.errors.ConfigError` when
+        there is no learned schedule interior to re-route."""
+        if objective is not ScheduleObjective.VARIANCE:
+            return None
+        schedule = _trained_schedule(model, guide)
         if not hasattr(schedule, "parameters_of_shape"):
-            raise ModelMismatchError(
-                "ScheduleVarianceELBO trains a learned schedule: the guide needs a LearnedSchedule "
-                f"(LearnedScheduleGuide); got {type(guide).__name__}"
+            where = (
+                "the model's schedule (a LearnedLogSNR)"
+                if hasattr(model, "log_snr_and_slope")
+                else "the guide's schedule (a LearnedScheduleGuide over a LearnedSchedule)"
             )
-        x0 = self._prepare(model, guide, args, kwargs)
-        ell = self.per_datum_loss(model, guide, x0)
-        loss = ell.sum() / self.num_particles
-        shape = [p for p in schedule.parameters_of_shape() if p.requires_grad]
-        if not shape or not torch.is_grad_enabled():
+            raise ConfigError(
+                "ScheduleObjective.VARIANCE trains a learned schedule's interior: it needs "
+                f"{where} with a separable interior; got {type(schedule).__name__}"
+            )
+        return cls(list(schedule.parameters_of_shape()))
+
+    def entry(self, x: Tensor) -> Tensor:
+        """``x`` (one value per datum through which η enters), unchanged; its gradient is
+        scaled by 2 L̂_n once :meth:`reroute` has seen L̂."""
+        self._entered = True
+        return ScaleGradient.apply(x, self._factor)
+
+    def reroute(self, loss: Tensor, sampled: Tensor) -> Tensor:
+        """The per-datum ``loss`` ℓ_n with η's gradient re-routed to Σ_n 2 L̂_n ∇_η L̂_n;
+        ``sampled`` is L̂_n, the timestep-sampled part of ℓ_n."""
+        if self._entered:
+            self._factor.append(2.0 * sampled.detach())
             return loss
-        g_loss = torch.autograd.grad(loss, shape, retain_graph=True, allow_unused=True)
-        g_var = torch.autograd.grad(ell.pow(2).mean(), shape, retain_graph=True, allow_unused=True)
-        reroute = sum(
-            ((gv if gv is not None else 0.0) - (gl if gl is not None else 0.0))
-            .detach()
-            .mul(p)
-            .sum()
-            for p, gl, gv in zip(shape, g_loss, g_var, strict=True)
+        params = [p for p in self.interior if p.requires_grad]
+        if not params or not loss.requires_grad:
+            return loss
+        # one VJP: ∇_η Σ_n (2 L̂_n L̂_n − ℓ_n), the gradient to add to the loss's own
+        grads = torch.autograd.grad(
+            [sampled, loss],
+            params,
+            grad_outputs=[2.0 * sampled.detach(), -torch.ones_like(loss)],
+            retain_graph=True,
+            allow_unused=True,
         )
-        return loss + reroute - reroute.detach()
+        moved = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
+        if not moved:
+            return loss
+        surrogate = sum((g.detach() * p).sum() for p, g in moved)
+        return loss + (surrogate - surrogate.detach()) / loss.shape[0]
+
+
+class ScheduleVarianceELBO(DiffusionELBO):
+    """Deprecated: ``DiffusionELBO(schedule_objective=ScheduleObjective.VARIANCE)``, the one
+    schedule-variance objective (:class:`ScheduleVariance`) for discrete and continuous time."""
+
+    def __init__(self, num_particles: int = 1, timesteps: TimestepSampler | None = None) -> None:
+        warnings.warn(
+            "ScheduleVarianceELBO is deprecated: use "
+            "DiffusionELBO(schedule_objective=ScheduleObjective.VARIANCE)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(num_particles, timesteps, schedule_objective=ScheduleObjective.VARIANCE)
