@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,19 +80,28 @@ class Converged:
     kept: TrainedRun
     converged: bool | None
     """None when the rule was not checked (a quick run)"""
+    gains: list[PairedGain] | None = None
+    """the paired gain of every doubling, when the paired rule judged them"""
 
     @property
     def last_gain(self) -> tuple[float, float] | None:
-        """Validation ELBO of the last run minus the one before it, with the SE used in the
-        rule (that of the shorter run); None after a single run."""
+        """What the last doubling gained on validation, with the SE the rule used: the paired
+        gain and its paired SE under the paired rule, else the difference of the two runs'
+        validation ELBOs and the shorter run's SE; None after a single run."""
         if len(self.runs) < 2:
             return None
+        if self.gains:
+            return self.gains[-1].gain, self.gains[-1].se
         (a, se), (b, _) = self.runs[-2].validation, self.runs[-1].validation
         return b - a, se
 
     def budget_table(self) -> list[dict[str, Any]]:
         """Every budget tried: updates, CPU-minutes, final validation ELBO ± SE, and its curve."""
         return [budget_entry(r.updates, r.cpu_minutes, r.validation, r.curve) for r in self.runs]
+
+    def gain_table(self) -> list[dict[str, Any]] | None:
+        """Every doubling's paired gain (None under the unpaired rule)."""
+        return None if self.gains is None else [asdict(g) for g in self.gains]
 
 
 def budget_entry(
@@ -202,11 +211,24 @@ def train_to_convergence(
     max_updates: int,
     check: bool = True,
     say=print,
+    per_datum: Callable[[TrainedRun], Any] | None = None,
 ) -> Converged:
     """Train ``config`` at ``first_updates``, then double until the validation ELBO stops rising
-    by 2 SE or ``max_updates`` is reached (see the module's docstring)."""
+    by 2 SE or ``max_updates`` is reached (see the module's docstring).
+
+    With ``per_datum`` (a run's bound per validation datum, drawn with common random numbers
+    on every call) each doubling is judged by the paired rule instead (:func:`paired_doubling`)."""
+
+    def train(n: int) -> TrainedRun:
+        return train_run(config.replace(updates=n), Path(root) / f"u{n}", say=say)
+
+    if per_datum is not None:
+        runs, kept, converged, gains = paired_doubling(
+            train, per_datum, first_updates=first_updates, max_updates=max_updates, check=check
+        )
+        return Converged(runs, kept, converged, gains)
     runs, kept, converged = doubling(
-        lambda n: train_run(config.replace(updates=n), Path(root) / f"u{n}", say=say),
+        train,
         lambda run: run.validation,
         first_updates=first_updates,
         max_updates=max_updates,

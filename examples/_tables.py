@@ -126,22 +126,39 @@ def named_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> dict
 
 def convergence_table(first: str, labels: Sequence[object], rows: Sequence[Mapping[str, Any]]):
     """The budgets of each row's doubling (``rows[i]["budgets"]``, as ``_converge`` reports
-    them): validation ELBO ± SE and CPU-minutes per budget, the budget kept, and the verdict."""
-    return named_table(
-        [first, "updates: validation ELBO (CPU-minutes)", "kept", "converged"],
-        [
-            [
-                label,
-                "; ".join(
-                    f"{b['updates']}: {_pm(b['validation_elbo'], b['validation_elbo_se'], 3)} "
-                    f"({b['cpu_minutes']:.1f})"
-                    for b in r["budgets"]
-                ),
-                r["updates"],
-                converged_text(r["converged"]),
-            ]
-            for label, r in zip(labels, rows, strict=True)
-        ],
+    them): validation ELBO ± SE and CPU-minutes per budget, the budget kept, and the verdict;
+    with a column of every doubling's paired gain when the paired rule judged them
+    (``rows[i]["paired_gains"]``)."""
+    paired = any(r.get("paired_gains") is not None for r in rows)
+    header = [first, "updates: validation ELBO (CPU-minutes)", "kept", "converged"]
+    if paired:
+        header.insert(2, "paired gain of each doubling")
+    out = []
+    for label, r in zip(labels, rows, strict=True):
+        row = [
+            label,
+            "; ".join(
+                f"{b['updates']}: {_pm(b['validation_elbo'], b['validation_elbo_se'], 3)} "
+                f"({b['cpu_minutes']:.1f})"
+                for b in r["budgets"]
+            ),
+            r["updates"],
+            converged_text(r["converged"]),
+        ]
+        if paired:
+            row.insert(2, paired_gain_text(r.get("paired_gains") or []))
+        out.append(row)
+    return named_table(header, out)
+
+
+def paired_gain_text(gains: Sequence[Mapping[str, Any]]) -> str:
+    """ "N→2N: gain ± paired SE" for every doubling, or "—" for none."""
+    return (
+        "; ".join(
+            f"{g['shorter_updates']}→{g['longer_updates']}: {_pm(g['gain'], g['se'], 4)}"
+            for g in gains
+        )
+        or "—"
     )
 
 

@@ -6,7 +6,9 @@ model can reach. For each T the same model — the configuration ``pyrodiff trai
 eight_gaussians --network mlp --width 256 --batch-size 512 --T T`` builds (an
 :class:`~pyrodiff.networks.MLPDenoiser`, ε-prediction, improved DDPM's learned variance range,
 importance-sampled timesteps, EMA) — is trained with the fixed guide until doubling its updates
-no longer raises the validation ELBO by 2 SE (``_converge.py``). On the test split, read once
+no longer raises the validation ELBO by 2 paired SE: the two budgets' ELBOs per validation
+datum, drawn with common random numbers, differ by less than twice the SE of their mean
+difference (``_converge.py``, the paired rule). On the test split, read once
 per T for the run kept, it reports the ELBO with every per-step term
 (:func:`~pyrodiff.infer.elbo_terms`) and IWAE-K (:func:`~pyrodiff.infer.iwae_bound`), each as
 a gap to the data's own log density, paired per datum:
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _converge import Converged, train_to_convergence
+from _converge import Converged, TrainedRun, train_to_convergence
 from _outputs import OUTPUTS
 from _study_common import mean_se, parse_args, pm
 from _tables import converged_text, convergence_table, markdown, named_table, table_row
@@ -102,7 +104,18 @@ def converge(cfg: GapConfig, T: int, root: Path) -> Converged:
         first_updates=cfg.first_updates,
         max_updates=cfg.max_updates,
         check=cfg.check_convergence,
+        per_datum=lambda run: validation_bounds(cfg, run),
     )
+
+
+def validation_bounds(cfg: GapConfig, run: TrainedRun) -> torch.Tensor:
+    """The run's ELBO per validation datum, every term summed, drawn from one seed for every
+    budget (common random numbers: the same x_t draws for both runs of a doubling)."""
+    model, guide = run.loaded.chain()
+    x = run.loaded.built.dataset.validation.to(next(model.parameters()).dtype)
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    with torch.no_grad():
+        return elbo_terms(model, guide, x, generator=gen).elbo.double()
 
 
 T_GROUPS = ((1, 1), (2, 10), (11, 100), (101, 1000))
@@ -134,6 +147,7 @@ def measure(cfg: GapConfig, result: Converged, data) -> dict:
         "updates": run.updates,
         "converged": result.converged,
         "budgets": result.budget_table(),
+        "paired_gains": result.gain_table(),
         "last_doubling_gain": gain,
         "cpu_minutes": run.cpu_minutes,
         "validation_elbo": run.validation,

@@ -5,6 +5,7 @@ own configuration."""
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from pyrodiff.config import RunConfig
 
@@ -89,3 +90,41 @@ def test_an_unchecked_doubling_trains_and_keeps_the_same_runs_but_gives_no_verdi
     )
     assert asked == [20, 40] and quick.kept.updates == checked.kept.updates == 40
     assert quick.converged is None
+
+
+def test_the_paired_rule_judges_each_doubling_by_per_datum_differences(
+    load_example, monkeypatch, tmp_path
+):
+    # the unpaired validation ELBOs are flat within 2 SE, but every datum gains 0.05 under
+    # common random numbers (a shared noise of SD 1 cancels): the paired rule asks for more
+    module = load_example("_converge")
+    tables = load_example("_tables")
+    curve = {10: (-2.0, 0.1), 20: (-1.95, 0.1), 40: (-1.94, 0.1)}
+    asked = _fake_runs(module, monkeypatch, curve)
+    noise = torch.randn(400, generator=torch.Generator().manual_seed(0))
+    shift = {10: 0.0, 20: 0.05, 40: 0.05}
+
+    def per_datum(run):
+        own = torch.Generator().manual_seed(run.updates)  # each run's own small noise
+        return noise + shift[run.updates] + 1e-3 * torch.randn(400, generator=own)
+
+    result = module.train_to_convergence(
+        RunConfig(data="eight_gaussians"), tmp_path, first_updates=10, max_updates=40,
+        per_datum=per_datum,
+    )  # fmt: skip
+    assert asked == [10, 20, 40] and result.converged is True and result.kept.updates == 40
+    first, last = result.gain_table()
+    assert first["gain"] > 2 * first["se"] and last["gain"] < 2 * last["se"]
+    assert result.last_gain == (last["gain"], last["se"])
+    # the unpaired rule would have stopped at the first doubling
+    asked.clear()
+    unpaired = module.train_to_convergence(
+        RunConfig(data="eight_gaussians"), tmp_path, first_updates=10, max_updates=40
+    )
+    assert asked == [10, 20] and unpaired.gain_table() is None
+    row = {"budgets": [], "updates": 40, "converged": True, "paired_gains": result.gain_table()}
+    table = tables.convergence_table("T", [2], [row])
+    assert table["header"][2] == "paired gain of each doubling"
+    assert table["rows"][0][2].startswith("10→20: 0.0499 ± 0.0001; 20→40: ")
+    plain = tables.convergence_table("T", [2], [{**row, "paired_gains": None}])
+    assert "paired gain of each doubling" not in plain["header"]
