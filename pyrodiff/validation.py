@@ -72,8 +72,20 @@ def check_batch_size(
     )
 
 
+def check_schedule_shape(schedule, event_shape: tuple[int, ...], error=ConfigError) -> None:
+    """Raise ``error`` unless ``schedule`` is scalar or a schedule per dimension of exactly the
+    data's ``event_shape``."""
+    schedule_shape = tuple(getattr(schedule, "event_shape", ()))
+    if schedule_shape and schedule_shape != tuple(event_shape):
+        raise error(
+            f"a schedule per dimension must have the data's event shape {tuple(event_shape)}, "
+            f"got a schedule with event shape {schedule_shape}"
+        )
+
+
 def check_pair(model, guide) -> None:
-    """Raise :class:`ModelMismatchError` unless the guide's T and data shape match the model's."""
+    """Raise :class:`ModelMismatchError` unless the guide's T and data shape match the model's
+    (its schedule's shape too, when it is a schedule per dimension)."""
     m_steps = getattr(model, "num_steps", None)
     g_steps = getattr(guide, "num_steps", None)
     if m_steps is not None and g_steps is not None and m_steps != g_steps:
@@ -86,6 +98,8 @@ def check_pair(model, guide) -> None:
         raise ModelMismatchError(
             f"the guide's data shape {tuple(g_shape)} does not match the model's {tuple(m_shape)}"
         )
+    if m_shape is not None:
+        check_schedule_shape(getattr(guide, "schedule", None), m_shape, ModelMismatchError)
 
 
 # --- options: each declared once, checked the same way wherever it enters ----------------------

@@ -46,7 +46,7 @@ from pyrodiff import (
     linear_schedule,
     schedule_from_alpha_bar,
 )
-from pyrodiff.errors import ConfigError
+from pyrodiff.errors import ConfigError, ModelMismatchError
 from pyrodiff.gaussian import (
     coef,
     coef_rows,
@@ -207,6 +207,15 @@ def test_a_model_needs_the_schedules_event_shape():
             variance=ReverseVariance.PER_STEP,
             fixed_log_variance=torch.zeros(T + 1),
         )
+
+
+def test_a_guide_over_another_shape_of_schedule_is_refused_before_any_arithmetic():
+    model = _model(linear_schedule(T), Parameterization.EPSILON, ReverseVariance.BETA)
+    guide = ForwardGuide(_per_dim_schedule(D=D - 1))
+    x0 = torch.randn(4, D, dtype=torch.float64)
+    for estimate in (DiffusionELBO().loss, lambda m, g, x: elbo_terms(m, g, x)):
+        with pytest.raises(ModelMismatchError, match=rf"event shape \({D},\).*\({D - 1},\)"):
+            estimate(model, guide, x0)
 
 
 # --- coef: the gather that every closed form reads through ---------------------------------

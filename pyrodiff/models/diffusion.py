@@ -32,7 +32,7 @@ from ..modules import (
     site_name,
 )
 from ..schedules import NoiseSchedule
-from ..validation import check_data
+from ..validation import check_data, check_schedule_shape
 
 __all__ = ["Diffusion", "ReverseVariance"]
 
@@ -122,12 +122,7 @@ class Diffusion(PyroModule):
                     "event_shape is required when the denoiser has no event_shape attribute"
                 )
         self.event_shape = tuple(int(s) for s in event_shape)
-        schedule_shape = tuple(getattr(schedule, "event_shape", ()))
-        if schedule_shape and schedule_shape != self.event_shape:
-            raise ConfigError(
-                f"a schedule per dimension must have the data's event shape {self.event_shape}, "
-                f"got a schedule with event shape {schedule_shape}"
-            )
+        check_schedule_shape(schedule, self.event_shape)
         # how many axes of the schedule's tables are the data's (see gaussian.coef)
         self._table_event_dim = schedule_event_dim(schedule)
         self.denoiser = denoiser
@@ -144,7 +139,7 @@ class Diffusion(PyroModule):
                 raise ConfigError(
                     f"fixed_log_variance is a PER_STEP table; got variance={variance.name}"
                 )
-            table_shape = schedule_shape + (schedule.num_steps + 1,)
+            table_shape = tuple(getattr(schedule, "event_shape", ())) + (schedule.num_steps + 1,)
             if tuple(fixed_log_variance.shape) != table_shape:
                 raise ConfigError(
                     f"fixed_log_variance must have the schedule's table shape "
