@@ -12,30 +12,43 @@ range, EMA), differing only in the guide:
   literal chain: the model plus this guide is a hierarchical VAE;
 * **learned schedule**: :class:`~pyrodiff.guides.LearnedScheduleGuide` (``--guide
   learned_schedule``: VDM's learnable log-SNR, ends included), trained with the model by
-  DiffusionELBO.
+  DiffusionELBO;
+* **MuLAN**: :class:`~pyrodiff.guides.AdaptiveNoiseGuide` (``--guide adaptive``: a learned
+  log-SNR per dimension conditioned on a latent z ~ q_φ(z | x_0), which the reverse model
+  reads too), trained with the model by its T-step bound at one network call per datum:
+  the learned q cheap enough for T = 1000.
 
 Every arm is trained from the same initial network until doubling its updates no longer raises
-the validation ELBO by 2 SE (``_converge.py``). On held-out test data (read once, for the run
+its validation ELBO by 2 paired SE: the two budgets' ELBOs per validation datum, drawn with
+common random numbers, differ by less than twice the SE of their mean difference
+(``_converge.py``, the paired rule). On held-out test data (read once, for the run
 kept) it reports the ELBO (:func:`~pyrodiff.infer.elbo_estimate`), IWAE-K
 (:func:`~pyrodiff.infer.iwae_bound`, a tighter bound on the same log p_θ) and PSIS k̂
 (:func:`~pyrodiff.infer.psis_diagnostic`: how good q is as a proposal for p_θ(x_{1:T} | x_0)).
 A learned guide reads the literal chain, T network calls per datum and update: at T = 1000 that
 arm is not trained here, and the table says what one update costs.
 
-    python examples/study_guides.py            # ≈ 2.5 CPU-hours on a fresh clone (runs cached)
+    python examples/study_guides.py            # ≈ 3.5 CPU-hours on a fresh clone (runs cached)
     python examples/study_guides.py --quick    # seconds; what the tests run
+    python examples/study_guides.py --arms adaptive   # these arms only, into the results file
+
+With ``--arms`` only the arms named are trained and measured; their rows replace those of the
+same arms in the existing results file, and the other rows are kept as they are, with the
+verdicts they were given (a row from a file written before the paired rule has no paired gains).
 """
 
 from __future__ import annotations
 
+import argparse
 import enum
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from _converge import Converged, train_to_convergence
+from _converge import Converged, TrainedRun, train_to_convergence
 from _outputs import OUTPUTS
 from _study_common import cpu_time, mean_se, parse_args, pm
 from _tables import converged_text, convergence_table, markdown, named_table, table_row
@@ -54,12 +67,16 @@ class Arm(enum.Enum):
     FIXED = "fixed"
     LEARNED = "learned"
     SCHEDULE = "learned_schedule"
+    ADAPTIVE = "adaptive"
 
     @property
     def label(self) -> str:
-        return {"fixed": "fixed q", "learned": "learned q", "learned_schedule": "learned schedule"}[
-            self.value
-        ]
+        return {
+            "fixed": "fixed q",
+            "learned": "learned q",
+            "learned_schedule": "learned schedule",
+            "adaptive": "MuLAN (adaptive q)",
+        }[self.value]
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,8 @@ class GuidesConfig:
     iwae_k: int = 64
     psis_samples: int = 256
     psis_data: int = 100
+    validation_samples: int = 4
+    """draws per validation datum of the paired rule's ELBO (the same draws for both budgets)"""
     seed: int = 0
     check_convergence: bool = True
     """False for --quick: its budgets are too small for the doubling rule to mean anything"""
@@ -94,6 +113,7 @@ class GuidesConfig:
             iwae_k=4,
             psis_samples=64,
             psis_data=20,
+            validation_samples=1,
             seed=seed,
             check_convergence=False,
         )
@@ -110,12 +130,12 @@ class GuidesConfig:
             device="cpu",
         )
 
-    def arms(self) -> list[tuple[Arm, int]]:
+    def arms(self, only: Sequence[Arm] = tuple(Arm)) -> list[tuple[Arm, int]]:
         return [
             (arm, T)
             for T in self.steps_list
             for arm in Arm
-            if arm is not Arm.LEARNED or T <= self.learned_max_T
+            if arm in only and (arm is not Arm.LEARNED or T <= self.learned_max_T)
         ]
 
 
@@ -127,7 +147,18 @@ def converge(cfg: GuidesConfig, arm: Arm, T: int, root) -> Converged:
         first_updates=cfg.first_updates,
         max_updates=cfg.max_updates,
         check=cfg.check_convergence,
+        per_datum=lambda run: validation_bounds(cfg, run),
     )
+
+
+def validation_bounds(cfg: GuidesConfig, run: TrainedRun) -> torch.Tensor:
+    """The run's ELBO per validation datum (the literal chain's, any guide), from
+    ``cfg.validation_samples`` draws of one seed for every budget: common random numbers."""
+    model, guide = run.loaded.chain()
+    x = run.loaded.built.dataset.validation.to(next(model.parameters()).dtype)
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(cfg.seed + 4)
+        return elbo_estimate(model, guide, x, cfg.validation_samples).values.double()
 
 
 def measure(cfg: GuidesConfig, arm: Arm, result: Converged, x, log_pd) -> dict:
@@ -145,6 +176,7 @@ def measure(cfg: GuidesConfig, arm: Arm, result: Converged, x, log_pd) -> dict:
         "updates": run.updates,
         "converged": result.converged,
         "budgets": result.budget_table(),
+        "paired_gains": result.gain_table(),
         "cpu_minutes": run.cpu_minutes,
         "validation_elbo": run.validation,
         "elbo": mean_se(elbo),
@@ -154,6 +186,20 @@ def measure(cfg: GuidesConfig, arm: Arm, result: Converged, x, log_pd) -> dict:
         "khat": (psis.mean, psis.stderr),
         "khat_fraction_bad": psis.fraction_bad,
     }
+
+
+def _kept_rows(cfg: GuidesConfig, args, only: Sequence[Arm]) -> list[dict]:
+    """The rows of the existing results file whose arms are not rerun (``--arms``)."""
+    path = args.outputs.results
+    if not path.is_file():
+        raise SystemExit(f"--arms adds rows to the results of a full run, and {path} is missing")
+    old = json.loads(path.read_text())
+    ours = {**asdict(cfg), "data": cfg.data.value, "steps_list": list(cfg.steps_list)}
+    changed = {k: v for k, v in old["config"].items() if ours.get(k, v) != v}
+    if changed:
+        raise SystemExit(f"{path} holds another configuration than this run's: {changed}")
+    names = {arm.name for arm in only}
+    return [r for r in old["rows"] if r["arm"] not in names]
 
 
 def update_cost(cfg: GuidesConfig, arm: Arm, T: int, updates: int = 3) -> float:
@@ -266,7 +312,10 @@ def figure(cfg: GuidesConfig, rows: list[dict], entropy: float) -> Figure:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv, "study_guides")
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--arms", nargs="+", type=Arm, choices=list(Arm), default=None)
+    extra_args, rest = extra.parse_known_args(argv)
+    args = parse_args(__doc__.splitlines()[0], rest, "study_guides")
     cfg = GuidesConfig.quick(args.seed) if args.quick else GuidesConfig(seed=args.seed)
     base = args.out if args.out is not None else OUTPUTS / "study_guides"
     root = base / ("quick_runs" if args.quick else "runs")
@@ -274,8 +323,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     H, H_se = data.density.entropy, data.density.entropy_se
     x = data.test[: cfg.test_size]
     log_pd = data.density.log_prob(x.double())
-    rows = []
-    for arm, T in cfg.arms():
+    only = tuple(extra_args.arms) if extra_args.arms else tuple(Arm)
+    rows = _kept_rows(cfg, args, only) if extra_args.arms else []
+    for arm, T in cfg.arms(only):
         rows.append(measure(cfg, arm, converge(cfg, arm, T, root), x, log_pd))
         r = rows[-1]
         print(
@@ -283,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"test ELBO {pm(*r['elbo'])}",
             flush=True,
         )
+    order = {(arm.name, T): i for i, (arm, T) in enumerate(cfg.arms())}
+    rows.sort(key=lambda r: order[(r["arm"], r["T"])])
     skipped = {T: update_cost(cfg, Arm.LEARNED, T) for T in cfg.steps_list if T > cfg.learned_max_T}
     save_figure(figure(cfg, rows, H), args.outputs.figure("study_guides.png"))
     k = cfg.iwae_k

@@ -88,22 +88,29 @@ def test_study_exact(tmp_path, load_example, capsys):
 
 def _check_doubling(r: dict) -> None:
     """The row's budgets follow the doubling rule of examples/_converge.py: each doubling that
-    was followed by another raised the validation ELBO by at least 2 SE, and the run kept is
-    the one the rule keeps. A --quick run does not check convergence: its verdict is None
-    whatever its gains (a few dozen updates are far from converged, however noisy)."""
+    was followed by another gained at least 2 SE (the paired gain and its paired SE where the
+    paired rule judged them, else the validation ELBOs' difference and the shorter run's SE),
+    and the run kept is the one the rule keeps. A --quick run does not check convergence: its
+    verdict is None whatever its gains (a few dozen updates are far from converged, however
+    noisy)."""
     budgets = r["budgets"]
     assert [b["updates"] for b in budgets] == [
         budgets[0]["updates"] * 2**i for i in range(len(budgets))
     ]
-    gains = [
-        (b["validation_elbo"] - a["validation_elbo"], a["validation_elbo_se"])
-        for a, b in itertools.pairwise(budgets)
-    ]
+    if r.get("paired_gains") is not None:
+        gains = [(g["gain"], g["se"]) for g in r["paired_gains"]]
+        assert [(g["shorter_updates"], g["longer_updates"]) for g in r["paired_gains"]] == [
+            (a["updates"], b["updates"]) for a, b in itertools.pairwise(budgets)
+        ]
+    else:
+        gains = [
+            (b["validation_elbo"] - a["validation_elbo"], a["validation_elbo_se"])
+            for a, b in itertools.pairwise(budgets)
+        ]
     assert all(g >= 2 * se for g, se in gains[:-1])
     assert r["converged"] is None
     if gains and gains[-1][0] < 2 * gains[-1][1]:
-        a, b = budgets[-2:]
-        kept = b if b["validation_elbo"] >= a["validation_elbo"] else a
+        kept = budgets[-1] if gains[-1][0] >= 0 else budgets[-2]
     else:
         kept = budgets[-1]
     assert r["updates"] == kept["updates"]
@@ -147,7 +154,7 @@ def test_study_guides(tmp_path, load_example, capsys):
     res, out = _run("study_guides", tmp_path, load_example, capsys)
     cfg = res["config"]
     arms = {(r["arm"], r["T"]) for r in res["rows"]}
-    expected = {(arm, T) for T in cfg["steps_list"] for arm in ("FIXED", "SCHEDULE")}
+    expected = {(arm, T) for T in cfg["steps_list"] for arm in ("FIXED", "SCHEDULE", "ADAPTIVE")}
     expected |= {("LEARNED", T) for T in cfg["steps_list"] if T <= cfg["learned_max_T"]}
     assert arms == expected
     # an arm not trained here says what one update costs, and what its budgets would, in a
@@ -170,6 +177,17 @@ def test_study_guides(tmp_path, load_example, capsys):
         assert 0.0 <= r["khat_fraction_bad"] <= 1.0
         _check_doubling(r)
     assert len(_table_rows(out)) == 2 * (2 + len(res["rows"]))
+    # --arms: only those arms are trained and measured again; the other rows are kept as
+    # written, and every arm of every T is still there, in the table's order
+    module = load_example("study_guides")
+    again = module.main(["--quick", "--out", str(tmp_path), "--arms", "adaptive"])
+    assert [(r["arm"], r["T"]) for r in again["rows"]] == [(r["arm"], r["T"]) for r in res["rows"]]
+    for old, new in zip(res["rows"], again["rows"], strict=True):
+        if old["arm"] != "ADAPTIVE":
+            assert new == old
+    assert json.loads(json.dumps(again["table"])) == res["table"]  # the same seed, the same runs
+    with pytest.raises(SystemExit, match="results of a full run"):
+        module.main(["--quick", "--out", str(tmp_path / "empty"), "--arms", "adaptive"])
 
 
 def test_study_digits(tmp_path, load_example, capsys):
