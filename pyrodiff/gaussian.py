@@ -233,12 +233,20 @@ def log_snr_posterior_moments(
 
     the λ-keyed counterpart of :func:`q_posterior_moments` (which reads the discrete chain's
     tables at s = t − 1). With x̂_0 in place of x_0 it is VDM's reverse kernel.
+
+    The standard deviation is at least √(the dtype's smallest normal number), so that its
+    square, which a density divides by, is still a normal number: a step that rounds
+    to zero length (λ_s = λ_t in the dtype, as a learned curve that is nearly flat in one
+    dimension gives in float32) has r = 0 and the mean x_t's, for q and for the reverse kernel
+    alike, so their log-ratio over it is 0, the step's closed-form KL, instead of an invalid
+    distribution.
     """
     alpha_s, sigma_s = alpha_sigma(log_snr_s)
     alpha_t, sigma_t = alpha_sigma(log_snr_t)
     r = -torch.expm1(log_snr_t - log_snr_s)
     mean = (alpha_t / alpha_s) * (sigma_s / sigma_t) ** 2 * x_t + alpha_s * r * x0
-    return mean, r.sqrt() * sigma_s
+    sd = r.sqrt() * sigma_s
+    return mean, sd.clamp_min(torch.finfo(sd.dtype).tiny ** 0.5)
 
 
 def x0_from_output(

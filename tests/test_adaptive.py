@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
@@ -342,3 +343,26 @@ def test_the_pages_example_runs():
     scope: dict = {}
     exec(compile(block, "docs/continuous.md", "exec"), scope)
     assert scope["samples"].shape == (8, 2)
+
+
+def test_a_step_of_zero_length_in_the_dtype_is_a_valid_kernel_that_q_and_p_share():
+    # a learned curve nearly flat in one dimension rounds λ_s = λ_t in float32: that step adds
+    # no noise there, and q(x_s | x_t, x_0) and the reverse kernel (x̂_0 for x_0) must agree
+    # on it, as the step's closed-form KL (zero) says, rather than build Normal(·, 0)
+    from pyrodiff.gaussian import log_snr_posterior_moments
+
+    f32 = torch.float32
+    lam_s = torch.tensor([14.4257, 3.0], dtype=f32)
+    lam_t = torch.tensor([14.4257, 1.0], dtype=f32)
+    x0, x0_hat, x_t = torch.randn(3, 5, 2, dtype=f32).unbind(0)
+    q_mean, q_sd = log_snr_posterior_moments(lam_s, lam_t, x0, x_t)
+    p_mean, p_sd = log_snr_posterior_moments(lam_s, lam_t, x0_hat, x_t)
+    floor = torch.finfo(f32).tiny ** 0.5
+    assert q_sd[0] == floor and torch.equal(q_mean[:, 0], x_t[:, 0])
+    assert torch.equal(q_mean[:, 0], p_mean[:, 0]) and torch.equal(q_sd, p_sd)
+    x_s = dist.Normal(q_mean, q_sd).sample()  # a valid distribution: no error
+    ratio = dist.Normal(q_mean, q_sd).log_prob(x_s) - dist.Normal(p_mean, p_sd).log_prob(x_s)
+    assert (ratio[:, 0] == 0).all() and torch.isfinite(ratio).all()
+    # the other dimension is untouched by the floor
+    r = -torch.expm1(lam_t[1] - lam_s[1])
+    assert torch.allclose(q_sd[1], (r * torch.sigmoid(-lam_s[1])).sqrt())
