@@ -231,7 +231,7 @@ class ScheduleVariance:
     second moment E[L̂²], equal to that of Var(L̂) where E[L̂] does not depend on η (at T = ∞
     exactly, VDM's eq. 17; with T steps approximately).
 
-    Two routes give the same gradient (``tests/test_learned_schedule.py`` checks they agree):
+    Two routes give the same gradient (``tests/test_continuous.py`` checks they agree):
     where η enters each datum's computation through a per-datum value (continuous time, ρ(t_n)),
     :meth:`entry` marks that value and the factor 2 L̂_n is applied there during the one
     backward pass; where η enters through a table the whole batch shares (discrete time),
