@@ -283,19 +283,25 @@ def bench_adaptive_step(
     AdaptiveNoiseGuide against one of a ContinuousDiffusion with the same denoiser architecture
     without z, a fixed schedule and the forward process, same batch, interleaved; adds
     ``adaptive_step_ratio`` (digits U-Net) and ``adaptive_step_ratio_2d`` (2-D MLP) and their
-    rows. ``rounds`` maps each case to its (rounds, calls)."""
+    rows, and ``adaptive_parameter_ratio[_2d]``, the ratio of the two cases' parameter counts.
+    ``rounds`` maps each case to its (rounds, calls)."""
     from pyrodiff.infer import ContinuousELBO
 
     for name, key in (("digits", ""), ("2d", "_2d")):
-        steps = {}
+        steps, sizes = {}, {}
         for case, latent_dim in (("fixed", 0), ("adaptive", ADAPTIVE_LATENT_DIM)):
             model, guide, x = _continuous_pair(name, device, latent_dim)
+            # the schedule is shared by model and guide: count each tensor once
+            tensors = {id(p): p for m in (model, guide) for p in m.parameters()}
+            sizes[case] = sum(p.numel() for p in tensors.values())
             pyro.clear_param_store()
             svi = SVI(model, guide, joint_optim.Adam({"lr": 1e-4}), ContinuousELBO())
             steps[case] = lambda svi=svi, x=x: svi.step(x)
         n_rounds, calls = rounds[name]
         t = interleaved(steps, rounds=n_rounds, calls=calls, warmup=2, device=device)
         result[f"adaptive_step_ratio{key}"] = t.ratio("adaptive", "fixed")
+        # the arithmetic the adaptive q adds, for reading the time ratio against
+        result[f"adaptive_parameter_ratio{key}"] = sizes["adaptive"] / sizes["fixed"]
         what = "digits U-Net, B=128" if name == "digits" else "2-D MLP, B=256"
         rows.append(
             (
