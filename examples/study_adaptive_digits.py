@@ -12,6 +12,8 @@ bounds of the two budgets drawn with common random numbers (`_converge.paired_do
 ``--max-updates`` comes first. The test split is read once, for the budget kept, every arm with
 the same evaluation seed, so the arms' differences are paired per image too. Runs found in
 ``--runs`` (their JSON, weights and per-image validation bounds) are read, not retrained.
+``--dropout`` sets every arm's rate alike; a rate other than 0.1 has its own results file
+(``study_adaptive_digits_d<rate>.json``), so each file compares arms regularised the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ from pyrodiff.infer import ContinuousELBO  # noqa: E402
 from pyrodiff.plots import plot_schedule_images, save_figure  # noqa: E402
 
 NAME = "study_adaptive_digits"
+DROPOUT = 0.1  # every arm's, unless --dropout says otherwise
+
+
+def results_name(dropout: float) -> str:
+    """The results file's stem: one per dropout rate, so that each file compares arms trained
+    alike (the default rate keeps the plain name)."""
+    return NAME if dropout == DROPOUT else f"{NAME}_d{dropout:g}"
+
+
 ARMS = {
     "linear": "fixed q",
     "learned": "learned scalar schedule",
@@ -95,7 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=Path, default=Path("outputs/study_adaptive_digits/runs"))
     parser.add_argument("--first-updates", type=int, default=2000)
     parser.add_argument("--max-updates", type=int, default=8000)
-    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--dropout", type=float, default=DROPOUT,
+                        help="every arm's dropout rate; a rate other than 0.1 writes "
+                             "study_adaptive_digits_d<rate>.json")  # fmt: skip
     parser.add_argument("--latent-dim", type=int, default=8)
     parser.add_argument("--passes", type=int, default=40, help="draws per image, validation")
     parser.add_argument("--test-passes", type=int, default=40, help="draws per image, test")
@@ -110,7 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.first_updates = args.max_updates = 1
         args.passes = args.test_passes = 1
-    out = outputs(args, NAME)
+    if not 0.0 <= args.dropout < 1.0:
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout!r}")
+    name = results_name(args.dropout)
+    out = outputs(args, name)
     digits = get_dataset("digits")
     likelihood = digits.likelihood()
     rows, convergence, per_image, kept_runs, numbers = [], [], {}, {}, {}
@@ -231,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
             for t, v in kept_runs["adaptive"]["log_snr_per_pixel"].items()
         }
         fig = plot_schedule_images(lam, title="MuLAN on the digits: λ(t | z) per pixel")
-        save_figure(fig, out.figure("adaptive_digits_log_snr.png"))
+        suffix = name.removeprefix(NAME)
+        save_figure(fig, out.figure(f"adaptive_digits_log_snr{suffix}.png"))
     print(out.write_results(results))
     for name in ("digits", "digits_convergence", "digits_paired"):
         print(markdown(results["tables"][name]))

@@ -78,3 +78,16 @@ def test_a_doubling_not_run_ends_the_sequence_not_converged():
     )
     assert trained == [1000, 2000] and kept["n"] == 2000 and verdict is False
     assert len(gains) == 1 and gains[0].gain == pytest.approx(1.0)
+
+
+def test_each_dropout_rate_has_its_own_results_file():
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import study_adaptive_digits as study
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    assert study.results_name(0.1) == "study_adaptive_digits"
+    assert study.results_name(0.3) == "study_adaptive_digits_d0.3"
+    assert study.results_name(0.0) == "study_adaptive_digits_d0"
+    with pytest.raises(SystemExit):
+        study.main(["--quick", "--dropout", "1.0"])
