@@ -76,6 +76,12 @@ def bound_bits(model, x, passes, seed, guide=None, num_steps=None) -> tuple[floa
     return per_image.mean().item(), (per_image.std() / math.sqrt(len(per_image))).item()
 
 
+WIDTH = 32
+"""The U-Net's base channels unless --width says otherwise (a run's file stem names any other)."""
+QUICK = {"updates": 3, "batch_size": 16, "width": 8, "passes": 1}
+"""The settings --quick replaces."""
+
+
 def run_tag(args) -> str:
     """The file stem of a run's results: its budget, noise process and the settings that vary
     between the study's runs (the defaults leave the stems of earlier runs as they were)."""
@@ -83,7 +89,7 @@ def run_tag(args) -> str:
     if args.schedule == "adaptive" or args.dropout or args.num_steps:
         tag += f"_k{args.latent_dim}" * (args.schedule == "adaptive") + f"_d{args.dropout:g}"
         tag += f"_T{args.num_steps}" if args.num_steps else ""
-    return tag
+    return tag + (f"_w{args.width}" if args.width != WIDTH else "")
 
 
 def build(args):
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--updates", type=int, default=1500, help="optimizer updates")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--width", type=int, default=32, help="U-Net base channels")
+    parser.add_argument("--width", type=int, default=WIDTH, help="U-Net base channels")
     parser.add_argument("--fourier", type=int, nargs="*", default=[3, 4, 5],
                         help="Fourier-feature exponents n (sin/cos of 2^n π x)")  # fmt: skip
     parser.add_argument("--schedule", default="learned",
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     if args.quick:
-        args.updates, args.batch_size, args.width, args.passes = 3, 16, 8, 1
+        vars(args).update(QUICK)
     digits = get_dataset("digits")
     train, valid = digits.train, digits.validation
     args.likelihood = digits.likelihood()

@@ -64,11 +64,13 @@ def _argv(arm: str, updates: int, args) -> list[str]:
 
 
 def _tag(arm: str, updates: int, args) -> str:
-    """The stem continuous_digits gives the run of ``arm`` at ``updates`` (3 under --quick)."""
+    """The stem continuous_digits gives the run of ``arm`` at ``updates`` (its quick settings
+    under --quick)."""
     run = argparse.Namespace(
-        updates=3 if args.quick else updates,
+        updates=cd.QUICK["updates"] if args.quick else updates,
         schedule=arm,
         fourier=[3, 4, 5],
+        width=cd.QUICK["width"] if args.quick else cd.WIDTH,
         latent_dim=args.latent_dim,
         dropout=args.dropout,
         num_steps=None,
