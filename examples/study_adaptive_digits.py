@@ -63,19 +63,58 @@ def _argv(arm: str, updates: int, args) -> list[str]:
     return argv + (["--quick"] if args.quick else [])
 
 
-def _tag(arm: str, updates: int, args) -> str:
+def _tag(
+    arm: str, updates: int, args, dropout: float | None = None, width: int | None = None
+) -> str:
     """The stem continuous_digits gives the run of ``arm`` at ``updates`` (its quick settings
-    under --quick)."""
+    under --quick), with the study's dropout and width unless others are given."""
     run = argparse.Namespace(
         updates=cd.QUICK["updates"] if args.quick else updates,
         schedule=arm,
         fourier=[3, 4, 5],
-        width=cd.QUICK["width"] if args.quick else cd.WIDTH,
+        width=width if width is not None else cd.QUICK["width"] if args.quick else cd.WIDTH,
         latent_dim=args.latent_dim,
-        dropout=args.dropout,
+        dropout=args.dropout if dropout is None else dropout,
         num_steps=None,
     )
     return cd.run_tag(run)
+
+
+def variant_rows(base: dict, args) -> tuple[list[list], list[dict]]:
+    """The learned scalar schedule at ``base``'s budget with one setting changed (a dropout rate
+    of ``--variant-dropouts`` or a U-Net width of ``--variant-widths``), read from ``--runs``
+    (never trained here): its validation bits/dim, and its difference from ``base`` paired per
+    validation image (the same evaluation seed). Validation only: the settings are chosen on
+    it, and the test split is read for the study's setting alone."""
+    rows, numbers = [], []
+    changes = [("dropout", d) for d in args.variant_dropouts]
+    changes += [("width", w) for w in args.variant_widths]
+    for what, value in changes:
+        tag = _tag("learned", base["updates"], args, **{what: value})
+        path = args.runs / f"{tag}.json"
+        if not path.is_file():
+            raise SystemExit(f"--variant-{what}s {value}: no run {path} (train it first)")
+        run = json.loads(path.read_text())
+        diff = paired_gain(base["valid_bits"], torch.load(args.runs / f"{tag}.valid_bits.pt"), 0, 0)
+        label = f"dropout {value:g}" if what == "dropout" else f"U-Net base width {value}"
+        numbers.append(
+            {
+                what: value,
+                "validation_bpd": run["validation_bpd"],
+                "validation_se": run["validation_se"],
+                "minus_study": {"mean": diff.gain, "se": diff.se},
+                "cpu_minutes": run["cpu_seconds"] / 60,
+            }
+        )
+        rows.append(
+            [
+                label,
+                f"{run['validation_bpd']:.3f} ± {run['validation_se']:.3f}",
+                f"{diff.gain:+.4f} ± {diff.se:.4f}",
+                f"{run['cpu_seconds'] / 60:.1f}",
+            ]
+        )
+    return rows, numbers
 
 
 def train_or_read(arm: str, updates: int, args) -> dict:
@@ -119,6 +158,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-train", action="store_true",
                         help="read the budgets found in --runs; a doubling not run ends the "
                              "arm's sequence, not converged")  # fmt: skip
+    parser.add_argument("--variant-dropouts", type=float, nargs="*", default=[],
+                        help="also read the learned scalar schedule's runs at these dropout "
+                             "rates (its kept budget; validation only)")  # fmt: skip
+    parser.add_argument("--variant-widths", type=int, nargs="*", default=[],
+                        help="likewise at these U-Net base widths")  # fmt: skip
     add_output_arguments(parser, NAME)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -213,6 +257,10 @@ def main(argv: list[str] | None = None) -> dict:
             g = paired_gain(per_image["learned"], per_image[arm], 0, 0)
             pairs.append([ARMS[arm], f"{g.gain:+.4f} ± {g.se:.4f}"])
             numbers[arm]["test_minus_learned"] = {"mean": g.gain, "se": g.se}
+    variants = []
+    if "learned" in kept_runs and (args.variant_dropouts or args.variant_widths):
+        variants, results_variants = variant_rows(kept_runs["learned"], args)
+        numbers["learned"]["variants"] = results_variants
     results = {
         "settings": {k: str(v) for k, v in vars(args).items()},
         "arms": numbers,
@@ -243,6 +291,16 @@ def main(argv: list[str] | None = None) -> dict:
             ),
         },
     }
+    if variants:
+        results["tables"]["digits_variants"] = named_table(
+            [
+                "learned scalar schedule, one setting changed",
+                "validation bits/dim",
+                "minus the study's setting, paired per validation image (< 0: better)",
+                "CPU-minutes",
+            ],
+            variants,
+        )
     if "adaptive" in kept_runs and "log_snr_per_pixel" in kept_runs["adaptive"]:
         lam = {
             float(t): torch.tensor(v).reshape(8, 8)
@@ -252,8 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
         suffix = name.removeprefix(NAME)
         save_figure(fig, out.figure(f"adaptive_digits_log_snr{suffix}.png"))
     print(out.write_results(results))
-    for name in ("digits", "digits_convergence", "digits_paired"):
-        print(markdown(results["tables"][name]))
+    for table in results["tables"].values():
+        print(markdown(table))
     return results
 
 

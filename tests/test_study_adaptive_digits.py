@@ -91,3 +91,28 @@ def test_each_dropout_rate_has_its_own_results_file():
     assert study.results_name(0.0) == "study_adaptive_digits_d0"
     with pytest.raises(SystemExit):
         study.main(["--quick", "--dropout", "1.0"])
+
+
+def test_variants_are_read_from_runs_and_paired_on_validation(quick):
+    tmp, _ = quick
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import continuous_digits
+        import study_adaptive_digits as study
+
+        runs = tmp / "runs"
+        with pytest.raises(SystemExit, match="no run"):
+            study.main(["--quick", "--runs", str(runs), "--no-train", "--arms", "learned",
+                        "--variant-dropouts", "0.2", "--out", str(tmp / "v")])  # fmt: skip
+        continuous_digits.main(["--quick", "--dropout", "0.2", "--out", str(runs)])
+        results = study.main(["--quick", "--runs", str(runs), "--no-train", "--arms", "learned",
+                              "--variant-dropouts", "0.2", "--out", str(tmp / "v")])  # fmt: skip
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    learned = results["arms"]["learned"]
+    (variant,) = learned["variants"]
+    assert variant["dropout"] == 0.2
+    # the paired mean is the difference of the two runs' validation means (the same images)
+    diff = variant["validation_bpd"] - learned["validation_bpd"]
+    assert variant["minus_study"]["mean"] == pytest.approx(diff, abs=1e-5)
+    assert len(results["tables"]["digits_variants"]["rows"]) == 1
