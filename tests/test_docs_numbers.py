@@ -411,6 +411,14 @@ def test_study_g_digits_prose_quotes_study_adaptive_digits_json():
     assert f"{last['gain']:+.4f} ± {last['se']:.4f}" in part
     total = sum(a["cpu_minutes_all"] for a in arms.values())
     assert f"{total:.0f} CPU-minutes of training in all" in part
+    # the regularisation runs: read on validation, quoted paired with the study's setting
+    variants = arms["learned"]["variants"]
+    assert [v["dropout"] for v in variants] == [0.2, 0.3]
+    quoted = " and ".join(
+        f"{v['minus_study']['mean']:+.4f} ± {v['minus_study']['se']:.4f}" for v in variants
+    )
+    assert quoted.replace("-", "−").replace("+", "") in part.replace("-", "−").replace("+", "")
+    assert "--variant-dropouts 0.2 0.3" in part
     best = min(arms[n]["test_bpd"] for n in ("learned", "adaptive"))
     assert f"{1.888 - best:.3f} below it" in part
     readme = (ROOT / "README.md").read_text()
