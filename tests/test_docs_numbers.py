@@ -374,6 +374,34 @@ def test_study_part_g_quotes_the_gains_gaps_and_shares_of_its_results_file():
             assert f"{g['gain']:.4f} ± {g['se']:.4f}" in part, c["arm"]
 
 
+@pytest.mark.parametrize("T", [4])
+def test_study_part_g_quotes_the_arms_trained_at_small_T_as_their_results_files_say(T):
+    """The paragraph of (g) on the arms trained at T quotes, from study_adaptive_T<T>.json, the
+    last paired gain of every arm the rule calls not converged, MuLAN's T-step gap and latent
+    KL, and the fixed q's diffusion term at T and at T = ∞."""
+    results = json.loads((ROOT / "docs" / "results" / f"study_adaptive_T{T}.json").read_text())
+    text = (ROOT / "docs" / "study.md").read_text()
+    start = text.index(f"**Trained at T = {T}")
+    end = re.search(r"\n\*\*(Trained at|On the digits)", text[start + 2 :]).start() + start + 2
+    # the prose alone: the tables are held to the file by the page-wide test
+    prose = [line for line in text[start:end].splitlines() if not line.startswith("|")]
+    part = " ".join(" ".join(prose).split()).replace("−", "-")
+    assert f"--train-at {T}" in part
+    rows = {(r["configuration"]["arm"], r["T"]): r for r in results["table"]}
+    assert all(r["configuration"]["trained_at"] == f"T = {T}" for r in rows.values())
+    for c in results["convergence"]:
+        last = c["paired_gains"][-1]
+        # the verdict is the paired rule's, and an arm still gaining is quoted with its gain
+        assert c["converged"] == (last["gain"] < 2 * last["se"])
+        if not c["converged"]:
+            assert f"{last['gain']:.4f} ± {last['se']:.4f}" in part, c["arm"]
+    gap, se = rows[("mulan", T)]["extra"]["gap to log p_data"]
+    assert f"{gap:.4f} ± {se:.4f}" in part
+    assert f"{rows[('mulan', T)]['extra']['latent KL'][0]:.4f}" in part
+    at_T, at_inf = (rows[("fixed", t)]["extra"]["diffusion"][0] for t in (T, None))
+    assert f"{at_T:.4f} nats against {at_inf:.4f} at T = ∞" in part
+
+
 def test_study_part_g_quotes_the_arms_trained_at_t8_as_their_results_file_says():
     """The T = 8 paragraph of (g) quotes MuLAN's 8-step gap and its latent KL, and the fixed
     q's diffusion term at T = 8 and ∞, from study_adaptive_T8.json; no row there converged,
