@@ -31,10 +31,12 @@ arm is not trained here, and the table says what one update costs.
     python examples/study_guides.py            # ≈ 3.5 CPU-hours on a fresh clone (runs cached)
     python examples/study_guides.py --quick    # seconds; what the tests run
     python examples/study_guides.py --arms adaptive   # these arms only, into the results file
+    python examples/study_guides.py --arms learned --steps 8   # one row
 
-With ``--arms`` only the arms named are trained and measured; their rows replace those of the
-same arms in the existing results file, and the other rows are kept as they are, with the
-verdicts they were given (a row from a file written before the paired rule has no paired gains).
+With ``--arms`` (and ``--steps``, numbers of steps T of the study) only the arms named, at
+those T, are trained and measured; their rows replace those of the existing results file, and
+the other rows are kept as they are, with the verdicts they were given (a row from a file written
+before the paired rule has no paired gains).
 """
 
 from __future__ import annotations
@@ -130,12 +132,17 @@ class GuidesConfig:
             device="cpu",
         )
 
-    def arms(self, only: Sequence[Arm] = tuple(Arm)) -> list[tuple[Arm, int]]:
+    def arms(
+        self, only: Sequence[Arm] = tuple(Arm), steps: Sequence[int] | None = None
+    ) -> list[tuple[Arm, int]]:
+        """The (arm, T) rows of the study, those of ``only`` at ``steps`` (default: every T)."""
         return [
             (arm, T)
             for T in self.steps_list
             for arm in Arm
-            if arm in only and (arm is not Arm.LEARNED or T <= self.learned_max_T)
+            if arm in only
+            and (steps is None or T in steps)
+            and (arm is not Arm.LEARNED or T <= self.learned_max_T)
         ]
 
 
@@ -188,8 +195,8 @@ def measure(cfg: GuidesConfig, arm: Arm, result: Converged, x, log_pd) -> dict:
     }
 
 
-def _kept_rows(cfg: GuidesConfig, args, only: Sequence[Arm]) -> list[dict]:
-    """The rows of the existing results file whose arms are not rerun (``--arms``)."""
+def _kept_rows(cfg: GuidesConfig, args, rerun: Sequence[tuple[Arm, int]]) -> list[dict]:
+    """The rows of the existing results file that are not rerun (``--arms``, ``--steps``)."""
     path = args.outputs.results
     if not path.is_file():
         raise SystemExit(f"--arms adds rows to the results of a full run, and {path} is missing")
@@ -198,8 +205,8 @@ def _kept_rows(cfg: GuidesConfig, args, only: Sequence[Arm]) -> list[dict]:
     changed = {k: v for k, v in old["config"].items() if ours.get(k, v) != v}
     if changed:
         raise SystemExit(f"{path} holds another configuration than this run's: {changed}")
-    names = {arm.name for arm in only}
-    return [r for r in old["rows"] if r["arm"] not in names]
+    again = {(arm.name, T) for arm, T in rerun}
+    return [r for r in old["rows"] if (r["arm"], r["T"]) not in again]
 
 
 def update_cost(cfg: GuidesConfig, arm: Arm, T: int, updates: int = 3) -> float:
@@ -314,9 +321,17 @@ def figure(cfg: GuidesConfig, rows: list[dict], entropy: float) -> Figure:
 def main(argv: Sequence[str] | None = None) -> dict:
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--arms", nargs="+", type=Arm, choices=list(Arm), default=None)
+    extra.add_argument("--steps", nargs="+", type=int, default=None, metavar="T")
     extra_args, rest = extra.parse_known_args(argv)
     args = parse_args(__doc__.splitlines()[0], rest, "study_guides")
     cfg = GuidesConfig.quick(args.seed) if args.quick else GuidesConfig(seed=args.seed)
+    steps = extra_args.steps
+    if steps is not None and not set(steps) <= set(cfg.steps_list):
+        raise SystemExit(
+            f"--steps takes numbers of steps of this study, {list(cfg.steps_list)}; got {steps}"
+        )
+    if steps is not None and extra_args.arms is None:
+        raise SystemExit("--steps reruns rows of an existing results file: name --arms too")
     base = args.out if args.out is not None else OUTPUTS / "study_guides"
     root = base / ("quick_runs" if args.quick else "runs")
     data = load_toy2d(cfg.data, seed=cfg.seed)
@@ -324,8 +339,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     x = data.test[: cfg.test_size]
     log_pd = data.density.log_prob(x.double())
     only = tuple(extra_args.arms) if extra_args.arms else tuple(Arm)
-    rows = _kept_rows(cfg, args, only) if extra_args.arms else []
-    for arm, T in cfg.arms(only):
+    rerun = cfg.arms(only, steps)
+    if not rerun:
+        raise SystemExit(
+            f"no row of this study is {[a.value for a in only]} at T = {steps} (the learned q "
+            f"is trained at T <= {cfg.learned_max_T} only)"
+        )
+    rows = _kept_rows(cfg, args, rerun) if extra_args.arms else []
+    for arm, T in rerun:
         rows.append(measure(cfg, arm, converge(cfg, arm, T, root), x, log_pd))
         r = rows[-1]
         print(

@@ -188,6 +188,18 @@ def test_study_guides(tmp_path, load_example, capsys):
     assert json.loads(json.dumps(again["table"])) == res["table"]  # the same seed, the same runs
     with pytest.raises(SystemExit, match="results of a full run"):
         module.main(["--quick", "--out", str(tmp_path / "empty"), "--arms", "adaptive"])
+    # --steps: one row rerun, every other row kept as written
+    T = cfg["steps_list"][-1]
+    one = module.main(["--quick", "--out", str(tmp_path), "--arms", "fixed", "--steps", str(T)])
+    assert [(r["arm"], r["T"]) for r in one["rows"]] == [(r["arm"], r["T"]) for r in res["rows"]]
+    assert json.loads(json.dumps(one["table"])) == res["table"]
+    for argv, message in (
+        (["--arms", "fixed", "--steps", str(T + 1)], "numbers of steps of this study"),
+        (["--steps", str(T)], "name --arms too"),
+        (["--arms", "learned", "--steps", str(T)], "no row of this study"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            module.main(["--quick", "--out", str(tmp_path), *argv])
 
 
 def test_study_digits(tmp_path, load_example, capsys):
