@@ -435,3 +435,44 @@ def test_study_g_digits_prose_quotes_study_adaptive_digits_json():
     readme = (ROOT / "README.md").read_text()
     pair = f"{arms['adaptive']['test_bpd']:.3f} against {arms['learned']['test_bpd']:.3f}"
     assert pair in readme
+
+
+def test_study_part_c_quotes_the_gaps_shares_and_verdicts_of_its_results_file():
+    """The prose of (c) and the README's summary of it quote study_guides.json: the gaps that the
+    learned q and the learned schedule leave at T = 4 and 8, the share of the learned q's gain
+    that the schedule recovers, the T = 1000 gaps, the last gain of every row still gaining, and
+    the training total."""
+    results = json.loads((ROOT / "docs" / "results" / "study_guides.json").read_text())
+    rows = {(r["arm"], r["T"]): r for r in results["rows"]}
+    page = (ROOT / "docs" / "study.md").read_text()
+    start = page.index("## (c) Fixed against learned q")
+    # the prose alone: the tables are held to the file by the page-wide test
+    prose = page[start : page.index("## (d)", start)].splitlines()
+    part = " ".join(" ".join(s for s in prose if not s.startswith("|")).split()).replace("−", "-")
+
+    def gap(arm: str, T: int) -> float:
+        return rows[(arm, T)]["gap_elbo"][0]
+
+    fixed, learned, schedule = (
+        [gap(arm, T) for T in (4, 8)] for arm in ("FIXED", "LEARNED", "SCHEDULE")
+    )
+    closed = [f - q for f, q in zip(fixed, learned, strict=True)]
+    assert f"leaves {fixed[0]:.2f} and {fixed[1]:.2f} nats" in part
+    assert f"leaves {learned[0]:.3f} and {learned[1]:.3f}, a gain of {closed[0]:.2f} and" in part
+    shares = [(f - s) / c for f, s, c in zip(fixed, schedule, closed, strict=True)]
+    assert (
+        f"leaves {schedule[0]:.2f} and {schedule[1]:.2f} nats: it recovers "
+        f"{100 * shares[0]:.0f} % and {100 * shares[1]:.0f} %"
+    ) in part
+    beyond = [s - q for s, q in zip(schedule, learned, strict=True)]
+    assert f"another {beyond[0]:.2f} and {beyond[1]:.2f} nats" in part
+    at_1000 = [rows[(arm, 1000)]["gap_elbo"] for arm in ("FIXED", "SCHEDULE")]
+    assert " and ".join(f"{m:.3f} ± {se:.3f}" for m, se in at_1000) in part
+    for r in results["rows"]:
+        if r["converged"] is False:
+            last = r["paired_gains"][-1]
+            assert f"{last['gain']:.4f} ± {last['se']:.4f}" in part, (r["arm"], r["T"])
+    total = sum(b["cpu_minutes"] for r in results["rows"] for b in r["budgets"])
+    assert f"Training took {total:.0f} CPU-minutes in all" in part
+    readme = (ROOT / "README.md").read_text()
+    assert f"closes {closed[0]:.2f} and {closed[1]:.2f} nats" in readme
