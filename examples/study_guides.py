@@ -32,11 +32,15 @@ arm is not trained here, and the table says what one update costs.
     python examples/study_guides.py --quick    # seconds; what the tests run
     python examples/study_guides.py --arms adaptive   # these arms only, into the results file
     python examples/study_guides.py --arms learned --steps 8   # one row
+    python examples/study_guides.py --arms learned --steps 8 --max-updates 32000
+                                                      # that row, its doubling capped lower
 
 With ``--arms`` (and ``--steps``, numbers of steps T of the study) only the arms named, at
 those T, are trained and measured; their rows replace those of the existing results file, and
 the other rows are kept as they are, with the verdicts they were given (a row from a file written
-before the paired rule has no paired gains).
+before the paired rule has no paired gains). ``--max-updates`` caps their doubling below the
+study's 64,000 updates (each row records its cap), to read a sequence that is still gaining
+where the time to double it again is not there.
 """
 
 from __future__ import annotations
@@ -146,13 +150,15 @@ class GuidesConfig:
         ]
 
 
-def converge(cfg: GuidesConfig, arm: Arm, T: int, root) -> Converged:
+def converge(
+    cfg: GuidesConfig, arm: Arm, T: int, root, max_updates: int | None = None
+) -> Converged:
     torch.set_num_threads(1)
     return train_to_convergence(
         cfg.run_config(arm, T),
         root / f"{arm.value}-T{T}",
         first_updates=cfg.first_updates,
-        max_updates=cfg.max_updates,
+        max_updates=cfg.max_updates if max_updates is None else max_updates,
         check=cfg.check_convergence,
         per_datum=lambda run: validation_bounds(cfg, run),
     )
@@ -168,7 +174,9 @@ def validation_bounds(cfg: GuidesConfig, run: TrainedRun) -> torch.Tensor:
         return elbo_estimate(model, guide, x, cfg.validation_samples).values.double()
 
 
-def measure(cfg: GuidesConfig, arm: Arm, result: Converged, x, log_pd) -> dict:
+def measure(
+    cfg: GuidesConfig, arm: Arm, result: Converged, x, log_pd, max_updates: int | None = None
+) -> dict:
     run = result.kept
     model, guide = run.loaded.chain()
     x = x.to(next(model.parameters()).dtype)
@@ -182,6 +190,7 @@ def measure(cfg: GuidesConfig, arm: Arm, result: Converged, x, log_pd) -> dict:
         "T": run.loaded.config.num_steps,
         "updates": run.updates,
         "converged": result.converged,
+        "max_updates": cfg.max_updates if max_updates is None else max_updates,
         "budgets": result.budget_table(),
         "paired_gains": result.gain_table(),
         "cpu_minutes": run.cpu_minutes,
@@ -202,7 +211,8 @@ def _kept_rows(cfg: GuidesConfig, args, rerun: Sequence[tuple[Arm, int]]) -> lis
         raise SystemExit(f"--arms adds rows to the results of a full run, and {path} is missing")
     old = json.loads(path.read_text())
     ours = {**asdict(cfg), "data": cfg.data.value, "steps_list": list(cfg.steps_list)}
-    changed = {k: v for k, v in old["config"].items() if ours.get(k, v) != v}
+    # a row's own cap is in the row (--max-updates): the file's is the default of the others
+    changed = {k: v for k, v in old["config"].items() if ours.get(k, v) != v and k != "max_updates"}
     if changed:
         raise SystemExit(f"{path} holds another configuration than this run's: {changed}")
     again = {(arm.name, T) for arm, T in rerun}
@@ -322,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--arms", nargs="+", type=Arm, choices=list(Arm), default=None)
     extra.add_argument("--steps", nargs="+", type=int, default=None, metavar="T")
+    extra.add_argument("--max-updates", type=int, default=None, metavar="N")
     extra_args, rest = extra.parse_known_args(argv)
     args = parse_args(__doc__.splitlines()[0], rest, "study_guides")
     cfg = GuidesConfig.quick(args.seed) if args.quick else GuidesConfig(seed=args.seed)
@@ -330,8 +341,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit(
             f"--steps takes numbers of steps of this study, {list(cfg.steps_list)}; got {steps}"
         )
-    if steps is not None and extra_args.arms is None:
-        raise SystemExit("--steps reruns rows of an existing results file: name --arms too")
+    for flag, value in (("--steps", steps), ("--max-updates", extra_args.max_updates)):
+        if value is not None and extra_args.arms is None:
+            raise SystemExit(f"{flag} reruns rows of an existing results file: name --arms too")
+    cap = extra_args.max_updates
+    if cap is not None and not cfg.first_updates <= cap <= cfg.max_updates:
+        raise SystemExit(
+            f"--max-updates takes a budget from the first, {cfg.first_updates}, to the "
+            f"study's cap, {cfg.max_updates}; got {cap}"
+        )
     base = args.out if args.out is not None else OUTPUTS / "study_guides"
     root = base / ("quick_runs" if args.quick else "runs")
     data = load_toy2d(cfg.data, seed=cfg.seed)
@@ -347,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
     rows = _kept_rows(cfg, args, rerun) if extra_args.arms else []
     for arm, T in rerun:
-        rows.append(measure(cfg, arm, converge(cfg, arm, T, root), x, log_pd))
+        rows.append(measure(cfg, arm, converge(cfg, arm, T, root, cap), x, log_pd, cap))
         r = rows[-1]
         print(
             f"{arm.label}, T = {T}: {r['updates']} updates (converged: {converged_text(r['converged'])}), "

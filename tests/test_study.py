@@ -193,9 +193,19 @@ def test_study_guides(tmp_path, load_example, capsys):
     one = module.main(["--quick", "--out", str(tmp_path), "--arms", "fixed", "--steps", str(T)])
     assert [(r["arm"], r["T"]) for r in one["rows"]] == [(r["arm"], r["T"]) for r in res["rows"]]
     assert json.loads(json.dumps(one["table"])) == res["table"]
+    # --max-updates: that row's doubling stops at the cap, which the row records
+    first = cfg["first_updates"]
+    argv = ["--arms", "fixed", "--steps", str(T), "--max-updates", str(first)]
+    capped = module.main(["--quick", "--out", str(tmp_path), *argv])
+    row = next(r for r in capped["rows"] if (r["arm"], r["T"]) == ("FIXED", T))
+    assert row["max_updates"] == first and [b["updates"] for b in row["budgets"]] == [first]
+    assert all(r == old for r, old in zip(capped["rows"], one["rows"], strict=True) if r is not row)
     for argv, message in (
         (["--arms", "fixed", "--steps", str(T + 1)], "numbers of steps of this study"),
         (["--steps", str(T)], "name --arms too"),
+        (["--max-updates", str(first)], "name --arms too"),
+        (["--arms", "fixed", "--max-updates", str(first - 1)], "from the first"),
+        (["--arms", "fixed", "--max-updates", str(cfg["max_updates"] + 1)], "study's cap"),
         (["--arms", "learned", "--steps", str(T)], "no row of this study"),
     ):
         with pytest.raises(SystemExit, match=message):
