@@ -28,7 +28,7 @@ kept) it reports the ELBO (:func:`~pyrodiff.infer.elbo_estimate`), IWAE-K
 A learned guide reads the literal chain, T network calls per datum and update: at T = 1000 that
 arm is not trained here, and the table says what one update costs.
 
-    python examples/study_guides.py            # ≈ 3.5 CPU-hours on a fresh clone (runs cached)
+    python examples/study_guides.py            # ≈ 7 CPU-hours on a fresh clone (runs cached)
     python examples/study_guides.py --quick    # seconds; what the tests run
     python examples/study_guides.py --arms adaptive   # these arms only, into the results file
     python examples/study_guides.py --arms learned --steps 8   # one row
@@ -322,7 +322,7 @@ def figure(cfg: GuidesConfig, rows: list[dict], entropy: float) -> Figure:
     right.set_ylabel("PSIS k̂ (mean over test data)")
     right.set_title("q as a proposal for p_θ(x_1:T | x_0); k̂ > 0.7 is unreliable")
     fig.suptitle(
-        f"{cfg.data.value}: each arm trained to convergence on validation "
+        f"{cfg.data.value}: each arm trained by doubling on validation (see its verdict) "
         f"(no bar: learned q at T > {cfg.learned_max_T}, not trained here)"
     )
     return fig
