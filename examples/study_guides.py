@@ -39,8 +39,8 @@ With ``--arms`` (and ``--steps``, numbers of steps T of the study) only the arms
 those T, are trained and measured; their rows replace those of the existing results file, and
 the other rows are kept as they are, with the verdicts they were given (a row from a file written
 before the paired rule has no paired gains). ``--max-updates`` caps their doubling below the
-study's 64,000 updates (each row records its cap), to read a sequence that is still gaining
-where the time to double it again is not there.
+study's 64,000 updates (the rows it writes record their cap), to read a sequence that is still
+gaining where the time to double it again is not there.
 """
 
 from __future__ import annotations
@@ -150,15 +150,13 @@ class GuidesConfig:
         ]
 
 
-def converge(
-    cfg: GuidesConfig, arm: Arm, T: int, root, max_updates: int | None = None
-) -> Converged:
+def converge(cfg: GuidesConfig, arm: Arm, T: int, root, max_updates: int) -> Converged:
     torch.set_num_threads(1)
     return train_to_convergence(
         cfg.run_config(arm, T),
         root / f"{arm.value}-T{T}",
         first_updates=cfg.first_updates,
-        max_updates=cfg.max_updates if max_updates is None else max_updates,
+        max_updates=max_updates,
         check=cfg.check_convergence,
         per_datum=lambda run: validation_bounds(cfg, run),
     )
@@ -174,9 +172,7 @@ def validation_bounds(cfg: GuidesConfig, run: TrainedRun) -> torch.Tensor:
         return elbo_estimate(model, guide, x, cfg.validation_samples).values.double()
 
 
-def measure(
-    cfg: GuidesConfig, arm: Arm, result: Converged, x, log_pd, max_updates: int | None = None
-) -> dict:
+def measure(cfg: GuidesConfig, arm: Arm, result: Converged, x, log_pd, max_updates: int) -> dict:
     run = result.kept
     model, guide = run.loaded.chain()
     x = x.to(next(model.parameters()).dtype)
@@ -190,7 +186,7 @@ def measure(
         "T": run.loaded.config.num_steps,
         "updates": run.updates,
         "converged": result.converged,
-        "max_updates": cfg.max_updates if max_updates is None else max_updates,
+        "max_updates": max_updates,
         "budgets": result.budget_table(),
         "paired_gains": result.gain_table(),
         "cpu_minutes": run.cpu_minutes,
@@ -344,8 +340,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for flag, value in (("--steps", steps), ("--max-updates", extra_args.max_updates)):
         if value is not None and extra_args.arms is None:
             raise SystemExit(f"{flag} reruns rows of an existing results file: name --arms too")
-    cap = extra_args.max_updates
-    if cap is not None and not cfg.first_updates <= cap <= cfg.max_updates:
+    cap = cfg.max_updates if extra_args.max_updates is None else extra_args.max_updates
+    if not cfg.first_updates <= cap <= cfg.max_updates:
         raise SystemExit(
             f"--max-updates takes a budget from the first, {cfg.first_updates}, to the "
             f"study's cap, {cfg.max_updates}; got {cap}"

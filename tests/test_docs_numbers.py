@@ -48,6 +48,14 @@ def _page_tables(page: Path) -> list[tuple[str, str]]:
     return out
 
 
+def _prose(section: str) -> str:
+    """A page section's prose, whitespace collapsed and minus signs as ASCII: the tables left
+    out, which the page-wide tests hold to their files, so that a number quoted in the text is
+    found only in the text."""
+    lines = [line for line in section.splitlines() if not line.startswith("|")]
+    return " ".join(" ".join(lines).split()).replace("−", "-")
+
+
 def _values(obj) -> list[float]:
     if isinstance(obj, bool) or obj is None or isinstance(obj, str):
         return []
@@ -383,9 +391,7 @@ def test_study_part_g_quotes_the_arms_trained_at_small_T_as_their_results_files_
     text = (ROOT / "docs" / "study.md").read_text()
     start = text.index(f"**Trained at T = {T}")
     end = re.search(r"\n\*\*(Trained at|On the digits)", text[start + 2 :]).start() + start + 2
-    # the prose alone: the tables are held to the file by the page-wide test
-    prose = [line for line in text[start:end].splitlines() if not line.startswith("|")]
-    part = " ".join(" ".join(prose).split()).replace("−", "-")
+    part = _prose(text[start:end])
     assert f"--train-at {T}" in part
     rows = {(r["configuration"]["arm"], r["T"]): r for r in results["table"]}
     assert all(r["configuration"]["trained_at"] == f"T = {T}" for r in rows.values())
@@ -446,9 +452,7 @@ def test_study_part_c_quotes_the_gaps_shares_and_verdicts_of_its_results_file():
     rows = {(r["arm"], r["T"]): r for r in results["rows"]}
     page = (ROOT / "docs" / "study.md").read_text()
     start = page.index("## (c) Fixed against learned q")
-    # the prose alone: the tables are held to the file by the page-wide test
-    prose = page[start : page.index("## (d)", start)].splitlines()
-    part = " ".join(" ".join(s for s in prose if not s.startswith("|")).split()).replace("−", "-")
+    part = _prose(page[start : page.index("## (d)", start)])
 
     def gap(arm: str, T: int) -> float:
         return rows[(arm, T)]["gap_elbo"][0]
