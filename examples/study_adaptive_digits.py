@@ -12,8 +12,9 @@ bounds of the two budgets drawn with common random numbers (`_converge.paired_do
 ``--max-updates`` comes first. The test split is read once, for the budget kept, every arm with
 the same evaluation seed, so the arms' differences are paired per image too. Runs found in
 ``--runs`` (their JSON, weights and per-image validation bounds) are read, not retrained.
-``--dropout`` sets every arm's rate alike; a rate other than 0.1 has its own results file
-(``study_adaptive_digits_d<rate>.json``), so each file compares arms regularised the same way.
+``--dropout`` sets every arm's rate alike and ``--width`` every arm's U-Net base width; a
+setting other than the default has its own results file (``study_adaptive_digits_d<rate>.json``,
+``…_w<width>.json``), so each file compares arms trained the same way.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ NAME = "study_adaptive_digits"
 DROPOUT = 0.1  # every arm's, unless --dropout says otherwise
 
 
-def results_name(dropout: float) -> str:
-    """The results file's stem: one per dropout rate, so that each file compares arms trained
-    alike (the default rate keeps the plain name)."""
-    return NAME if dropout == DROPOUT else f"{NAME}_d{dropout:g}"
+def results_name(dropout: float, width: int = cd.WIDTH) -> str:
+    """The results file's stem: one per dropout rate and U-Net width, so that each file compares
+    arms trained alike (the default settings keep the plain name)."""
+    stem = NAME if dropout == DROPOUT else f"{NAME}_d{dropout:g}"
+    return stem if width == cd.WIDTH else f"{stem}_w{width}"
 
 
 ARMS = {
@@ -58,6 +60,7 @@ TEST_SEED = 2  # one seed for every arm: the same t, ε (and z noise) per test i
 
 def _argv(arm: str, updates: int, args) -> list[str]:
     argv = ["--schedule", arm, "--updates", str(updates), "--dropout", str(args.dropout)]
+    argv += ["--width", str(args.width)]  # --quick replaces it with its own
     argv += ["--latent-dim", str(args.latent_dim), "--passes", str(args.passes)]
     argv += ["--also-steps", "100", "--out", str(args.runs)]
     return argv + (["--quick"] if args.quick else [])
@@ -72,7 +75,7 @@ def _tag(
         updates=cd.QUICK["updates"] if args.quick else updates,
         schedule=arm,
         fourier=[3, 4, 5],
-        width=width if width is not None else cd.QUICK["width"] if args.quick else cd.WIDTH,
+        width=width if width is not None else cd.QUICK["width"] if args.quick else args.width,
         latent_dim=args.latent_dim,
         dropout=args.dropout if dropout is None else dropout,
         num_steps=None,
@@ -117,11 +120,14 @@ def variant_rows(base: dict, args) -> tuple[list[list], list[dict]]:
     return rows, numbers
 
 
-def train_or_read(arm: str, updates: int, args) -> dict:
-    """A run's result (its JSON, plus the per-image validation bits), trained if absent."""
-    tag = _tag(arm, updates, args)
+def train_or_read(arm: str, updates: int, args, width: int | None = None) -> dict:
+    """A run's result (its JSON, plus the per-image validation bits), trained if absent (at the
+    study's width only: a run at another ``width`` is read, never trained)."""
+    tag = _tag(arm, updates, args, width=width)
     path = args.runs / f"{tag}.json"
     if not path.is_file():
+        if width is not None:
+            raise SystemExit(f"no run {path} (train it first)")
         print(f"training {arm} for {updates} updates", flush=True)
         cd.main(_argv(arm, updates, args))
     result = json.loads(path.read_text())
@@ -129,6 +135,44 @@ def train_or_read(arm: str, updates: int, args) -> dict:
     result["updates"] = updates
     result["valid_bits"] = torch.load(args.runs / f"{tag}.valid_bits.pt")
     return result
+
+
+def converge(arm: str, args, width: int | None = None):
+    """The arm's doubling sequence under the paired rule (``_converge.paired_doubling``): its
+    runs, the one kept, the verdict and the gains. At the study's width, runs missing from
+    ``--runs`` are trained (unless ``--no-train``); at another ``width`` they are only read."""
+    read_only = args.no_train or width is not None
+    return paired_doubling(
+        lambda n: train_or_read(arm, n, args, width=width),
+        lambda r: -r["valid_bits"],  # the bound: higher is better
+        first_updates=args.first_updates,
+        max_updates=args.max_updates,
+        check=not args.quick,
+        available=(lambda n: (args.runs / f"{_tag(arm, n, args, width=width)}.json").is_file())
+        if read_only
+        else None,
+    )
+
+
+def width_row(arm: str, kept: dict, args) -> tuple[list, dict]:
+    """The arm at ``--width`` against the same arm at the default width, each at the budget the
+    paired rule keeps for it (the default width's runs read from ``--runs``, never trained):
+    their validation bits/dim and the difference paired per validation image (the same
+    evaluation seed). Validation only: the width is chosen on it."""
+    _, base, _, _ = converge(arm, args, width=cd.WIDTH)
+    diff = paired_gain(base["valid_bits"], kept["valid_bits"], 0, 0)
+    row = [
+        ARMS[arm],
+        f"{base['validation_bpd']:.3f} ± {base['validation_se']:.3f} ({base['updates']})",
+        f"{kept['validation_bpd']:.3f} ± {kept['validation_se']:.3f} ({kept['updates']})",
+        f"{diff.gain:+.4f} ± {diff.se:.4f}",
+    ]
+    return row, {
+        "width": cd.WIDTH,
+        "updates": base["updates"],
+        "validation_bpd": base["validation_bpd"],
+        "minus_it": {"mean": diff.gain, "se": diff.se},
+    }
 
 
 def load(result: dict, args, likelihood):
@@ -150,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dropout", type=float, default=DROPOUT,
                         help="every arm's dropout rate; a rate other than 0.1 writes "
                              "study_adaptive_digits_d<rate>.json")  # fmt: skip
+    parser.add_argument("--width", type=int, default=cd.WIDTH,
+                        help="every arm's U-Net base width; a width other than "
+                             f"{cd.WIDTH} writes study_adaptive_digits_w<width>.json")  # fmt: skip
     parser.add_argument("--latent-dim", type=int, default=8)
     parser.add_argument("--passes", type=int, default=40, help="draws per image, validation")
     parser.add_argument("--test-passes", type=int, default=40, help="draws per image, test")
@@ -171,22 +218,19 @@ def main(argv: list[str] | None = None) -> dict:
         args.passes = args.test_passes = 1
     if not 0.0 <= args.dropout < 1.0:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout!r}")
-    name = results_name(args.dropout)
+    if args.width < 1:
+        parser.error(f"--width must be a positive number of channels, got {args.width}")
+    name = results_name(args.dropout, args.width)
     out = outputs(args, name)
     digits = get_dataset("digits")
     likelihood = digits.likelihood()
     rows, convergence, per_image, kept_runs, numbers = [], [], {}, {}, {}
+    widths = []
     for arm in args.arms:
-        runs, kept, verdict, gains = paired_doubling(
-            lambda n, arm=arm: train_or_read(arm, n, args),
-            lambda r: -r["valid_bits"],  # the bound: higher is better
-            first_updates=args.first_updates,
-            max_updates=args.max_updates,
-            check=not args.quick,
-            available=(lambda n, arm=arm: (args.runs / f"{_tag(arm, n, args)}.json").is_file())
-            if args.no_train
-            else None,
-        )
+        runs, kept, verdict, gains = converge(arm, args)
+        # --quick replaces every width with its own, so there is no other width to compare
+        other_width = args.width != cd.WIDTH and not args.quick
+        width_cmp = width_row(arm, kept, args) if other_width else None
         model, guide = load(kept, args, likelihood)
         test = cd.per_image_bits(
             model,
@@ -223,6 +267,9 @@ def main(argv: list[str] | None = None) -> dict:
                 for g in gains
             ],
         }
+        if width_cmp is not None:
+            widths.append(width_cmp[0])
+            numbers[arm]["default_width"] = width_cmp[1]
         rows.append(
             [
                 ARMS[arm],
@@ -291,6 +338,17 @@ def main(argv: list[str] | None = None) -> dict:
             ),
         },
     }
+    if widths:
+        results["tables"]["digits_width"] = named_table(
+            [
+                "arm",
+                f"validation bits/dim at width {cd.WIDTH} (updates kept)",
+                f"at width {args.width} (updates kept)",
+                f"width {args.width} minus width {cd.WIDTH}, paired per validation image "
+                "(< 0: better)",
+            ],
+            widths,
+        )
     if variants:
         results["tables"]["digits_variants"] = named_table(
             [

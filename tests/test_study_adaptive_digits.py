@@ -80,7 +80,7 @@ def test_a_doubling_not_run_ends_the_sequence_not_converged():
     assert len(gains) == 1 and gains[0].gain == pytest.approx(1.0)
 
 
-def test_each_dropout_rate_has_its_own_results_file():
+def test_each_dropout_rate_and_width_has_its_own_results_file():
     sys.path.insert(0, str(ROOT / "examples"))
     try:
         import study_adaptive_digits as study
@@ -89,8 +89,13 @@ def test_each_dropout_rate_has_its_own_results_file():
     assert study.results_name(0.1) == "study_adaptive_digits"
     assert study.results_name(0.3) == "study_adaptive_digits_d0.3"
     assert study.results_name(0.0) == "study_adaptive_digits_d0"
+    assert study.results_name(0.1, 48) == "study_adaptive_digits_w48"
+    assert study.results_name(0.2, 48) == "study_adaptive_digits_d0.2_w48"
+    assert study.results_name(0.1, 32) == "study_adaptive_digits"
     with pytest.raises(SystemExit):
         study.main(["--quick", "--dropout", "1.0"])
+    with pytest.raises(SystemExit):
+        study.main(["--quick", "--width", "0"])
 
 
 def test_variants_are_read_from_runs_and_paired_on_validation(quick):
@@ -116,3 +121,43 @@ def test_variants_are_read_from_runs_and_paired_on_validation(quick):
     diff = variant["validation_bpd"] - learned["validation_bpd"]
     assert variant["minus_study"]["mean"] == pytest.approx(diff, abs=1e-5)
     assert len(results["tables"]["digits_variants"]["rows"]) == 1
+
+
+def test_a_width_is_compared_with_the_default_width_at_the_budget_its_rule_keeps(tmp_path):
+    """width_row reads the default width's doubling sequence from --runs (never trains it),
+    keeps the budget the paired rule keeps and pairs the two kept runs per validation image."""
+    import argparse
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import continuous_digits
+        import study_adaptive_digits as study
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    args = argparse.Namespace(
+        quick=False, runs=tmp_path, first_updates=2000, max_updates=8000, no_train=True,
+        latent_dim=8, dropout=0.1, width=48,
+    )  # fmt: skip
+    with pytest.raises(SystemExit, match="no run"):
+        study.width_row("learned", {}, args)
+    noise = 2.0 + torch.rand(200, generator=torch.Generator().manual_seed(0))
+    # bits/dim at the default width: 2000 -> 4000 gains 1, 4000 -> 8000 loses 0.5, so the
+    # rule keeps 4000 (converged)
+    for updates, shift in ((2000, 1.0), (4000, 0.0), (8000, 0.5)):
+        tag = study._tag("learned", updates, args, width=continuous_digits.WIDTH)
+        bits = noise + shift
+        torch.save(bits, tmp_path / f"{tag}.valid_bits.pt")
+        summary = {"validation_bpd": bits.mean().item(), "validation_se": 0.01}
+        (tmp_path / f"{tag}.json").write_text(json.dumps(summary))
+    wide = {
+        "updates": 4000,
+        "validation_bpd": 1.0,
+        "validation_se": 0.01,
+        "valid_bits": noise - 0.2,
+    }
+    row, numbers = study.width_row("learned", wide, args)
+    assert numbers["updates"] == 4000 and numbers["width"] == continuous_digits.WIDTH
+    assert numbers["minus_it"]["mean"] == pytest.approx(-0.2, abs=1e-5)
+    assert row[1].endswith("(4000)") and row[2].endswith("(4000)")
