@@ -51,6 +51,7 @@ from pyrodiff import (  # noqa: E402
 )
 from pyrodiff.devices import resolve_device  # noqa: E402
 from pyrodiff.infer import DiffusionELBO, elbo_terms, iwae_bound  # noqa: E402
+from pyrodiff.modules import parameter_count  # noqa: E402
 from pyrodiff.networks import MLPDenoiser, UNetDenoiser  # noqa: E402
 from pyrodiff.sampling import ancestral_sample  # noqa: E402
 
@@ -291,9 +292,7 @@ def bench_adaptive_step(
         steps, sizes = {}, {}
         for case, latent_dim in (("fixed", 0), ("adaptive", ADAPTIVE_LATENT_DIM)):
             model, guide, x = _continuous_pair(name, device, latent_dim)
-            # the schedule is shared by model and guide: count each tensor once
-            tensors = {id(p): p for m in (model, guide) for p in m.parameters()}
-            sizes[case] = sum(p.numel() for p in tensors.values())
+            sizes[case] = parameter_count(model, guide)
             pyro.clear_param_store()
             svi = SVI(model, guide, joint_optim.Adam({"lr": 1e-4}), ContinuousELBO())
             steps[case] = lambda svi=svi, x=x: svi.step(x)

@@ -36,6 +36,7 @@ from _tables import markdown, named_table  # noqa: E402
 
 from pyrodiff.data import get_dataset  # noqa: E402
 from pyrodiff.infer import ContinuousELBO  # noqa: E402
+from pyrodiff.modules import parameter_count  # noqa: E402
 from pyrodiff.plots import plot_schedule_images, save_figure  # noqa: E402
 
 NAME = "study_adaptive_digits"
@@ -254,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
             "test_se": se,
             "cpu_minutes_kept": kept["cpu_seconds"] / 60,
             "cpu_minutes_all": cpu,
+            # model and guide share the schedule: each tensor counted once
+            "parameters": parameter_count(model, guide),
             "budgets": [
                 {
                     "updates": r["updates"],

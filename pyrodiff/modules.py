@@ -50,6 +50,14 @@ __all__ = [
 _F = TypeVar("_F", bound=Callable)
 
 
+def parameter_count(*modules: nn.Module) -> int:
+    """The number of parameter scalars the ``modules`` hold together, each tensor counted once:
+    a guide may hold its model's schedule (``AdaptiveNoiseGuide.for_model``), which a sum over
+    each module alone would count twice."""
+    tensors = {id(p): p for module in modules for p in module.parameters()}
+    return sum(p.numel() for p in tensors.values())
+
+
 def child(owner: PyroModule, name: str) -> nn.Module:
     """``owner``'s submodule ``name``, announced to Pyro once per run of ``owner``.
 

@@ -43,6 +43,7 @@ from pyrodiff.infer import (
     step_integrand,
     step_terms,
 )
+from pyrodiff.modules import parameter_count
 from pyrodiff.networks import MLPDenoiser
 
 D, K = 3, 2
@@ -196,6 +197,14 @@ def _adaptive(
         for p in list(sched.net.parameters()) + list(guide.encoder.parameters()):
             p.add_(jitter * torch.randn_like(p))
     return model, guide
+
+
+def test_a_schedule_shared_by_model_and_guide_is_counted_once():
+    model, guide = _adaptive()
+    assert guide.schedule is model.schedule
+    each = [sum(p.numel() for p in m.parameters()) for m in (model, guide, model.schedule)]
+    assert parameter_count(model, guide) == each[0] + each[1] - each[2]
+    assert parameter_count(model) == each[0] and parameter_count() == 0
 
 
 def test_trace_elbo_on_the_literal_chain_agrees_with_the_one_call_bound():

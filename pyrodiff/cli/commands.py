@@ -20,6 +20,7 @@ from ..config import CONFIG_NAME, GuideKind, ModelKind, RunConfig, build, load_d
 from ..data import Split
 from ..devices import param_dtype, resolve_device
 from ..errors import ConfigError, ModelMismatchError
+from ..modules import parameter_count
 from ..train.history import METRICS_NAME, History
 from . import figures
 from .parser import config_overrides, flag_for
@@ -169,9 +170,7 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed) -> int:
         created = True
         config.to_json(run_dir / CONFIG_NAME)
     if is_main:
-        n_params = sum(p.numel() for p in built.model.parameters()) + sum(
-            p.numel() for p in built.guide.parameters()
-        )
+        n_params = parameter_count(built.model, built.guide)
         what = f"from update {done} of {config.updates}" if args.resume else config.updates
         _say(
             f"{'resuming' if args.resume else 'training'} {config.model.value} with "
