@@ -172,6 +172,7 @@ def width_row(arm: str, kept: dict, args) -> tuple[list, dict]:
         "width": cd.WIDTH,
         "updates": base["updates"],
         "validation_bpd": base["validation_bpd"],
+        "validation_se": base["validation_se"],
         "minus_it": {"mean": diff.gain, "se": diff.se},
     }
 

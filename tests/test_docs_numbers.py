@@ -419,13 +419,12 @@ def test_study_g_digits_prose_quotes_study_adaptive_digits_json():
     for name in ("linear", "per_dimension", "adaptive"):
         d = arms[name]["test_minus_learned"]
         assert f"{d['mean']:+.4f} ± {d['se']:.4f}".replace("-", "−") in part.replace("-", "−")
-    for name in ("learned", "adaptive", "linear"):
+    for name in ("learned", "adaptive", "per_dimension", "linear"):
         assert arms[name]["converged"] is True
         assert f"{arms[name]['test_bpd']:.3f} ± {arms[name]['test_se']:.3f}" in part
-    # the arm still gaining is named with its last doubling's gain, and called `no`
-    assert arms["per_dimension"]["converged"] is False
-    last = arms["per_dimension"]["doublings"][-1]
-    assert f"{last['gain']:+.4f} ± {last['se']:.4f}" in part
+    # the per-pixel schedule's last two doublings, quoted: gaining, then over-fitting
+    for d in arms["per_dimension"]["doublings"][-2:]:
+        assert f"{d['gain']:+.4f} ± {d['se']:.4f}".replace("-", "−") in part.replace("-", "−")
     total = sum(a["cpu_minutes_all"] for a in arms.values())
     assert f"{total:.0f} CPU-minutes of training in all" in part
     # the regularisation runs: read on validation, quoted paired with the study's setting
@@ -436,11 +435,47 @@ def test_study_g_digits_prose_quotes_study_adaptive_digits_json():
     )
     assert quoted.replace("-", "−").replace("+", "") in part.replace("-", "−").replace("+", "")
     assert "--variant-dropouts 0.2 0.3" in part
-    best = min(arms[n]["test_bpd"] for n in ("learned", "adaptive"))
-    assert f"{1.888 - best:.3f} below it" in part
     readme = (ROOT / "README.md").read_text()
     pair = f"{arms['adaptive']['test_bpd']:.3f} against {arms['learned']['test_bpd']:.3f}"
     assert pair in readme
+
+
+def test_study_g_digits_at_width_48_quotes_study_adaptive_digits_w48_json():
+    """The width-48 bullets of (g) quote its results file: every arm's verdict and the loss of
+    its doubling, the width table's paired differences, the test differences, the goal's
+    margin against the best test figure of either width, and the training total."""
+    page = (ROOT / "docs" / "study.md").read_text()
+    start = page.index("**A wider U-Net, every arm alike.**")
+    part = _prose(page[start : page.index("**Not yet converged.**", start)])
+    results = ROOT / "docs" / "results"
+    wide = json.loads((results / "study_adaptive_digits_w48.json").read_text())["arms"]
+    base = json.loads((results / "study_adaptive_digits.json").read_text())["arms"]
+    assert "--width 48 --first-updates 4000" in part
+    assert f"{wide['learned']['parameters']:,} parameters" in part
+    assert f"against {base['learned']['parameters']:,} at width 32" in part
+    losses = sorted((-a["doublings"][-1]["gain"], a["doublings"][-1]["se"]) for a in wide.values())
+    assert f"by {losses[0][0]:.4f} ± {losses[0][1]:.4f}" in part
+    assert f"to {losses[-1][0]:.4f} ± {losses[-1][1]:.4f}" in part
+    for name, arm in wide.items():
+        assert arm["converged"] is True and arm["updates"] == 4000, name
+        assert arm["doublings"][-1]["gain"] < 0, name  # the rule kept the shorter run
+        d = arm["default_width"]["minus_it"]
+        assert f"{d['mean']:+.4f} ± {d['se']:.4f}".replace("+", "") in part, name
+        if name != "learned":
+            d = arm["test_minus_learned"]
+            assert f"{d['mean']:+.4f} ± {d['se']:.4f}" in part, name
+    best = min(a["test_bpd"] for arms in (wide, base) for a in arms.values())
+    assert best == wide["learned"]["test_bpd"]
+    margin = 1.888 - best
+    assert f"{wide['learned']['test_bpd']:.3f} ± {wide['learned']['test_se']:.3f}" in part
+    assert f"{margin:.3f} below it" in part
+    if margin < 0.05:
+        assert f"missed by {0.05 - margin:.3f} bits/dim" in part
+    total = sum(a["cpu_minutes_all"] for a in wide.values())
+    assert f"{total:.0f} CPU-minutes of training in all" in part
+    readme = (ROOT / "README.md").read_text()
+    pair = f"{wide['adaptive']['test_bpd']:.3f} against {wide['learned']['test_bpd']:.3f}"
+    assert f"{pair} with a U-Net of width 48" in readme
 
 
 def test_study_part_c_quotes_the_gaps_shares_and_verdicts_of_its_results_file():

@@ -159,5 +159,6 @@ def test_a_width_is_compared_with_the_default_width_at_the_budget_its_rule_keeps
     }
     row, numbers = study.width_row("learned", wide, args)
     assert numbers["updates"] == 4000 and numbers["width"] == continuous_digits.WIDTH
+    assert numbers["validation_se"] == 0.01
     assert numbers["minus_it"]["mean"] == pytest.approx(-0.2, abs=1e-5)
     assert row[1].endswith("(4000)") and row[2].endswith("(4000)")
