@@ -14,7 +14,9 @@ the same evaluation seed, so the arms' differences are paired per image too. Run
 ``--runs`` (their JSON, weights and per-image validation bounds) are read, not retrained.
 ``--dropout`` sets every arm's rate alike and ``--width`` every arm's U-Net base width; a
 setting other than the default has its own results file (``study_adaptive_digits_d<rate>.json``,
-``…_w<width>.json``), so each file compares arms trained the same way.
+``…_w<width>.json``), so each file compares arms trained the same way. At another width each
+arm is also paired on validation with the same arm at the default width, whose runs ``--runs``
+must hold (they are read by the same rule, never trained).
 """
 
 from __future__ import annotations
