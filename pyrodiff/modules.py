@@ -43,6 +43,7 @@ __all__ = [
     "draw_global_sites",
     "fast_bound",
     "fast_bound_hook",
+    "parameter_count",
     "pyro_method",
     "site_name",
 ]
