@@ -14,9 +14,10 @@ the same evaluation seed, so the arms' differences are paired per image too. Run
 ``--runs`` (their JSON, weights and per-image validation bounds) are read, not retrained.
 ``--dropout`` sets every arm's rate alike and ``--width`` every arm's U-Net base width; a
 setting other than the default has its own results file (``study_adaptive_digits_d<rate>.json``,
-``…_w<width>.json``), so each file compares arms trained the same way. At another width each
-arm is also paired on validation with the same arm at the default width, whose runs ``--runs``
-must hold (they are read by the same rule, never trained).
+``…_w<width>.json``), so each file compares arms trained the same way. At a setting other than
+the reference (``--reference-dropout``, ``--reference-width``; by default dropout 0.1 at width
+32) each arm is also paired on validation with the same arm at the reference setting, whose
+runs ``--runs`` must hold (they are read by the same rule, never trained).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -50,6 +52,13 @@ def results_name(dropout: float, width: int = cd.WIDTH) -> str:
     arms trained alike (the default settings keep the plain name)."""
     stem = NAME if dropout == DROPOUT else f"{NAME}_d{dropout:g}"
     return stem if width == cd.WIDTH else f"{stem}_w{width}"
+
+
+class Setting(NamedTuple):
+    """What the study holds alike across arms, besides the budget rule."""
+
+    dropout: float
+    width: int
 
 
 ARMS = {
@@ -123,13 +132,13 @@ def variant_rows(base: dict, args) -> tuple[list[list], list[dict]]:
     return rows, numbers
 
 
-def train_or_read(arm: str, updates: int, args, width: int | None = None) -> dict:
+def train_or_read(arm: str, updates: int, args, setting: Setting | None = None) -> dict:
     """A run's result (its JSON, plus the per-image validation bits), trained if absent (at the
-    study's width only: a run at another ``width`` is read, never trained)."""
-    tag = _tag(arm, updates, args, width=width)
+    study's setting only: a run at another ``setting`` is read, never trained)."""
+    tag = _tag(arm, updates, args, *(setting or ()))
     path = args.runs / f"{tag}.json"
     if not path.is_file():
-        if width is not None:
+        if setting is not None:
             raise SystemExit(f"no run {path} (train it first)")
         print(f"training {arm} for {updates} updates", flush=True)
         cd.main(_argv(arm, updates, args))
@@ -140,29 +149,34 @@ def train_or_read(arm: str, updates: int, args, width: int | None = None) -> dic
     return result
 
 
-def converge(arm: str, args, width: int | None = None):
+def converge(arm: str, args, setting: Setting | None = None):
     """The arm's doubling sequence under the paired rule (``_converge.paired_doubling``): its
-    runs, the one kept, the verdict and the gains. At the study's width, runs missing from
-    ``--runs`` are trained (unless ``--no-train``); at another ``width`` they are only read."""
-    read_only = args.no_train or width is not None
+    runs, the one kept, the verdict and the gains. At the study's setting, runs missing from
+    ``--runs`` are trained (unless ``--no-train``); at another ``setting`` they are only read."""
+    read_only = args.no_train or setting is not None
     return paired_doubling(
-        lambda n: train_or_read(arm, n, args, width=width),
+        lambda n: train_or_read(arm, n, args, setting),
         lambda r: -r["valid_bits"],  # the bound: higher is better
         first_updates=args.first_updates,
         max_updates=args.max_updates,
         check=not args.quick,
-        available=(lambda n: (args.runs / f"{_tag(arm, n, args, width=width)}.json").is_file())
+        available=(lambda n: (args.runs / f"{_tag(arm, n, args, *(setting or ()))}.json").is_file())
         if read_only
         else None,
     )
 
 
-def width_row(arm: str, kept: dict, args) -> tuple[list, dict]:
-    """The arm at ``--width`` against the same arm at the default width, each at the budget the
-    paired rule keeps for it (the default width's runs read from ``--runs``, never trained):
-    their validation bits/dim and the difference paired per validation image (the same
-    evaluation seed). Validation only: the width is chosen on it."""
-    _, base, _, _ = converge(arm, args, width=cd.WIDTH)
+def _setting_name(setting: Setting) -> str:
+    return f"dropout {setting.dropout:g}, width {setting.width}"
+
+
+def reference_row(arm: str, kept: dict, args) -> tuple[list, dict]:
+    """The arm at the study's setting against the same arm at the reference setting, each at
+    the budget the paired rule keeps for it (the reference runs read from ``--runs``, never
+    trained): their validation bits/dim and the difference paired per validation image (the
+    same evaluation seed). Validation only: the setting is chosen on it."""
+    reference = Setting(args.reference_dropout, args.reference_width)
+    _, base, _, _ = converge(arm, args, reference)
     diff = paired_gain(base["valid_bits"], kept["valid_bits"], 0, 0)
     row = [
         ARMS[arm],
@@ -171,7 +185,8 @@ def width_row(arm: str, kept: dict, args) -> tuple[list, dict]:
         f"{diff.gain:+.4f} ± {diff.se:.4f}",
     ]
     return row, {
-        "width": cd.WIDTH,
+        "dropout": reference.dropout,
+        "width": reference.width,
         "updates": base["updates"],
         "validation_bpd": base["validation_bpd"],
         "validation_se": base["validation_se"],
@@ -201,6 +216,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--width", type=int, default=cd.WIDTH,
                         help="every arm's U-Net base width; a width other than "
                              f"{cd.WIDTH} writes study_adaptive_digits_w<width>.json")  # fmt: skip
+    parser.add_argument("--reference-dropout", type=float, default=DROPOUT,
+                        help="the reference setting's dropout rate: at any other setting each "
+                             "arm is paired on validation with its reference runs (read only)")  # fmt: skip
+    parser.add_argument("--reference-width", type=int, default=cd.WIDTH,
+                        help="the reference setting's U-Net base width")  # fmt: skip
     parser.add_argument("--latent-dim", type=int, default=8)
     parser.add_argument("--passes", type=int, default=40, help="draws per image, validation")
     parser.add_argument("--test-passes", type=int, default=40, help="draws per image, test")
@@ -220,21 +240,30 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.first_updates = args.max_updates = 1
         args.passes = args.test_passes = 1
-    if not 0.0 <= args.dropout < 1.0:
-        parser.error(f"--dropout must be in [0, 1), got {args.dropout!r}")
-    if args.width < 1:
-        parser.error(f"--width must be a positive number of channels, got {args.width}")
+    for flag in ("dropout", "reference_dropout"):
+        if not 0.0 <= getattr(args, flag) < 1.0:
+            parser.error(
+                f"--{flag.replace('_', '-')} must be in [0, 1), got {getattr(args, flag)!r}"
+            )
+    for flag in ("width", "reference_width"):
+        if getattr(args, flag) < 1:
+            parser.error(
+                f"--{flag.replace('_', '-')} must be a positive number of channels, "
+                f"got {getattr(args, flag)}"
+            )
     name = results_name(args.dropout, args.width)
     out = outputs(args, name)
     digits = get_dataset("digits")
     likelihood = digits.likelihood()
     rows, convergence, per_image, kept_runs, numbers = [], [], {}, {}, {}
-    widths = []
+    study_setting = Setting(args.dropout, args.width)
+    reference = Setting(args.reference_dropout, args.reference_width)
+    # --quick replaces every width with its own, so there is no other setting to compare
+    against_reference = study_setting != reference and not args.quick
+    references = []
     for arm in args.arms:
         runs, kept, verdict, gains = converge(arm, args)
-        # --quick replaces every width with its own, so there is no other width to compare
-        other_width = args.width != cd.WIDTH and not args.quick
-        width_cmp = width_row(arm, kept, args) if other_width else None
+        ref_cmp = reference_row(arm, kept, args) if against_reference else None
         model, guide = load(kept, args, likelihood)
         test = cd.per_image_bits(
             model,
@@ -273,9 +302,9 @@ def main(argv: list[str] | None = None) -> dict:
                 for g in gains
             ],
         }
-        if width_cmp is not None:
-            widths.append(width_cmp[0])
-            numbers[arm]["default_width"] = width_cmp[1]
+        if ref_cmp is not None:
+            references.append(ref_cmp[0])
+            numbers[arm]["reference"] = ref_cmp[1]
         rows.append(
             [
                 ARMS[arm],
@@ -344,16 +373,15 @@ def main(argv: list[str] | None = None) -> dict:
             ),
         },
     }
-    if widths:
-        results["tables"]["digits_width"] = named_table(
+    if references:
+        results["tables"]["digits_reference"] = named_table(
             [
                 "arm",
-                f"validation bits/dim at width {cd.WIDTH} (updates kept)",
-                f"at width {args.width} (updates kept)",
-                f"width {args.width} minus width {cd.WIDTH}, paired per validation image "
-                "(< 0: better)",
+                f"validation bits/dim at {_setting_name(reference)} (updates kept)",
+                f"at {_setting_name(study_setting)} (updates kept)",
+                "the second minus the first, paired per validation image (< 0: better)",
             ],
-            widths,
+            references,
         )
     if variants:
         results["tables"]["digits_variants"] = named_table(

@@ -459,7 +459,8 @@ def test_study_g_digits_at_width_48_quotes_study_adaptive_digits_w48_json():
     for name, arm in wide.items():
         assert arm["converged"] is True and arm["updates"] == 4000, name
         assert arm["doublings"][-1]["gain"] < 0, name  # the rule kept the shorter run
-        d = arm["default_width"]["minus_it"]
+        assert (arm["reference"]["dropout"], arm["reference"]["width"]) == (0.1, 32), name
+        d = arm["reference"]["minus_it"]
         assert f"{d['mean']:+.4f} ± {d['se']:.4f}".replace("+", "") in part, name
         if name != "learned":
             d = arm["test_minus_learned"]

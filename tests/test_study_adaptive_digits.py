@@ -96,6 +96,10 @@ def test_each_dropout_rate_and_width_has_its_own_results_file():
         study.main(["--quick", "--dropout", "1.0"])
     with pytest.raises(SystemExit):
         study.main(["--quick", "--width", "0"])
+    with pytest.raises(SystemExit):
+        study.main(["--quick", "--reference-width", "0"])
+    with pytest.raises(SystemExit):
+        study.main(["--quick", "--reference-dropout", "-0.1"])
 
 
 def test_variants_are_read_from_runs_and_paired_on_validation(quick):
@@ -123,9 +127,13 @@ def test_variants_are_read_from_runs_and_paired_on_validation(quick):
     assert len(results["tables"]["digits_variants"]["rows"]) == 1
 
 
-def test_a_width_is_compared_with_the_default_width_at_the_budget_its_rule_keeps(tmp_path):
-    """width_row reads the default width's doubling sequence from --runs (never trains it),
-    keeps the budget the paired rule keeps and pairs the two kept runs per validation image."""
+@pytest.mark.parametrize("dropout, width", [(0.1, 48), (0.2, 48), (0.2, 32)])
+def test_a_setting_is_compared_with_the_reference_at_the_budget_its_rule_keeps(
+    tmp_path, dropout, width
+):
+    """reference_row reads the reference setting's doubling sequence from --runs (never trains
+    it), keeps the budget the paired rule keeps and pairs the two kept runs per validation
+    image; the reference need not be the default setting."""
     import argparse
 
     import torch
@@ -136,29 +144,39 @@ def test_a_width_is_compared_with_the_default_width_at_the_budget_its_rule_keeps
         import study_adaptive_digits as study
     finally:
         sys.path.remove(str(ROOT / "examples"))
+    # the study at (dropout, width) against a reference at dropout 0.1 and width 48 or 32
+    reference = study.Setting(0.1, 48 if (dropout, width) == (0.2, 48) else 32)
     args = argparse.Namespace(
         quick=False, runs=tmp_path, first_updates=2000, max_updates=8000, no_train=True,
-        latent_dim=8, dropout=0.1, width=48,
+        latent_dim=8, dropout=dropout, width=width,
+        reference_dropout=reference.dropout, reference_width=reference.width,
     )  # fmt: skip
     with pytest.raises(SystemExit, match="no run"):
-        study.width_row("learned", {}, args)
+        study.reference_row("learned", {}, args)
     noise = 2.0 + torch.rand(200, generator=torch.Generator().manual_seed(0))
-    # bits/dim at the default width: 2000 -> 4000 gains 1, 4000 -> 8000 loses 0.5, so the
-    # rule keeps 4000 (converged)
+    # bits/dim at the reference: 2000 -> 4000 gains 1, 4000 -> 8000 loses 0.5, so the rule
+    # keeps 4000 (converged)
     for updates, shift in ((2000, 1.0), (4000, 0.0), (8000, 0.5)):
-        tag = study._tag("learned", updates, args, width=continuous_digits.WIDTH)
+        tag = study._tag("learned", updates, args, *reference)
+        assert f"d{reference.dropout:g}" in tag and (
+            f"w{reference.width}" in tag or reference.width == continuous_digits.WIDTH
+        )
         bits = noise + shift
         torch.save(bits, tmp_path / f"{tag}.valid_bits.pt")
         summary = {"validation_bpd": bits.mean().item(), "validation_se": 0.01}
         (tmp_path / f"{tag}.json").write_text(json.dumps(summary))
+    # a run at the study's own setting in --runs is not the reference
+    own = study._tag("learned", 2000, args)
+    assert own != study._tag("learned", 2000, args, *reference)
     wide = {
         "updates": 4000,
         "validation_bpd": 1.0,
         "validation_se": 0.01,
         "valid_bits": noise - 0.2,
     }
-    row, numbers = study.width_row("learned", wide, args)
-    assert numbers["updates"] == 4000 and numbers["width"] == continuous_digits.WIDTH
+    row, numbers = study.reference_row("learned", wide, args)
+    assert numbers["updates"] == 4000
+    assert (numbers["dropout"], numbers["width"]) == tuple(reference)
     assert numbers["validation_se"] == 0.01
     assert numbers["minus_it"]["mean"] == pytest.approx(-0.2, abs=1e-5)
     assert row[1].endswith("(4000)") and row[2].endswith("(4000)")
