@@ -479,6 +479,45 @@ def test_study_g_digits_at_width_48_quotes_study_adaptive_digits_w48_json():
     assert f"{pair} with a U-Net of width 48" in readme
 
 
+def test_study_g_digits_dropout_02_at_width_48_quotes_its_json():
+    """The dropout-0.2 bullets of (g) quote study_adaptive_digits_d0.2_w48.json: every arm's
+    verdict and kept budget, its paired difference from dropout 0.1 at the same width (the
+    reference table), the test differences against the learned scalar schedule, the best
+    converged test figure against the goal, and the training total."""
+    page = (ROOT / "docs" / "study.md").read_text()
+    start = page.index("**Dropout 0.2 at width 48, every arm alike.**")
+    part = _prose(page[start : page.index("**Not yet converged.**", start)])
+    results = ROOT / "docs" / "results"
+    arms = json.loads((results / "study_adaptive_digits_d0.2_w48.json").read_text())["arms"]
+    assert "--width 48 --dropout 0.2 --first-updates 4000 --max-updates 16000" in part
+    assert "--reference-width 48" in part
+    for name, arm in arms.items():
+        assert arm["converged"] is True, name
+        assert (arm["reference"]["dropout"], arm["reference"]["width"]) == (0.1, 48), name
+        d = arm["reference"]["minus_it"]
+        assert f"{d['mean']:+.4f} ± {d['se']:.4f}".replace("+", "") in part, name
+        assert f"{arm['test_bpd']:.3f} ± {arm['test_se']:.3f}" in part, name
+        if name != "learned":
+            d = arm["test_minus_learned"]
+            assert f"{d['mean']:+.4f} ± {d['se']:.4f}".replace("+", "") in part, name
+    total = sum(a["cpu_minutes_all"] for a in arms.values())
+    assert f"{total:.0f} CPU-minutes of training in all" in part
+    for arm in arms.values():
+        g = arm["doublings"][-1]
+        assert f"{g['gain']:+.4f} ± {g['se']:.4f}".replace("+", "") in part.replace("+", "")
+    best = min(a["test_bpd"] for a in arms.values())
+    margin = 1.888 - best
+    assert margin >= 0.05 and "The digits goal is met." in part
+    assert f"MuLAN's, is {margin:.3f} below it" in part
+    assert best == arms["adaptive"]["test_bpd"]
+    assert sum(1.888 - a["test_bpd"] >= 0.05 for a in arms.values()) == 3
+    assert f"{1.888 - arms['learned']['test_bpd']:.3f} below 1.888" in part
+    # validation ranks the learned scalar schedule first, as the bullet says
+    assert min(arms, key=lambda a: arms[a]["validation_bpd"]) == "learned"
+    readme = (ROOT / "README.md").read_text()
+    assert f"{arms['adaptive']['test_bpd']:.3f} against {arms['learned']['test_bpd']:.3f}" in readme
+
+
 def test_study_part_c_quotes_the_gaps_shares_and_verdicts_of_its_results_file():
     """The prose of (c) and the README's summary of it quote study_guides.json: the gaps that the
     learned q and the learned schedule leave at T = 4 and 8, the share of the learned q's gain
