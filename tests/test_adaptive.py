@@ -199,6 +199,53 @@ def _adaptive(
     return model, guide
 
 
+def test_the_schedule_at_z_answers_what_the_schedule_does():
+    sched = MultivariateLogSNR((D,), latent_dim=K, num_basis=5)
+    _randomise(sched, 4)
+    z = torch.randn(6, K, dtype=torch.float64)
+    t = torch.rand(6, dtype=torch.float64)
+    at_z = sched.given(z)
+    assert at_z.batch_size == 6
+    lam, slope = sched.log_snr_and_slope(t, latent=z)
+    pairs = [
+        (at_z.log_snr_and_slope(t), (lam, slope)),
+        (at_z.endpoints(), sched.endpoints(z)),
+        (at_z.shape(t), sched.shape(t, latent=z)),
+    ]
+    for got, want in pairs:
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    with pytest.raises(ConfigError, match=r"shape \(6,\), one time per draw of z"):
+        at_z.log_snr(torch.rand(5, dtype=torch.float64))
+    # without z: the schedule's own curves, for any number of times
+    free = MultivariateLogSNR((D,), num_basis=5)
+    _randomise(free, 5)
+    assert free.given().batch_size is None
+    assert torch.equal(free.given().log_snr(t), free.log_snr(t))
+
+
+def _count_calls(module: nn.Module) -> list[int]:
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("num_steps", [None, 4])
+def test_a_bound_runs_the_network_of_z_once(num_steps):
+    # λ(t | z), its slope, both ends and, at finite T, a second step: one call of the network
+    model, guide = _adaptive()
+    calls = _count_calls(model.schedule.net)
+    x = torch.randn(5, D)
+    ContinuousELBO(num_steps=num_steps).loss_and_grads(model, guide, x)
+    assert calls[0] == 1
+    continuous_elbo_terms(model, x, guide=guide, num_steps=num_steps)
+    assert calls[0] == 2
+    # the literal chain: sampled, once per step (the kernel's two times); run as the guide,
+    # once for the whole chain
+    model(batch_size=3)
+    guide(x)
+    assert calls[0] == 2 + model.num_steps + 1
+
+
 def test_a_schedule_shared_by_model_and_guide_is_counted_once():
     model, guide = _adaptive()
     assert guide.schedule is model.schedule

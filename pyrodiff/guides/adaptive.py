@@ -23,7 +23,7 @@ from ..errors import ConfigError, DataError, ModelMismatchError
 from ..gaussian import gaussian_kl, log_snr_marginal_moments, log_snr_posterior_moments
 from ..modules import batch_size_argument, child, data_plate, fast_bound_hook, site_name
 from ..schedules import discrete_times
-from ..schedules.multivariate import MultivariateLogSNR
+from ..schedules.multivariate import LatentLogSNR, MultivariateLogSNR
 
 __all__ = ["AdaptiveNoiseGuide", "GaussianEncoder"]
 
@@ -127,11 +127,11 @@ class AdaptiveNoiseGuide(PyroModule):
         kl = gaussian_kl(loc, scale**2, prior_loc, prior_var).sum(-1)
         return z, kl
 
-    def _log_snr(self, s: float, z: Tensor, like: Tensor) -> Tensor:
-        """λ(s | z) shaped to broadcast over ``like`` (z may carry particle dimensions)."""
-        flat = z.reshape(-1, self.latent_dim)
-        t = torch.full((flat.shape[0],), s, dtype=like.dtype, device=like.device)
-        lam = child(self, "schedule").log_snr_and_slope(t, latent=flat)[0].to(like.dtype)
+    def _log_snr(self, s: float, z: Tensor, noise_process: LatentLogSNR, like: Tensor) -> Tensor:
+        """λ(s | z) shaped to broadcast over ``like`` (z may carry particle dimensions), read
+        from ``noise_process``, λ(· | z) at the flattened draws."""
+        t = torch.full((z[..., 0].numel(),), s, dtype=like.dtype, device=like.device)
+        lam = noise_process.log_snr(t).to(like.dtype)
         lam = lam.reshape(z.shape[:-1] + self.schedule.event_shape)
         return lam.reshape(lam.shape + (1,) * (like.dim() - lam.dim()))
 
@@ -160,13 +160,15 @@ class AdaptiveNoiseGuide(PyroModule):
             q_z = dist.Normal(loc.reshape(lead + (-1,)), scale.reshape(lead + (-1,)))
             z = pyro.sample(site_name(self, "z"), q_z.to_event(1))
             like = x0.expand(z.shape[:-1] + self.event_shape)
-            m, sd = log_snr_marginal_moments(self._log_snr(1.0, z, like), like)
+            # the network of z once for the whole chain, not twice per step
+            noise_process = child(self, "schedule").given(z.reshape(-1, self.latent_dim), like)
+            m, sd = log_snr_marginal_moments(self._log_snr(1.0, z, noise_process, like), like)
             x = pyro.sample(
                 site_name(self, f"x_{T}"), dist.Normal(m, sd.expand_as(m)).to_event(event_dim)
             )
             for t in range(T, 1, -1):
-                lam_prev = self._log_snr(times[t - 1], z, like)
-                lam_now = self._log_snr(times[t], z, like)
+                lam_prev = self._log_snr(times[t - 1], z, noise_process, like)
+                lam_now = self._log_snr(times[t], z, noise_process, like)
                 m, sd = log_snr_posterior_moments(lam_prev, lam_now, like, x)
                 q = dist.Normal(m, sd.expand_as(m)).to_event(event_dim)
                 x = pyro.sample(site_name(self, f"x_{t - 1}"), q)

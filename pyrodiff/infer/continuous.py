@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,6 +28,7 @@ from ..gaussian import sum_event as _sum_event
 from ..guides import ContinuousForwardGuide
 from ..guides.adaptive import AdaptiveNoiseGuide
 from ..schedules import alpha_sigma, discrete_times
+from ..schedules.multivariate import LatentLogSNR
 from ..validation import check_data
 from .elbo import TimestepObjective, bits_per_dim
 from .objectives import ScheduleObjective, ScheduleVariance
@@ -58,6 +60,24 @@ def _per_datum(x: Tensor, like: Tensor) -> Tensor:
     return x.reshape(x.shape + (1,) * (like.dim() - x.dim()))
 
 
+class _Latent(NamedTuple):
+    """One draw of z per datum as a bound reads it: z for the denoiser and λ(· | z), whose
+    network of z has run once for every time the bound reads (t, both ends, two steps)."""
+
+    z: Tensor
+    log_snr: LatentLogSNR
+
+
+def _read_latent(model, latent: Tensor | None, like: Tensor) -> _Latent | None:
+    return None if latent is None else _Latent(latent, model.log_snr_given(latent, like))
+
+
+def _log_snr_and_slope(model, t: Tensor, latent: _Latent | None, shape_hook=None):
+    if latent is None:
+        return model.log_snr_and_slope(t, shape_hook)
+    return latent.log_snr.log_snr_and_slope(t, shape_hook)
+
+
 def diffusion_integrand(
     model,
     x0: Tensor,
@@ -73,7 +93,11 @@ def diffusion_integrand(
     the data's event shape (a schedule per dimension); the weight is then per dimension.
     ``latent`` is the z of a model whose schedule and denoiser are conditioned on one.
     """
-    lam, slope = model.log_snr_and_slope(t.to(x0.dtype), shape_hook, latent=latent)
+    return _diffusion_integrand(model, x0, t, noise, shape_hook, _read_latent(model, latent, x0))
+
+
+def _diffusion_integrand(model, x0, t, noise, shape_hook, latent: _Latent | None) -> Tensor:
+    lam, slope = _log_snr_and_slope(model, t.to(x0.dtype), latent, shape_hook)
     lam_n, fall = _per_datum(lam, x0), -_per_datum(slope, x0)
     return _weighted_error(model, x0, t, noise, lam, lam_n, fall, latent)
 
@@ -96,11 +120,15 @@ def step_integrand(
     counterpart of :func:`diffusion_integrand`, with −λ′ dt replaced by the finite difference;
     exactly the per-step KL of ``model.discretize(T)`` under the forward chain.
     """
+    return _step_integrand(model, x0, step, num_steps, noise, _read_latent(model, latent, x0))
+
+
+def _step_integrand(model, x0, step, num_steps, noise, latent: _Latent | None) -> Tensor:
     times = _step_times(num_steps, x0)
     s_now = times.index_select(0, step)
     s_prev = times.index_select(0, step - 1)
-    lam, _ = model.log_snr_and_slope(s_now, latent=latent)
-    lam_prev, _ = model.log_snr_and_slope(s_prev, latent=latent)
+    lam, _ = _log_snr_and_slope(model, s_now, latent)
+    lam_prev, _ = _log_snr_and_slope(model, s_prev, latent)
     lam_n = _per_datum(lam, x0)
     rate = torch.expm1(_per_datum(lam_prev, x0) - lam_n)
     return _weighted_error(model, x0, s_now, noise, lam, lam_n, rate, latent)
@@ -117,7 +145,7 @@ def _weighted_error(model, x0, t, noise, lam, lam_n, rate, latent) -> Tensor:
     # α and σ once: the v-form reads them again, and one graph keeps its gradient exact
     alpha, sigma = alpha_sigma(lam_n)
     z_t = alpha * x0 + sigma * noise
-    out = model.predict(z_t, t, lam, latent=latent)
+    out = model.predict(z_t, t, lam, latent=None if latent is None else latent.z)
     event_dim = x0.dim() - 1
     p = model.parameterization
     if p is Parameterization.EPSILON:
@@ -212,8 +240,8 @@ def _reconstruction(model, x0: Tensor, log_snr_0: Tensor, noise: Tensor) -> Tens
     return model.likelihood.reconstruction(x0, *model.decoder_moments(z_0, log_snr_0))
 
 
-def _ends(model, x0: Tensor, latent: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    l0, l1 = model.schedule_endpoints(latent=latent)
+def _ends(model, x0: Tensor, latent: _Latent | None = None) -> tuple[Tensor, Tensor]:
+    l0, l1 = model.schedule_endpoints() if latent is None else latent.log_snr.endpoints()
     ends = []
     for lam in (l0, l1):
         lam = lam.to(device=x0.device, dtype=x0.dtype)
@@ -225,8 +253,9 @@ def _ends(model, x0: Tensor, latent: Tensor | None = None) -> tuple[Tensor, Tens
 
 def _latent(
     model, guide, x0: Tensor, generator: torch.Generator | None = None
-) -> tuple[Tensor | None, Tensor | None]:
-    """(z, KL(q(z | x) ‖ p(z))) for a model with a latent z, drawn from its guide; else None's."""
+) -> tuple[_Latent | None, Tensor | None]:
+    """(z read by the model's schedule, KL(q(z | x) ‖ p(z))) for a model with a latent z, drawn
+    from its guide; else None's."""
     if not getattr(model, "latent_dim", 0):
         return None, None
     if not hasattr(guide, "latent"):
@@ -234,7 +263,8 @@ def _latent(
             f"{type(model).__name__} has a latent z: its guide must draw it "
             f"(pyrodiff.AdaptiveNoiseGuide.for_model(model)), got {type(guide).__name__}"
         )
-    return guide.latent(x0, *model.latent_prior_moments(x0), generator=generator)
+    z, kl = guide.latent(x0, *model.latent_prior_moments(x0), generator=generator)
+    return _read_latent(model, z, x0), kl
 
 
 def _check_steps(num_steps: int | None) -> None:
@@ -251,7 +281,7 @@ def _diffusion_draw(
     sampler: TimestepSampler,
     num_bins: int,
     num_steps: int | None,
-    latent: Tensor | None,
+    latent: _Latent | None,
     shape_hook=None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -265,9 +295,9 @@ def _diffusion_draw(
         k, w = sampler.sample(N, num_steps - 1, x0.device, generator)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     if num_steps is None:
-        integrand = diffusion_integrand(model, x0, t, noise, shape_hook, latent)
+        integrand = _diffusion_integrand(model, x0, t, noise, shape_hook, latent)
     else:
-        integrand = step_integrand(model, x0, k + 1, num_steps, noise, latent)
+        integrand = _step_integrand(model, x0, k + 1, num_steps, noise, latent)
     return w.to(x0.dtype), integrand, k
 
 

@@ -34,7 +34,7 @@ from ..modules import (
     site_name,
 )
 from ..schedules import alpha_sigma, discrete_times
-from ..schedules.multivariate import MultivariateLogSNR
+from ..schedules.multivariate import LatentLogSNR, MultivariateLogSNR
 from ..validation import check_data
 from .continuous import Conditioning, ContinuousDiffusion
 
@@ -114,6 +114,13 @@ class AdaptiveDiffusion(ContinuousDiffusion):
         one = torch.ones((), dtype=like.dtype, device=like.device)
         return one * 0.0, one
 
+    @pyro_method
+    def log_snr_given(self, latent: Tensor, like: Tensor | None = None) -> LatentLogSNR:
+        """λ(· | z) at the draws ``latent`` (shape (N, latent_dim)), in ``like``'s dtype: the
+        schedule's network of z runs once, however many times are read from the result
+        (:meth:`~pyrodiff.schedules.MultivariateLogSNR.given`)."""
+        return child(self, "schedule").given(latent, like)
+
     def discretize(self, num_steps: int | None = None):
         raise ModelMismatchError(
             "an AdaptiveDiffusion has no fixed discrete chain: its schedule depends on z. Its "
@@ -138,8 +145,9 @@ class AdaptiveDiffusion(ContinuousDiffusion):
         n = x.shape[0]
         s_prev = torch.full((n,), times[step - 1].item(), dtype=x.dtype, device=x.device)
         s_now = torch.full((n,), times[step].item(), dtype=x.dtype, device=x.device)
-        lam_prev = self._per_datum(self.log_snr_and_slope(s_prev, latent=z)[0], x)
-        lam_now = self._per_datum(self.log_snr_and_slope(s_now, latent=z)[0], x)
+        noise_process = self.log_snr_given(z, x)
+        lam_prev = self._per_datum(noise_process.log_snr(s_prev), x)
+        lam_now = self._per_datum(noise_process.log_snr(s_now), x)
         out = self.predict(x, s_now, lam_now, latent=z)
         alpha, sigma = alpha_sigma(lam_now)
         x0_hat = x0_from_output(self.parameterization, alpha, sigma, x, out)

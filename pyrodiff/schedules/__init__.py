@@ -33,11 +33,12 @@ from .discrete import (
     schedule_from_config,
 )
 from .log_snr import alpha_sigma, noise_variance, signal_variance
-from .multivariate import MultivariateLogSNR
+from .multivariate import LatentLogSNR, MultivariateLogSNR
 
 __all__ = [
     "CosineLogSNR",
     "Endpoints",
+    "LatentLogSNR",
     "LearnedLogSNR",
     "LinearLogSNR",
     "LogSNRSchedule",

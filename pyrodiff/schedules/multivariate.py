@@ -35,7 +35,11 @@ from .continuous import (
     _inverse_softplus,
 )
 
-__all__ = ["MultivariateLogSNR"]
+__all__ = ["LatentLogSNR", "MultivariateLogSNR"]
+
+
+def _logistic(x: float) -> float:
+    return 0.5 * (1.0 + math.tanh(0.5 * x))
 
 
 def _basis(t: Tensor, num_basis: int) -> tuple[Tensor, Tensor]:
@@ -45,15 +49,86 @@ def _basis(t: Tensor, num_basis: int) -> tuple[Tensor, Tensor]:
     t = t.unsqueeze(-1)
     if num_basis == 1:
         return t, torch.ones_like(t)
-    k = torch.arange(1, num_basis, dtype=t.dtype, device=t.device)
-    centres = (k - 0.5) / (num_basis - 1)
     sharp = 4.0 * (num_basis - 1)
-    lo = torch.sigmoid(-sharp * centres)
-    span = torch.sigmoid(sharp * (1.0 - centres)) - lo
+    # the constants in Python floats, one tensor: a step's handful of tiny ops saved per call
+    centres = [(k - 0.5) / (num_basis - 1) for k in range(1, num_basis)]
+    lows = [_logistic(-sharp * c) for c in centres]
+    spans = [_logistic(sharp * (1.0 - c)) - lo for c, lo in zip(centres, lows, strict=True)]
+    table = torch.tensor([centres, lows, spans], dtype=t.dtype, device=t.device)
+    centres, lo, span = table.unbind(0)
     s = torch.sigmoid(sharp * (t - centres))
     steps = (s - lo) / span
     slopes = sharp * s * (1.0 - s) / span
     return torch.cat([t, steps], -1), torch.cat([torch.ones_like(t), slopes], -1)
+
+
+class LatentLogSNR:
+    """λ(· | z) of a :class:`MultivariateLogSNR` at fixed draws of z, one per datum (or the
+    schedule's own curves, without z): its parameters with the network's offsets added, so that
+    a bound reading λ at t, at both ends and, at finite T, at two steps pays for one call of the
+    network of z (:meth:`MultivariateLogSNR.given`).
+
+    ``start``, ``gap``: shape (N, *event_shape) with z, event_shape without; ``logits``: the same
+    with a last dimension of size K. The mixture's weights and the fall λ(0) − λ(1) are formed
+    here, once for every time read.
+    """
+
+    __slots__ = ("start", "fall", "weights", "event_shape", "num_basis")
+
+    def __init__(
+        self,
+        start: Tensor,
+        gap: Tensor,
+        logits: Tensor,
+        event_shape: tuple[int, ...],
+        num_basis: int,
+    ) -> None:
+        self.start = start
+        self.fall = F.softplus(gap)
+        weights = F.softplus(logits)
+        self.weights = weights / weights.sum(-1, keepdim=True)
+        self.event_shape = event_shape
+        self.num_basis = num_basis
+
+    @property
+    def batch_size(self) -> int | None:
+        """N, the number of draws of z (None without z: one curve per dimension for all)."""
+        extra = self.start.dim() - len(self.event_shape)
+        return self.start.shape[0] if extra else None
+
+    def _times(self, t: Tensor) -> None:
+        _check_time(t)
+        n = self.batch_size
+        if t.dim() != 1 or (n is not None and t.shape[0] != n):
+            want = "(N,)" if n is None else f"({n},), one time per draw of z"
+            raise ConfigError(f"t must have shape {want}, got {tuple(t.shape)}")
+
+    def shape(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(ρ(t), ρ′(t)), shape (N, *event_shape) for t of shape (N,)."""
+        self._times(t)
+        return self._mix(t)
+
+    def _mix(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        basis, slopes = _basis(t.to(self.weights.dtype), self.num_basis)  # (N, K)
+        lead = (t.shape[0],) + (1,) * len(self.event_shape) + (self.num_basis,)
+        basis, slopes = basis.reshape(lead), slopes.reshape(lead)
+        return (self.weights * basis).sum(-1), (self.weights * slopes).sum(-1)
+
+    def log_snr_and_slope(self, t: Tensor, shape_hook=None) -> tuple[Tensor, Tensor]:
+        """(λ(t), λ′(t)), shape (N, *event_shape) for t of shape (N,); ``shape_hook`` is applied
+        to ρ and ρ′ (:class:`~pyrodiff.infer.ScheduleObjective`)."""
+        self._times(t)
+        rho, drho = self._mix(t)
+        if shape_hook is not None:
+            rho, drho = shape_hook(rho), shape_hook(drho)
+        return self.start - self.fall * rho, -(self.fall * drho)
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        return self.log_snr_and_slope(t)[0]
+
+    def endpoints(self) -> tuple[Tensor, Tensor]:
+        """(λ(0), λ(1)), from the end parameters."""
+        return self.start, self.start - self.fall
 
 
 class MultivariateLogSNR(LogSNRSchedule):
@@ -168,25 +243,26 @@ class MultivariateLogSNR(LogSNRSchedule):
             gap = gap + per_dim[..., K + 1].reshape((n,) + self.event_shape)
         return start, gap, logits
 
+    def given(self, latent: Tensor | None = None, like: Tensor | None = None) -> LatentLogSNR:
+        """λ(· | z) at the draws ``latent`` (shape (N, latent_dim)), or the schedule itself
+        without z: the network of z runs once here, and the result answers λ(t), λ′(t) and the
+        ends at any number of times. In ``like``'s dtype and device (``latent``'s, else the
+        parameters', by default); differentiable in the parameters and in z."""
+        if like is None:
+            like = latent if latent is not None else self.start
+        start, gap, logits = self._parts(latent, like)
+        return LatentLogSNR(start, gap, logits, self.event_shape, self.num_basis)
+
     def endpoints(self, latent: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(λ(0), λ(1)) per dimension, shape event_shape (or (N, *event_shape) given z),
-        differentiable; read from the end parameters, never through ρ(0) = 0 and ρ(1) = 1."""
+        """(λ(0), λ(1)) per dimension, shape event_shape (or (N, *event_shape) given z), in
+        float64, differentiable; read from the end parameters, never through ρ(0) = 0 and
+        ρ(1) = 1."""
         like = latent if latent is not None else self.start
-        start, gap, _ = self._parts(latent, like.to(self.start.dtype))
-        return start, start - F.softplus(gap)
+        return self.given(latent, like.to(self.start.dtype)).endpoints()
 
     def shape(self, t: Tensor, latent: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(ρ(t), ρ′(t)), shape (N, *event_shape) for t of shape (N,)."""
-        _, _, logits = self._parts(latent, t)
-        return self._mix(t, logits)
-
-    def _mix(self, t: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
-        basis, slopes = _basis(t, self.num_basis)  # (N, K)
-        weights = F.softplus(logits)
-        weights = weights / weights.sum(-1, keepdim=True)
-        lead = (t.shape[0],) + (1,) * len(self.event_shape) + (self.num_basis,)
-        basis, slopes = basis.reshape(lead), slopes.reshape(lead)
-        return (weights * basis).sum(-1), (weights * slopes).sum(-1)
+        return self.given(latent, t).shape(t)
 
     def log_snr_and_slope(
         self, t: Tensor, shape_hook=None, latent: Tensor | None = None
@@ -194,14 +270,7 @@ class MultivariateLogSNR(LogSNRSchedule):
         """(λ(t), λ′(t)), shape (N, *event_shape) for t of shape (N,) (z of shape (N, latent_dim)
         when the schedule has a latent)."""
         _check_time(t)
-        if t.dim() != 1:
-            raise ConfigError(f"t must have shape (N,), got {tuple(t.shape)}")
-        start, gap, logits = self._parts(latent, t)
-        rho, drho = self._mix(t, logits)
-        if shape_hook is not None:
-            rho, drho = shape_hook(rho), shape_hook(drho)
-        span = -F.softplus(gap)
-        return start + span * rho, span * drho
+        return self.given(latent, t).log_snr_and_slope(t, shape_hook)
 
     def log_snr(self, t: Tensor, latent: Tensor | None = None) -> Tensor:
         return self.log_snr_and_slope(t, latent=latent)[0]
