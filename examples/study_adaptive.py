@@ -728,6 +728,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         type=Data,
         choices=list(Data),
         default=Data.EIGHT_GAUSSIANS,
+        metavar="{" + ",".join(d.value for d in Data) + "}",
         help="eight_gaussians (T = ∞, 1000, 8, 4) or digits (T = ∞ and 100)",
     )
     parser.add_argument(

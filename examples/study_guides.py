@@ -326,7 +326,14 @@ def figure(cfg: GuidesConfig, rows: list[dict], entropy: float) -> Figure:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     extra = argparse.ArgumentParser(add_help=False)
-    extra.add_argument("--arms", nargs="+", type=Arm, choices=list(Arm), default=None)
+    extra.add_argument(
+        "--arms",
+        nargs="+",
+        type=Arm,
+        choices=list(Arm),
+        default=None,
+        metavar="{" + ",".join(a.value for a in Arm) + "}",
+    )
     extra.add_argument("--steps", nargs="+", type=int, default=None, metavar="T")
     extra.add_argument("--max-updates", type=int, default=None, metavar="N")
     extra_args, rest = extra.parse_known_args(argv)
