@@ -50,7 +50,8 @@ def _basis(t: Tensor, num_basis: int) -> tuple[Tensor, Tensor]:
     if num_basis == 1:
         return t, torch.ones_like(t)
     sharp = 4.0 * (num_basis - 1)
-    # the constants in Python floats, one tensor: a step's handful of tiny ops saved per call
+    # formed in Python floats and moved as one tensor: some eight fewer tensor operations per
+    # call, which the step of a small network notices
     centres = [(k - 0.5) / (num_basis - 1) for k in range(1, num_basis)]
     lows = [_logistic(-sharp * c) for c in centres]
     spans = [_logistic(sharp * (1.0 - c)) - lo for c, lo in zip(centres, lows, strict=True)]
