@@ -412,7 +412,7 @@ def test_study_g_digits_prose_quotes_study_adaptive_digits_json():
     """The (g) digits bullets quote the paired differences, the converged test figures and
     the training total of study_adaptive_digits.json."""
     page = (ROOT / "docs" / "study.md").read_text()
-    part = page.split("**On the digits (T = ∞).**", 1)[1].split("**Not yet converged.**", 1)[0]
+    part = page.split("**On the digits (T = ∞).**", 1)[1].split("**Convergence.**", 1)[0]
     arms = json.loads((ROOT / "docs" / "results" / "study_adaptive_digits.json").read_text())[
         "arms"
     ]
@@ -446,7 +446,7 @@ def test_study_g_digits_at_width_48_quotes_study_adaptive_digits_w48_json():
     margin against the best test figure of either width, and the training total."""
     page = (ROOT / "docs" / "study.md").read_text()
     start = page.index("**A wider U-Net, every arm alike.**")
-    part = _prose(page[start : page.index("**Not yet converged.**", start)])
+    part = _prose(page[start : page.index("**Convergence.**", start)])
     results = ROOT / "docs" / "results"
     wide = json.loads((results / "study_adaptive_digits_w48.json").read_text())["arms"]
     base = json.loads((results / "study_adaptive_digits.json").read_text())["arms"]
@@ -486,7 +486,7 @@ def test_study_g_digits_dropout_02_at_width_48_quotes_its_json():
     converged test figure against the goal, and the training total."""
     page = (ROOT / "docs" / "study.md").read_text()
     start = page.index("**Dropout 0.2 at width 48, every arm alike.**")
-    part = _prose(page[start : page.index("**Not yet converged.**", start)])
+    part = _prose(page[start : page.index("**Convergence.**", start)])
     results = ROOT / "docs" / "results"
     arms = json.loads((results / "study_adaptive_digits_d0.2_w48.json").read_text())["arms"]
     assert "--width 48 --dropout 0.2 --first-updates 4000 --max-updates 16000" in part
