@@ -40,6 +40,7 @@ from pyrodiff.infer import (
     ContinuousELBO,
     DiffusionELBO,
     continuous_elbo_terms,
+    diffusion_integrand,
     step_integrand,
     step_terms,
 )
@@ -347,6 +348,13 @@ def test_pairs_that_do_not_fit_are_refused():
         model.discretize(10)
     with pytest.raises(ConfigError, match="latent_dim = 2"):
         AdaptiveDiffusion(MLPDenoiser(D), MultivariateLogSNR((D,), latent_dim=3), 2)
+
+
+def test_a_latent_for_a_model_without_one_is_refused():
+    _, _, scalar = _equal_dimensions_pair(Parameterization.EPSILON)
+    x, t = torch.randn(3, D), torch.rand(3, dtype=torch.float64)
+    with pytest.raises(ModelMismatchError, match="has none"):
+        diffusion_integrand(scalar, x, t, torch.randn(3, D), latent=torch.randn(3, K))
 
 
 def test_sampling_draws_z_from_its_prior_first():

@@ -69,7 +69,14 @@ class _Latent(NamedTuple):
 
 
 def _read_latent(model, latent: Tensor | None, like: Tensor) -> _Latent | None:
-    return None if latent is None else _Latent(latent, model.log_snr_given(latent, like))
+    if latent is None:
+        return None
+    if not hasattr(model, "log_snr_given"):
+        raise ModelMismatchError(
+            f"latent= is the z of a model conditioned on one (AdaptiveDiffusion); "
+            f"{type(model).__name__} has none"
+        )
+    return _Latent(latent, model.log_snr_given(latent, like))
 
 
 def _log_snr_and_slope(model, t: Tensor, latent: _Latent | None, shape_hook=None):
