@@ -34,13 +34,16 @@ arm is not trained here, and the table says what one update costs.
     python examples/study_guides.py --arms learned --steps 8   # one row
     python examples/study_guides.py --arms learned --steps 8 --max-updates 32000
                                                       # that row, its doubling capped lower
+    python examples/study_guides.py --arms learned_schedule --steps 8 --max-updates 128000
+                                                      # that row carried past the study's cap
 
 With ``--arms`` (and ``--steps``, numbers of steps T of the study) only the arms named, at
 those T, are trained and measured; their rows replace those of the existing results file, and
 the other rows are kept as they are, with the verdicts they were given (a row from a file written
-before the paired rule has no paired gains). ``--max-updates`` caps their doubling below the
-study's 64,000 updates (the rows it writes record their cap), to read a sequence that is still
-gaining where the time to double it again is not there.
+before the paired rule has no paired gains). ``--max-updates`` sets their doubling's cap in place
+of the study's 64,000 updates (the rows it writes record their own): lower, to read a sequence
+that is still gaining where the time to double it again is not there; higher, to carry a row
+that is still gaining at the study's cap further.
 """
 
 from __future__ import annotations
@@ -348,10 +351,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if value is not None and extra_args.arms is None:
             raise SystemExit(f"{flag} reruns rows of an existing results file: name --arms too")
     cap = cfg.max_updates if extra_args.max_updates is None else extra_args.max_updates
-    if not cfg.first_updates <= cap <= cfg.max_updates:
+    if cap < cfg.first_updates:
         raise SystemExit(
-            f"--max-updates takes a budget from the first, {cfg.first_updates}, to the "
-            f"study's cap, {cfg.max_updates}; got {cap}"
+            f"--max-updates takes a budget no smaller than the first, {cfg.first_updates}; "
+            f"got {cap}"
         )
     base = args.out if args.out is not None else OUTPUTS / "study_guides"
     root = base / ("quick_runs" if args.quick else "runs")

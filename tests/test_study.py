@@ -200,12 +200,17 @@ def test_study_guides(tmp_path, load_example, capsys):
     row = next(r for r in capped["rows"] if (r["arm"], r["T"]) == ("FIXED", T))
     assert row["max_updates"] == first and [b["updates"] for b in row["budgets"]] == [first]
     assert all(r == old for r, old in zip(capped["rows"], one["rows"], strict=True) if r is not row)
+    # and above the study's cap, for a row still gaining there
+    above = 2 * cfg["max_updates"]
+    argv = ["--arms", "fixed", "--steps", str(T), "--max-updates", str(above)]
+    longer = module.main(["--quick", "--out", str(tmp_path), *argv])
+    row = next(r for r in longer["rows"] if (r["arm"], r["T"]) == ("FIXED", T))
+    assert row["max_updates"] == above and row["budgets"][-1]["updates"] == above
     for argv, message in (
         (["--arms", "fixed", "--steps", str(T + 1)], "numbers of steps of this study"),
         (["--steps", str(T)], "name --arms too"),
         (["--max-updates", str(first)], "name --arms too"),
-        (["--arms", "fixed", "--max-updates", str(first - 1)], "from the first"),
-        (["--arms", "fixed", "--max-updates", str(cfg["max_updates"] + 1)], "study's cap"),
+        (["--arms", "fixed", "--max-updates", str(first - 1)], "no smaller than the first"),
         (["--arms", "learned", "--steps", str(T)], "no row of this study"),
     ):
         with pytest.raises(SystemExit, match=message):
