@@ -10,6 +10,7 @@ shows), and prints its table in markdown. The JSON holds every number the script
 from __future__ import annotations
 
 import argparse
+import enum
 import math
 import time
 from collections.abc import Sequence
@@ -30,6 +31,28 @@ def parse_args(description: str, argv: Sequence[str] | None, name: str) -> argpa
     # one thread: the numbers do not depend on how many cores are free, and runs stay polite
     torch.set_num_threads(1)
     return args
+
+
+def enum_argument(kind: type[enum.Enum]):
+    """An argparse ``type`` for a string-valued enum: its members by value, and a bad value named
+    with the values it may take (argparse's own message names only the enum's class)."""
+    values = [member.value for member in kind]
+
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"choose from {', '.join(values)}; got {text!r}"
+            ) from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def enum_metavar(kind: type[enum.Enum]) -> str:
+    """``{value,value,…}``: how --help shows an :func:`enum_argument`'s choices."""
+    return "{" + ",".join(member.value for member in kind) + "}"
 
 
 def mean_se(x: Tensor) -> tuple[float, float]:

@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 from _converge import paired_doubling
 from _outputs import OUTPUTS, add_output_arguments, outputs
-from _study_common import mean_se, pm
+from _study_common import enum_argument, enum_metavar, mean_se, pm
 from _tables import markdown, named_table, render, table_row
 from torch import Tensor
 
@@ -725,10 +725,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--dataset",
-        type=Data,
-        choices=list(Data),
+        type=enum_argument(Data),
         default=Data.EIGHT_GAUSSIANS,
-        metavar="{" + ",".join(d.value for d in Data) + "}",
+        metavar=enum_metavar(Data),
         help="eight_gaussians (T = ∞, 1000, 8, 4) or digits (T = ∞ and 100)",
     )
     parser.add_argument(

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from _converge import Converged, TrainedRun, train_to_convergence
 from _outputs import OUTPUTS
-from _study_common import cpu_time, mean_se, parse_args, pm
+from _study_common import cpu_time, enum_argument, enum_metavar, mean_se, parse_args, pm
 from _tables import converged_text, convergence_table, markdown, named_table, table_row
 from matplotlib.figure import Figure
 
@@ -332,10 +332,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     extra.add_argument(
         "--arms",
         nargs="+",
-        type=Arm,
-        choices=list(Arm),
+        type=enum_argument(Arm),
         default=None,
-        metavar="{" + ",".join(a.value for a in Arm) + "}",
+        metavar=enum_metavar(Arm),
     )
     extra.add_argument("--steps", nargs="+", type=int, default=None, metavar="T")
     extra.add_argument("--max-updates", type=int, default=None, metavar="N")

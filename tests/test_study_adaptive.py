@@ -214,3 +214,15 @@ def test_paired_rule_stops_when_the_gain_is_within_its_noise_and_keeps_the_bette
         max_updates=40,
         check=False,
     )[1:3] == (20, None)
+
+
+def test_a_bad_choice_is_named_with_the_choices(study, load_example, capsys):
+    with pytest.raises(SystemExit):
+        study.main(["--dataset", "mnist"])
+    assert "choose from eight_gaussians, digits; got 'mnist'" in capsys.readouterr().err
+    guides = load_example("study_guides")
+    with pytest.raises(SystemExit):
+        guides.main(["--quick", "--arms", "vae"])
+    err = capsys.readouterr().err
+    assert "choose from fixed, learned, learned_schedule, adaptive; got 'vae'" in err
+    assert "Traceback" not in err
