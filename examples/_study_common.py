@@ -35,7 +35,8 @@ def parse_args(description: str, argv: Sequence[str] | None, name: str) -> argpa
 
 def enum_argument(kind: type[enum.Enum]):
     """An argparse ``type`` for a string-valued enum: its members by value, and a bad value named
-    with the values it may take (argparse's own message names only the enum's class)."""
+    with the values it may take (argparse's own message names only the enum's class). Shown in
+    --help with ``metavar=pyrodiff.cli.parser.enum_metavar(kind)``."""
     values = [member.value for member in kind]
 
     def parse(text: str):
@@ -46,13 +47,7 @@ def enum_argument(kind: type[enum.Enum]):
                 f"choose from {', '.join(values)}; got {text!r}"
             ) from None
 
-    parse.__name__ = kind.__name__
     return parse
-
-
-def enum_metavar(kind: type[enum.Enum]) -> str:
-    """``{value,value,…}``: how --help shows an :func:`enum_argument`'s choices."""
-    return "{" + ",".join(member.value for member in kind) + "}"
 
 
 def mean_se(x: Tensor) -> tuple[float, float]:

@@ -59,11 +59,12 @@ from pathlib import Path
 import torch
 from _converge import paired_doubling
 from _outputs import OUTPUTS, add_output_arguments, outputs
-from _study_common import enum_argument, enum_metavar, mean_se, pm
+from _study_common import enum_argument, mean_se, pm
 from _tables import markdown, named_table, render, table_row
 from torch import Tensor
 
 from pyrodiff import ContinuousDiffusion, ContinuousForwardGuide, LearnedLogSNR, LinearLogSNR
+from pyrodiff.cli.parser import enum_metavar
 from pyrodiff.data import get_dataset
 from pyrodiff.gaussian import gaussian_kl, log_snr_marginal_moments, prior_kl, sum_event
 from pyrodiff.guides.adaptive import AdaptiveNoiseGuide

@@ -59,10 +59,11 @@ import numpy as np
 import torch
 from _converge import Converged, TrainedRun, train_to_convergence
 from _outputs import OUTPUTS
-from _study_common import cpu_time, enum_argument, enum_metavar, mean_se, parse_args, pm
+from _study_common import cpu_time, enum_argument, mean_se, parse_args, pm
 from _tables import converged_text, convergence_table, markdown, named_table, table_row
 from matplotlib.figure import Figure
 
+from pyrodiff.cli.parser import enum_metavar
 from pyrodiff.config import RunConfig, build
 from pyrodiff.data import Toy2D, load_toy2d
 from pyrodiff.infer import elbo_estimate, iwae_bound, psis_diagnostic

@@ -22,7 +22,14 @@ from ..data import Split, dataset_names
 from ..errors import PyrodiffError
 from ..validation import AUTO, UNSET, Option
 
-__all__ = ["UsageError", "build_parser", "config_overrides", "flag_for", "NONE_WORDS"]
+__all__ = [
+    "UsageError",
+    "build_parser",
+    "config_overrides",
+    "enum_metavar",
+    "flag_for",
+    "NONE_WORDS",
+]
 
 PSIS_NUM_DATA = 32
 """Data that ``evaluate --psis`` reads by default: k̂ is read per datum, so a few dozen show
@@ -142,7 +149,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if isinstance(spec.kind, type) and issubclass(spec.kind, enum.Enum):
             # values are checked by RunConfig, whose error lists the valid ones
-            kwargs["metavar"] = "{" + ",".join(str(m.value) for m in spec.kind) + "}"
+            kwargs["metavar"] = enum_metavar(spec.kind)
             if auto:
                 kwargs["type"] = _auto_word
         elif spec.kind in (int, float):
@@ -164,6 +171,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 metavar="N",
                 help="deprecated name of --updates",
             )
+
+
+def enum_metavar(kind: type[enum.Enum]) -> str:
+    """``{value,value,…}``: how --help shows a flag whose values are an enum's."""
+    return "{" + ",".join(str(member.value) for member in kind) + "}"
 
 
 def _auto_word(text: str) -> str | None:

@@ -70,11 +70,11 @@ class LatentLogSNR:
     network of z (:meth:`MultivariateLogSNR.given`).
 
     ``start``, ``gap``: shape (N, *event_shape) with z, event_shape without; ``logits``: the same
-    with a last dimension of size K. The mixture's weights and the fall λ(0) − λ(1) are formed
-    here, once for every time read.
+    with a last dimension of size K. The fall λ(0) − λ(1) is formed here and the mixture's
+    weights at the first time read, each once for every time read after.
     """
 
-    __slots__ = ("start", "fall", "weights", "event_shape", "num_basis")
+    __slots__ = ("start", "fall", "_logits", "_weights", "event_shape", "num_basis")
 
     def __init__(
         self,
@@ -86,8 +86,8 @@ class LatentLogSNR:
     ) -> None:
         self.start = start
         self.fall = F.softplus(gap)
-        weights = F.softplus(logits)
-        self.weights = weights / weights.sum(-1, keepdim=True)
+        self._logits = logits
+        self._weights: Tensor | None = None  # not needed by a caller that reads only the ends
         self.event_shape = event_shape
         self.num_basis = num_basis
 
@@ -109,11 +109,20 @@ class LatentLogSNR:
         self._times(t)
         return self._mix(t)
 
+    @property
+    def weights(self) -> Tensor:
+        """w_jk / Σ_k w_jk, the mixture's weights, shape ``logits``'s."""
+        if self._weights is None:
+            weights = F.softplus(self._logits)
+            self._weights = weights / weights.sum(-1, keepdim=True)
+        return self._weights
+
     def _mix(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        basis, slopes = _basis(t.to(self.weights.dtype), self.num_basis)  # (N, K)
+        weights = self.weights
+        basis, slopes = _basis(t.to(weights.dtype), self.num_basis)  # (N, K)
         lead = (t.shape[0],) + (1,) * len(self.event_shape) + (self.num_basis,)
         basis, slopes = basis.reshape(lead), slopes.reshape(lead)
-        return (self.weights * basis).sum(-1), (self.weights * slopes).sum(-1)
+        return (weights * basis).sum(-1), (weights * slopes).sum(-1)
 
     def log_snr_and_slope(self, t: Tensor, shape_hook=None) -> tuple[Tensor, Tensor]:
         """(λ(t), λ′(t)), shape (N, *event_shape) for t of shape (N,); ``shape_hook`` is applied
